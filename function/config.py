@@ -1,0 +1,194 @@
+"""Settings, read from the environment once and frozen.
+
+Each field is read from the upper-cased variable of the same name (`demucs_shifts` <- `DEMUCS_SHIFTS`).
+A bad value fails at start with that variable's name; nothing is re-read per job.
+"""
+
+from __future__ import annotations
+
+import string
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from function import keys
+from function.errors import ConfigError
+
+STEMS = ("drums", "bass", "other", "vocals")
+FORMATS = ("mp3", "wav", "flac")
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+def _check_template(name: str, template: str, allowed: set[str]) -> str:
+    """Accept only plain `{field}` placeholders from `allowed`: no attribute access, index or format spec."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise ValueError(f"{name} {template!r} is not a valid template: {err}") from err
+    for _, field, spec, conversion in parts:
+        if field is None:
+            continue
+        if field not in allowed or spec or conversion:
+            raise ValueError(
+                f"{name} {template!r} may only use the placeholders {sorted(allowed)}, got {{{field}}}"
+            )
+    return template
+
+
+class Settings(BaseSettings):
+    """Every knob of the worker. Units are in the names."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+
+    # Redis
+    redis_url: SecretStr | None = None
+    redis_host: str = "localhost"
+    redis_port: int = Field(6379, ge=1, le=65535)
+    redis_timeout_s: float = Field(10.0, gt=0)
+    queue_key: str = Field(keys.DEFAULT_QUEUE_KEY, min_length=1)
+    log_key: str = Field(keys.DEFAULT_LOG_KEY, min_length=1)
+    status_key: str = keys.DEFAULT_STATUS_KEY
+    status_ttl_s: int = Field(keys.STATUS_TTL_S, gt=0)
+
+    # Object store
+    minio_endpoint: str | None = None
+    minio_host: str = "localhost"
+    minio_port: int = Field(9000, ge=1, le=65535)
+    minio_access_key: SecretStr = SecretStr("rootuser")
+    minio_secret_key: SecretStr = SecretStr("rootpass123")
+    minio_secure: bool = False
+    minio_region: str | None = None
+    s3_timeout_s: float = Field(30.0, gt=0)
+
+    # Layout
+    input_bucket: str = "queue"
+    input_key: str = "{id}.mp3"
+    output_bucket: str = "output"
+    output_key: str = "{id}-{stem}.{ext}"
+    stem_aliases: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+
+    # DEMUCS
+    demucs_model: str = "htdemucs"
+    demucs_models: CommaList = ()
+    demucs_repo: Path | None = None
+    demucs_device: str = "auto"
+    demucs_shifts: int = Field(1, ge=0, le=20)
+    demucs_overlap: float = Field(0.25, ge=0.0, lt=1.0)
+    demucs_segment: float | None = Field(None, gt=0)
+    demucs_threads: int | None = Field(None, ge=1)
+    mp3_bitrate: int = Field(320, ge=32, le=320)
+    mp3_preset: Literal[2, 3, 4, 5, 6, 7] = 2
+
+    # Limits
+    max_input_bytes: int = Field(200_000_000, gt=0)
+    max_duration_seconds: float = Field(1200.0, gt=0)
+    max_message_bytes: int = Field(64 * 1024, gt=0)
+
+    # Callback
+    callback_timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("demucs_models", mode="before")
+    @classmethod
+    def _models_list(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("stem_aliases", mode="before")
+    @classmethod
+    def _aliases(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        aliases: dict[str, str] = {}
+        for pair in _split_commas(value):  # type: ignore[union-attr]
+            stem, sep, alias = pair.partition(":")
+            if not sep or not stem.strip() or not alias.strip():
+                raise ValueError(f"expected pairs like 'bass:base', got {pair!r}")
+            aliases[stem.strip()] = alias.strip()
+        return aliases
+
+    @field_validator("demucs_device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value != "auto" and value != "cpu" and value != "mps" and not value.startswith("cuda"):
+            raise ValueError(f"expected auto, cpu, mps, cuda or cuda:N, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _templates(self) -> Settings:
+        _check_template("STATUS_KEY", self.status_key, {"id"})
+        _check_template("INPUT_KEY", self.input_key, {"id"})
+        _check_template("OUTPUT_KEY", self.output_key, {"id", "stem", "ext", "model"})
+        if "{id}" not in self.status_key:
+            raise ValueError(f"STATUS_KEY {self.status_key!r} must contain {{id}}")
+        if "{id}" not in self.input_key:
+            raise ValueError(f"INPUT_KEY {self.input_key!r} must contain {{id}}")
+        if "{id}" not in self.output_key or "{stem}" not in self.output_key:
+            raise ValueError(f"OUTPUT_KEY {self.output_key!r} must contain {{id}} and {{stem}}")
+        for alias in self.stem_aliases.values():
+            if not alias.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"STEM_ALIASES alias {alias!r} must be letters, digits, '_' or '-'")
+        return self
+
+    @property
+    def allowed_models(self) -> frozenset[str]:
+        """The models a job may ask for; the default model is always allowed."""
+        return frozenset((self.demucs_model, *self.demucs_models))
+
+    @property
+    def redis_connection_url(self) -> str:
+        if self.redis_url is not None:
+            return self.redis_url.get_secret_value()
+        return f"redis://{self.redis_host}:{self.redis_port}/0"
+
+    @property
+    def s3_endpoint(self) -> str:
+        """host:port of the object store, as the minio client wants it."""
+        if self.minio_endpoint:
+            parts = urlsplit(self.minio_endpoint if "//" in self.minio_endpoint else f"//{self.minio_endpoint}")
+            return parts.netloc
+        return f"{self.minio_host}:{self.minio_port}"
+
+    @property
+    def s3_secure(self) -> bool:
+        if self.minio_endpoint and self.minio_endpoint.startswith("https://"):
+            return True
+        return self.minio_secure
+
+
+def redact_url(url: str) -> str:
+    """A URL with any password replaced by `***`, safe for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = quote(parts.username or "", safe="")
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings; a bad value raises ConfigError naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        problems = []
+        for error in err.errors():
+            name = ".".join(str(part) for part in error["loc"]).upper() or "settings"
+            problems.append(f"{name}: {error['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

@@ -1,0 +1,226 @@
+"""`handle(event)`: one whole separation per CloudEvent.
+
+The one path: parse, fetch, separate, store, record, notify. Each call is independent; the loaded
+model (and the clients) are the only things kept between calls in one process.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import redis
+import torch
+from cloudevents.http import CloudEvent
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from function import audio, separation
+from function.callback import deliver
+from function.config import Settings, get_settings
+from function.errors import InvalidJob, StemworkerError, Transient, UnprocessableInput
+from function.keys import status_key
+from function.messages import ID_FIELDS, ID_PATTERN, Job, job_from_event
+from function.status import EventLog, State, StatusRecord
+from function.storage import CONTENT_TYPES, ObjectStore, input_key, make_client, output_key
+
+ATTEMPT_ATTRIBUTE = "attempt"
+
+
+def make_redis(settings: Settings) -> redis.Redis:
+    """A Redis client whose calls time out and retry a few times on connection errors."""
+    return redis.Redis.from_url(
+        settings.redis_connection_url,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), 3),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+
+
+def attempt_of(event: CloudEvent) -> int:
+    """The delivery attempt the job runner stamped on the event (1 when absent)."""
+    raw = event.get(ATTEMPT_ATTRIBUTE)
+    try:
+        return max(1, int(str(raw))) if raw is not None else 1
+    except ValueError:
+        return 1
+
+
+def valid_id_of(event: CloudEvent) -> str | None:
+    """The event's job id when it is a valid id, else None (an invalid id never names a key)."""
+    data = event.data
+    if isinstance(data, bytes | bytearray):
+        try:
+            data = json.loads(bytes(data))
+        except (ValueError, UnicodeDecodeError):
+            data = bytes(data).decode("utf-8", "replace").strip()
+    if isinstance(data, dict):
+        data = next((data[name] for name in ID_FIELDS if name in data), None)
+    return data if isinstance(data, str) and ID_PATTERN.fullmatch(data) else None
+
+
+def pick_stems(stems: dict[str, torch.Tensor], job: Job) -> dict[str, torch.Tensor]:
+    """The stems the job asked for; `two_stems: X` gives X and `no_X` (the sum of the others)."""
+    if job.two_stems is not None:
+        others = [wav for name, wav in stems.items() if name != job.two_stems]
+        rest = torch.stack(others).sum(0) if others else torch.zeros_like(stems[job.two_stems])
+        return {job.two_stems: stems[job.two_stems], f"no_{job.two_stems}": rest}
+    if job.stems is not None:
+        return {name: stems[name] for name in job.stems}
+    return stems
+
+
+class Worker:
+    """Holds the clients for one configuration; `handle` runs one job."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis = make_redis(settings)
+        self.store = ObjectStore(make_client(settings))
+        self.events = EventLog(self.redis, settings.log_key)
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="stemworker")
+
+    def status_for(self, job_id: str) -> StatusRecord:
+        return StatusRecord(self.redis, status_key(self.settings.status_key, job_id), self.settings.status_ttl_s)
+
+    def handle(self, event: CloudEvent) -> dict[str, Any]:
+        """Separate the song the event names; raises a StemworkerError subclass on failure."""
+        started = time.monotonic()
+        attempt = attempt_of(event)
+        self.events.info(f"received event {event['id']} (attempt {attempt})")
+        try:
+            job = job_from_event(event, self.settings)
+        except InvalidJob as err:
+            self._reject(event, err, attempt)
+            raise
+        status = self.status_for(job.id)
+        status.start(model=job.model, format=job.format, attempts=attempt, event_id=job.event_id)
+        try:
+            result = self._separate(job, status, attempt, started)
+        except StemworkerError as err:
+            self._fail(job, status, err, started)
+            raise
+        except Exception as err:  # a bug must not lose the job: it becomes retryable, then dead-letters
+            wrapped = Transient(f"internal error: {type(err).__name__}: {err}")
+            self._fail(job, status, wrapped, started)
+            raise wrapped from err
+        if job.callback is not None:
+            result["callback"] = self._notify(job, job.callback.data if job.callback.has_data else result)
+        return result
+
+    def _reject(self, event: CloudEvent, err: InvalidJob, attempt: int) -> None:
+        job_id = valid_id_of(event)
+        self.events.error(f"job {job_id or '(invalid id)'} rejected: {err}")
+        if job_id is not None:
+            self.status_for(job_id).start(state=State.FAILED, error=str(err), attempts=attempt,
+                                          event_id=str(event["id"]), failed_at=True)
+
+    def _fail(self, job: Job, status: StatusRecord, err: StemworkerError, started: float) -> None:
+        seconds = time.monotonic() - started
+        self.events.error(f"job {job.id}: failed after {seconds:.2f} s: {err}")
+        try:
+            status.update(State.FAILED, error=str(err), retryable=int(not err.permanent))
+        except Transient as status_err:
+            self.events.error(f"job {job.id}: could not record the failure: {status_err}")
+        if err.permanent and job.callback is not None and not job.callback.has_data:
+            self._notify(job, {"id": job.id, "state": State.FAILED.value, "error": str(err)})
+
+    def _notify(self, job: Job, body: Any) -> dict[str, Any]:
+        assert job.callback is not None
+        outcome = deliver(job.callback, body, job.event_id, self.settings)
+        line = f"job {job.id}: callback {outcome.reason} (attempts {outcome.attempts}, status {outcome.status})"
+        (self.events.info if outcome.delivered else self.events.error)(line)
+        return {"delivered": outcome.delivered, "status": outcome.status, "reason": outcome.reason}
+
+    def _separate(self, job: Job, status: StatusRecord, attempt: int, started: float) -> dict[str, Any]:
+        s = self.settings
+        timings: dict[str, float] = {}
+        model_loading = self._pool.submit(separation.get_separator, job.model, s)
+        source_key = input_key(s.input_key, job.id)
+        with tempfile.TemporaryDirectory(prefix=f"stemworker-{job.id}-") as tmp:
+            status.update(State.DOWNLOADING)
+            tick = time.monotonic()
+            size = self.store.download(s.input_bucket, source_key, Path(tmp) / "input", s.max_input_bytes)
+            timings["download"] = time.monotonic() - tick
+            self.events.info(f"job {job.id}: downloaded {s.input_bucket}/{source_key} ({size} bytes)")
+            separator = model_loading.result()
+            wanted = job.stems or ((job.two_stems,) if job.two_stems else ())
+            missing = [name for name in wanted if name not in separator.model.sources]
+            if missing:
+                raise UnprocessableInput(f"model {job.model} has no stems {missing}")
+            tick = time.monotonic()
+            wav = audio.decode(Path(tmp) / "input", separator.samplerate, separator.audio_channels,
+                               s.max_duration_seconds)
+            (Path(tmp) / "input").unlink()
+            timings["decode"] = time.monotonic() - tick
+            audio_seconds = wav.shape[-1] / separator.samplerate
+            device = separation.resolve_device(s.demucs_device)
+            status.update(State.SEPARATING, progress=0, device=device, audio_seconds=f"{audio_seconds:.3f}")
+            self.events.info(f"job {job.id}: separating {audio_seconds:.1f} s of audio with {job.model} on {device}")
+            tick = time.monotonic()
+            stems = pick_stems(
+                separation.separate(separator, wav, s.demucs_shifts, lambda p: status.update(progress=p)), job
+            )
+            del wav
+            timings["separate"] = time.monotonic() - tick
+            status.update(State.UPLOADING, progress=100)
+            tick = time.monotonic()
+            outputs = self._store_stems(job, stems, Path(tmp), separator.samplerate)
+            timings["encode_upload"] = time.monotonic() - tick
+        timings["total"] = time.monotonic() - started
+        status.update(State.DONE, outputs=json.dumps(outputs), seconds=f"{timings['total']:.3f}")
+        self.events.info(f"job {job.id}: done in {timings['total']:.2f} s")
+        return {
+            "id": job.id,
+            "state": State.DONE.value,
+            "model": job.model,
+            "format": job.format,
+            "device": device,
+            "attempt": attempt,
+            "audio_seconds": round(audio_seconds, 3),
+            "stems": outputs,
+            "seconds": {name: round(value, 3) for name, value in timings.items()},
+        }
+
+    def _store_stems(self, job: Job, stems: dict[str, torch.Tensor], tmp: Path, samplerate: int) -> dict[str, Any]:
+        """Encode and upload every stem concurrently; returns stem -> {bucket, key}."""
+        s = self.settings
+        self.store.ensure_bucket(s.output_bucket)
+
+        def encode_and_upload(stem: str, wav: torch.Tensor) -> tuple[str, dict[str, str]]:
+            name = s.stem_aliases.get(stem, stem)
+            path = tmp / f"{stem}.{job.format}"
+            try:
+                audio.encode(wav, path, samplerate, s.mp3_bitrate, s.mp3_preset)
+            except OSError as err:
+                raise Transient(f"cannot write stem {stem} to the temp dir: {err}") from None
+            key = output_key(s.output_key, job.id, name, job.format, job.model)
+            self.store.upload(s.output_bucket, key, path, CONTENT_TYPES[job.format])
+            path.unlink()
+            self.events.info(f"job {job.id}: uploaded {stem} to {s.output_bucket}/{key}")
+            return stem, {"bucket": s.output_bucket, "key": key}
+
+        futures = [self._pool.submit(encode_and_upload, stem, wav) for stem, wav in stems.items()]
+        return dict(future.result() for future in futures)
+
+
+_default_worker: Worker | None = None
+
+
+def default_worker() -> Worker:
+    """The process-wide worker built from the environment (settings read once)."""
+    global _default_worker
+    if _default_worker is None:
+        _default_worker = Worker(get_settings())
+    return _default_worker
+
+
+def handle(event: CloudEvent) -> dict[str, Any]:
+    """Separate the song named by `event` end to end and return where each stem went."""
+    return default_worker().handle(event)

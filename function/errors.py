@@ -1,0 +1,48 @@
+"""The worker's error hierarchy.
+
+Every failure a job can meet is one of these, so callers decide on the class alone:
+`BadJob` is permanent (do not retry; dead-letter), `Transient` may succeed on retry (requeue).
+Each class carries the HTTP status the functions-framework adapter answers with.
+"""
+
+from __future__ import annotations
+
+
+class StemworkerError(Exception):
+    """Base class of every error the worker raises on purpose."""
+
+    http_status = 500
+    permanent = False
+
+
+class ConfigError(StemworkerError):
+    """A setting is missing or invalid; raised once at start-up, never per job."""
+
+
+class BadJob(StemworkerError):
+    """Permanent: retrying the same job can never succeed."""
+
+    http_status = 422
+    permanent = True
+
+
+class InvalidJob(BadJob):
+    """The message or its CloudEvent is malformed, or a field is out of bounds (rejected before any I/O)."""
+
+    http_status = 400
+
+
+class UnprocessableInput(BadJob):
+    """The job is well formed but its input cannot be separated: missing, oversize, too long, not audio."""
+
+    http_status = 422
+
+
+class Transient(StemworkerError):
+    """A dependency failed (Redis, S3, disk); the same job may succeed later."""
+
+    http_status = 503
+
+
+class Interrupted(Transient):
+    """The process was asked to stop (SIGTERM) while a job ran; the job must go back to the queue."""

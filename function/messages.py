@@ -1,0 +1,188 @@
+"""Parse every wire form of a job into one CloudEvent, and every CloudEvent into one validated `Job`.
+
+Wire forms accepted on the queue (and as CloudEvent `data`):
+- a bare track id, with or without JSON quotes: `3f9a...` or `"3f9a..."`;
+- a JSON object with the id under `songhash`, `hash` or `id`, plus optional `model`, `callback`, `stems`,
+  `two_stems` and `format`;
+- a structured-mode CloudEvent JSON whose `data` is either of the above (used as it is).
+
+Ids and every other field are validated here, and only here, before any I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from cloudevents.exceptions import GenericException
+from cloudevents.http import CloudEvent, from_dict
+
+from function.config import FORMATS, STEMS, Settings
+from function.errors import InvalidJob
+
+EVENT_REQUESTED = "io.stemworker.separation.requested"
+EVENT_COMPLETED = "io.stemworker.separation.completed"
+EVENT_FAILED = "io.stemworker.separation.failed"
+EVENT_SOURCE = "urn:stemworker:queue"
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}", re.ASCII)
+ID_FIELDS = ("songhash", "hash", "id")
+
+
+@dataclass(frozen=True)
+class Callback:
+    """Where to POST when the job is done. `data` is posted as given; `None` with a plain URL
+    means the job's result is posted instead."""
+
+    url: str
+    data: Any = None
+    has_data: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    """One validated separation request."""
+
+    id: str
+    model: str
+    format: str = "mp3"
+    stems: tuple[str, ...] | None = None
+    two_stems: str | None = None
+    callback: Callback | None = None
+    event_id: str = ""
+
+
+def new_event(data: Any, event_id: str | None = None) -> CloudEvent:
+    """A `separation.requested` CloudEvent carrying `data`."""
+    attributes = {
+        "type": EVENT_REQUESTED,
+        "source": EVENT_SOURCE,
+        "id": event_id or str(uuid.uuid4()),
+        "datacontenttype": "application/json",
+    }
+    return CloudEvent(attributes, data)
+
+
+def event_from_message(raw: bytes | str, max_message_bytes: int) -> CloudEvent:
+    """Turn one queue message into the CloudEvent `handle` takes."""
+    body = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if len(body) > max_message_bytes:
+        raise InvalidJob(f"message is {len(body)} bytes, over MAX_MESSAGE_BYTES={max_message_bytes}")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InvalidJob(f"message is not UTF-8 text: {err}") from None
+    stripped = text.strip()
+    if not stripped:
+        raise InvalidJob("message is empty")
+    if ID_PATTERN.fullmatch(stripped) and not stripped.isdigit():
+        # A bare id with no JSON quoting; all-digit text is a JSON number and is rejected as an id.
+        return new_event(stripped)
+    try:
+        payload = json.loads(stripped)
+    except json.JSONDecodeError as err:
+        raise InvalidJob(f"message is not valid JSON: {err.msg} at position {err.pos}") from None
+    if isinstance(payload, dict) and "specversion" in payload:
+        return event_from_dict(payload)
+    return new_event(payload)
+
+
+def event_from_dict(payload: dict[str, Any]) -> CloudEvent:
+    """A structured-mode CloudEvent given as a dict; a malformed one raises InvalidJob."""
+    if payload.get("specversion") != "1.0":
+        raise InvalidJob(f"unsupported CloudEvent specversion {payload.get('specversion')!r}; expected '1.0'")
+    for name in ("id", "source", "type"):
+        if not isinstance(payload.get(name), str) or not payload[name]:
+            raise InvalidJob(f"CloudEvent attribute {name!r} must be a non-empty string")
+    try:
+        return from_dict(payload)
+    except (GenericException, ValueError, TypeError) as err:
+        raise InvalidJob(f"malformed CloudEvent: {err}") from None
+
+
+def validate_id(raw: Any) -> str:
+    """A job id: a string of 1..128 characters from [A-Za-z0-9_-]."""
+    if not isinstance(raw, str) or ID_PATTERN.fullmatch(raw) is None:
+        shown = repr(raw) if not isinstance(raw, str) else repr(raw[:80]) + ("..." if len(raw) > 80 else "")
+        raise InvalidJob(f"job id must be a string of 1-128 characters [A-Za-z0-9_-], got {shown}")
+    return raw
+
+
+def _decode_data(data: Any) -> Any:
+    if isinstance(data, bytes | bytearray):
+        try:
+            text = bytes(data).decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise InvalidJob("event data is not UTF-8 text") from None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    return data
+
+
+def _callback(raw: Any) -> Callback | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        return Callback(url=raw)
+    if isinstance(raw, dict):
+        url = raw.get("url")
+        if not isinstance(url, str) or not url:
+            raise InvalidJob(f"callback.url must be a non-empty string, got {url!r}")
+        return Callback(url=url, data=raw.get("data"), has_data="data" in raw)
+    raise InvalidJob(f"callback must be a URL string or an object with 'url', got {type(raw).__name__}")
+
+
+def _stems(raw: Any) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw or not all(isinstance(s, str) for s in raw):
+        raise InvalidJob(f"stems must be a non-empty list of names from {list(STEMS)}, got {raw!r}")
+    unknown = [s for s in raw if s not in STEMS]
+    if unknown:
+        raise InvalidJob(f"unknown stems {unknown!r}; expected a subset of {list(STEMS)}")
+    return tuple(dict.fromkeys(raw))
+
+
+def _two_stems(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or raw not in STEMS:
+        raise InvalidJob(f"two_stems must be one of {list(STEMS)}, got {raw!r}")
+    return raw
+
+
+def job_from_event(event: CloudEvent, settings: Settings) -> Job:
+    """Validate the event's data into a `Job`; raises InvalidJob naming the bad field."""
+    data = _decode_data(event.data)
+    event_id = str(event["id"])
+    if isinstance(data, str):
+        return Job(id=validate_id(data), model=settings.demucs_model, event_id=event_id)
+    if not isinstance(data, dict):
+        raise InvalidJob(f"job must be a track id string or a JSON object, got {type(data).__name__}")
+    present = [name for name in ID_FIELDS if name in data]
+    if not present:
+        raise InvalidJob(f"job object has no id: expected one of {list(ID_FIELDS)}")
+    job_id = validate_id(data[present[0]])
+    model = data.get("model") or settings.demucs_model
+    if not isinstance(model, str) or model not in settings.allowed_models:
+        raise InvalidJob(f"model {model!r} is not allowed; allowed: {sorted(settings.allowed_models)}")
+    fmt = data.get("format") or "mp3"
+    if not isinstance(fmt, str) or fmt.lower() not in FORMATS:
+        raise InvalidJob(f"format must be one of {list(FORMATS)}, got {fmt!r}")
+    stems, two_stems = _stems(data.get("stems")), _two_stems(data.get("two_stems"))
+    if stems is not None and two_stems is not None:
+        raise InvalidJob("stems and two_stems cannot be used together")
+    return Job(
+        id=job_id,
+        model=model,
+        format=fmt.lower(),
+        stems=stems,
+        two_stems=two_stems,
+        callback=_callback(data.get("callback")),
+        event_id=event_id,
+    )

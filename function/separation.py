@@ -1,0 +1,134 @@
+"""DEMUCS in-process: load each model once per process, separate tensors, report progress.
+
+Torch's intra-op threads follow the container's CPU quota (cgroup v2 `cpu.max` or v1 CFS quota),
+not the host's core count, so a pod limited to 2 CPUs does not run 64 threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from demucs.api import Separator
+
+from function.config import Settings
+from function.errors import Transient, UnprocessableInput
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int], None]
+
+_models: dict[tuple[str, str | None, str], Separator] = {}
+_models_lock = threading.Lock()
+# One separation at a time per process: DEMUCS holds GBs per song, two at once would double the peak.
+separation_lock = threading.Lock()
+_threads_set = False
+load_count = 0
+
+
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs allowed by the cgroup quota, or None when unlimited or unknown."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+
+
+def cpu_threads(root: Path = Path("/sys/fs/cgroup")) -> int:
+    """Threads to give torch: the CPUs this process may run on, capped by the cgroup quota."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    limit = cgroup_cpu_limit(root)
+    if limit is not None:
+        available = min(available, max(1, math.ceil(limit)))
+    return max(1, available)
+
+
+def configure_threads(settings: Settings) -> int:
+    """Set torch's intra-op thread count once per process; returns it."""
+    global _threads_set
+    threads = settings.demucs_threads or cpu_threads()
+    if not _threads_set:
+        torch.set_num_threads(threads)
+        _threads_set = True
+    return torch.get_num_threads()
+
+
+def resolve_device(setting: str) -> str:
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
+def get_separator(model: str, settings: Settings) -> Separator:
+    """The loaded model `model`, loaded on first use and kept for the life of the process."""
+    global load_count
+    device = resolve_device(settings.demucs_device)
+    repo = str(settings.demucs_repo) if settings.demucs_repo else None
+    key = (model, repo, device)
+    with _models_lock:
+        separator = _models.get(key)
+        if separator is not None:
+            return separator
+        configure_threads(settings)
+        log.info("loading model %s from %s on %s", model, repo or "the pretrained hub", device)
+        try:
+            separator = Separator(
+                model=model,
+                repo=Path(repo) if repo else None,
+                device=device,
+                shifts=settings.demucs_shifts,
+                overlap=settings.demucs_overlap,
+                split=True,
+                segment=settings.demucs_segment,
+                progress=False,
+            )
+        except (Exception, SystemExit) as err:  # demucs calls sys.exit() for some repo errors
+            raise Transient(f"cannot load model {model!r}: {type(err).__name__}: {err}") from None
+        _models[key] = separator
+        load_count += 1
+        return separator
+
+
+@dataclass
+class _Progress:
+    """Turns DEMUCS chunk callbacks into a monotonic 0-100 percentage."""
+
+    report: ProgressFn
+    shifts: int
+    last: int = -1
+
+    def __call__(self, info: dict) -> None:
+        if info.get("state") != "end":
+            return
+        models = max(1, int(info.get("models", 1)))
+        passes = max(1, self.shifts)
+        length = max(1, int(info.get("audio_length", 1)))
+        chunk_done = min(1.0, (int(info.get("segment_offset", 0)) + 1) / length)
+        done = (int(info.get("model_idx_in_bag", 0)) + (int(info.get("shift_idx", 0)) + chunk_done) / passes)
+        percent = min(99, int(100 * done / models))
+        if percent > self.last:
+            self.last = percent
+            self.report(percent)
+
+
+def separate(separator: Separator, wav: torch.Tensor, shifts: int, on_progress: ProgressFn) -> dict[str, torch.Tensor]:
+    """Split `wav` ([channels, samples] at the model's rate) into the model's stems."""
+    if wav.shape[-1] < 1:
+        raise UnprocessableInput("input audio has no samples")
+    with separation_lock, torch.inference_mode():
+        separator.update_parameter(callback=_Progress(on_progress, shifts), callback_arg={})
+        _, stems = separator.separate_tensor(wav)
+    return stems

@@ -1,0 +1,137 @@
+"""The object store, through the minio client: download a bounded input, upload stems, ensure buckets."""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+
+import urllib3
+from minio import Minio
+from minio.commonconfig import CopySource
+from minio.error import MinioException, S3Error, ServerError
+
+from function.config import Settings
+from function.errors import Transient, UnprocessableInput
+
+MISSING_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchObject"}
+CHUNK_BYTES = 1 << 20
+
+CONTENT_TYPES = {"mp3": "audio/mpeg", "wav": "audio/wav", "flac": "audio/flac"}
+
+
+def make_client(settings: Settings) -> Minio:
+    """A minio client whose every call is bounded in time and retried a few times on 5xx."""
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=5.0, read=settings.s3_timeout_s),
+        retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
+        maxsize=8,
+    )
+    return Minio(
+        settings.s3_endpoint,
+        access_key=settings.minio_access_key.get_secret_value(),
+        secret_key=settings.minio_secret_key.get_secret_value(),
+        secure=settings.s3_secure,
+        region=settings.minio_region,
+        http_client=http,
+    )
+
+
+def _transient(action: str, err: Exception) -> Transient:
+    return Transient(f"object store unavailable while {action}: {type(err).__name__}: {err}")
+
+
+class ObjectStore:
+    """Input download and stem upload for one S3 endpoint; safe to share between threads."""
+
+    def __init__(self, client: Minio) -> None:
+        self._client = client
+        self._known_buckets: set[str] = set()
+        self._lock = threading.Lock()
+
+    def download(self, bucket: str, key: str, dest: Path, max_bytes: int) -> int:
+        """Write object `bucket/key` to `dest` and return its size; refuses objects over `max_bytes`."""
+        where = f"{bucket}/{key}"
+        try:
+            size = self._client.stat_object(bucket, key).size or 0
+            if size > max_bytes:
+                raise UnprocessableInput(f"input {where} is {size} bytes, over MAX_INPUT_BYTES={max_bytes}")
+            if size == 0:
+                raise UnprocessableInput(f"input {where} is empty (0 bytes)")
+            response = self._client.get_object(bucket, key)
+            try:
+                written = self._stream_to(response, dest, max_bytes, where)
+            finally:
+                response.close()
+                response.release_conn()
+        except S3Error as err:
+            if err.code in MISSING_CODES:
+                raise UnprocessableInput(f"input {where} not found ({err.code})") from None
+            raise _transient(f"reading {where}", err) from None
+        except (MinioException, ServerError, urllib3.exceptions.HTTPError) as err:
+            raise _transient(f"reading {where}", err) from None
+        return written
+
+    @staticmethod
+    def _stream_to(response: urllib3.BaseHTTPResponse, dest: Path, max_bytes: int, where: str) -> int:
+        written = 0
+        try:
+            with dest.open("wb") as out:
+                for chunk in response.stream(CHUNK_BYTES):
+                    written += len(chunk)
+                    if written > max_bytes:
+                        raise UnprocessableInput(f"input {where} grew past MAX_INPUT_BYTES={max_bytes}")
+                    out.write(chunk)
+        except OSError as err:
+            raise Transient(f"cannot write the input to the temp dir: {err}") from None
+        return written
+
+    def ensure_bucket(self, bucket: str) -> None:
+        """Create `bucket` if it does not exist (checked once per process)."""
+        with self._lock:
+            if bucket in self._known_buckets:
+                return
+        try:
+            if not self._client.bucket_exists(bucket):
+                try:
+                    self._client.make_bucket(bucket)
+                except S3Error as err:
+                    if err.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+        except (MinioException, urllib3.exceptions.HTTPError) as err:
+            raise _transient(f"creating bucket {bucket}", err) from None
+        with self._lock:
+            self._known_buckets.add(bucket)
+
+    def upload(self, bucket: str, key: str, source: Path, content_type: str) -> None:
+        """Upload the file `source` as `bucket/key`."""
+        try:
+            self._client.fput_object(bucket, key, str(source), content_type=content_type)
+        except (MinioException, urllib3.exceptions.HTTPError) as err:
+            raise _transient(f"uploading {bucket}/{key}", err) from None
+        except OSError as err:
+            raise Transient(f"cannot read stem file {source.name}: {err}") from None
+
+    def copy(self, bucket: str, source_key: str, dest_key: str) -> None:
+        """Server-side copy inside one bucket (no data passes through the worker)."""
+        try:
+            self._client.copy_object(bucket, dest_key, CopySource(bucket, source_key))
+        except (MinioException, urllib3.exceptions.HTTPError) as err:
+            raise _transient(f"copying {bucket}/{source_key}", err) from None
+
+    def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
+        """Upload a small in-memory object."""
+        try:
+            self._client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+        except (MinioException, urllib3.exceptions.HTTPError) as err:
+            raise _transient(f"uploading {bucket}/{key}", err) from None
+
+
+def output_key(template: str, job_id: str, stem: str, ext: str, model: str) -> str:
+    """The object key of one stem."""
+    return template.format(id=job_id, stem=stem, ext=ext, model=model)
+
+
+def input_key(template: str, job_id: str) -> str:
+    """The object key of a job's input song."""
+    return template.format(id=job_id)
