@@ -58,7 +58,7 @@ def _wait(check, what: str, deadline_s: float, process: subprocess.Popen, log: P
         try:
             if check():
                 return
-        except Exception:  # noqa: BLE001 - any failure means "not up yet"
+        except Exception:  # any failure means "not up yet"
             pass
         time.sleep(0.1)
     raise ServiceUnavailable(f"{what} did not answer within {deadline_s} s: {log.read_text()[-2000:]}")

@@ -1,0 +1,153 @@
+"""Shared fixtures: a real redis-server and a real SeaweedFS S3 on loopback, a tiny generated model repo,
+settings pointing at them, and a local HTTP receiver for callbacks.
+
+A test that needs a service and finds none fails loudly (ServiceUnavailable); nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+
+from function import sample_song
+from function.config import Settings, load_settings
+from function.core import Worker
+from function.local_services import LocalServices
+from function.model_repo import TINY_KWARGS, write_model
+from function.storage import make_client
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[LocalServices]:
+    with LocalServices() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("demucs-repo")
+    write_model(repo, "tiny")
+    write_model(repo, "tiny2", seed=1, signature="7e57a12d", kwargs=TINY_KWARGS)
+    return repo
+
+
+@pytest.fixture
+def redis_client(services: LocalServices) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(services.env()["REDIS_URL"])
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_settings(services: LocalServices, model_repo: Path, tmp_path: Path):
+    """Settings for the local services; each test gets its own buckets so tests never see each other's objects."""
+    suffix = uuid.uuid4().hex[:8]
+
+    def build(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "redis_url": services.env()["REDIS_URL"],
+            "minio_endpoint": services.env()["MINIO_ENDPOINT"],
+            "minio_access_key": services.env()["MINIO_ACCESS_KEY"],
+            "minio_secret_key": services.env()["MINIO_SECRET_KEY"],
+            "input_bucket": f"in-{suffix}",
+            "output_bucket": f"out-{suffix}",
+            "demucs_model": "tiny",
+            "demucs_repo": str(model_repo),
+            "demucs_device": "cpu",
+            "demucs_threads": 2,
+            "demucs_shifts": 0,
+            "redis_timeout_s": 3,
+            "s3_timeout_s": 5,
+            "callback_timeout_s": 3,
+        }
+        values.update(overrides)
+        return load_settings(**values)
+
+    return build
+
+
+@pytest.fixture
+def settings(make_settings, redis_client) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def worker(settings: Settings) -> Worker:
+    return Worker(settings)
+
+
+@pytest.fixture(scope="session")
+def song() -> bytes:
+    """A 3 s generated stereo MP3."""
+    return sample_song.song_mp3(seconds=3.0)
+
+
+@pytest.fixture
+def upload(settings: Settings):
+    """Put bytes into the input bucket under the key the worker reads for `job_id`."""
+    client = make_client(settings)
+    if not client.bucket_exists(settings.input_bucket):
+        client.make_bucket(settings.input_bucket)
+
+    def put(job_id: str, data: bytes, key: str | None = None) -> str:
+        name = key or settings.input_key.format(id=job_id)
+        client.put_object(settings.input_bucket, name, io.BytesIO(data), len(data))
+        return name
+
+    return put
+
+
+@pytest.fixture
+def s3(settings: Settings):
+    return make_client(settings)
+
+
+@dataclass
+class Receiver:
+    """A local HTTP server recording every request; answers with `status` (default 200)."""
+
+    url: str
+    requests: list[dict] = field(default_factory=list)
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    state = Receiver(url="")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            body = self.rfile.read(length)
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                parsed = None
+            state.requests.append({"path": self.path, "headers": dict(self.headers), "body": body, "json": parsed})
+            self.send_response(state.status)
+            for name, value in state.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    yield state
+    server.shutdown()
+    server.server_close()
