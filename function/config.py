@@ -95,6 +95,13 @@ class Settings(BaseSettings):
     max_duration_seconds: float = Field(1200.0, gt=0)
     max_message_bytes: int = Field(64 * 1024, gt=0)
 
+    # Job runner
+    claim_wait_seconds: float = Field(30.0, ge=0)
+    lease_seconds: int = Field(120, ge=2)
+    max_attempts: int = Field(3, ge=1)
+    queue_pop: Literal["left", "right"] = "left"
+    orphan_grace_seconds: float = Field(10.0, ge=0)
+
     # Callback
     callback_timeout_s: float = Field(10.0, gt=0)
 

@@ -25,14 +25,25 @@ def dead_key(queue_key: str) -> str:
     return f"{queue_key}:dead"
 
 
-def lease_key(queue_key: str, token: str) -> str:
-    """Lease of one claimed message (string key with a TTL, renewed by the runner's heartbeat)."""
-    return f"{queue_key}:lease:{token}"
+def lease_key(queue_key: str, digest: str, token: str) -> str:
+    """Lease of one claimed message (string key with a TTL, renewed by the runner's heartbeat).
+    `digest` names the message, `token` the runner, so identical messages claimed twice hold two leases."""
+    return f"{queue_key}:lease:{digest}:{token}"
+
+
+def lease_pattern(queue_key: str, digest: str) -> str:
+    """Glob matching every lease held on the message `digest` (a hex string, no glob characters)."""
+    return f"{queue_key}:lease:{digest}:*"
 
 
 def attempts_key(queue_key: str) -> str:
-    """Hash: message digest -> how many times a runner has claimed that message."""
+    """Hash: message digest -> how many times a runner has claimed that message (survives requeues)."""
     return f"{queue_key}:attempts"
+
+
+def orphans_key(queue_key: str) -> str:
+    """Hash: message digest -> Redis time when a reaper first saw it in the processing list without a lease."""
+    return f"{queue_key}:orphans"
 
 
 def status_key(template: str, job_id: str) -> str:

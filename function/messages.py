@@ -11,6 +11,7 @@ Ids and every other field are validated here, and only here, before any I/O.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
@@ -78,16 +79,18 @@ def event_from_message(raw: bytes | str, max_message_bytes: int) -> CloudEvent:
     stripped = text.strip()
     if not stripped:
         raise InvalidJob("message is empty")
+    # The same message always gets the same event id, so a retried job keeps its id (receivers de-duplicate).
+    event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "stemworker:" + hashlib.sha256(body).hexdigest()))
     if ID_PATTERN.fullmatch(stripped) and not stripped.isdigit():
         # A bare id with no JSON quoting; all-digit text is a JSON number and is rejected as an id.
-        return new_event(stripped)
+        return new_event(stripped, event_id)
     try:
         payload = json.loads(stripped)
     except json.JSONDecodeError as err:
         raise InvalidJob(f"message is not valid JSON: {err.msg} at position {err.pos}") from None
     if isinstance(payload, dict) and "specversion" in payload:
         return event_from_dict(payload)
-    return new_event(payload)
+    return new_event(payload, event_id)
 
 
 def event_from_dict(payload: dict[str, Any]) -> CloudEvent:

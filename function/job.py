@@ -1,0 +1,255 @@
+"""The one-shot job runner a KEDA ScaledJob pod runs: claim one message, run it through `handle`, exit.
+
+    python -m function.job [--max-messages N] [--reap] [--check]
+
+Outcomes: done -> the message leaves the processing list; permanent error (bad input) -> dead-letter list
+`<queue>:dead`; transient error (Redis/S3 down, crash) -> back to the head of the queue until MAX_ATTEMPTS,
+then dead-letter; SIGTERM -> back to the head of the queue, exit 0. A pod that dies (OOM, eviction) stops
+renewing its lease and a reaper (every runner before it claims, and `--reap` from a CronJob) requeues it;
+a message that keeps killing pods is dead-lettered once its attempts pass MAX_ATTEMPTS.
+
+Exit codes: 0 when the message was handled (done or dead-lettered), requeued on SIGTERM, or the queue was
+empty; 1 when infrastructure failed (the message is then safe in the queue or the processing list);
+2 for a configuration error.
+
+In-process API: `Runner(settings).run_once(wait_s)` processes at most one message and returns an `Outcome`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from cloudevents.conversion import to_dict
+
+from function.config import Settings, get_settings, load_settings
+from function.core import ATTEMPT_ATTRIBUTE, Worker, valid_id_of
+from function.errors import ConfigError, Interrupted, InvalidJob, StemworkerError, Transient
+from function.messages import event_from_message
+from function.queue import Claim, WorkQueue, now_iso
+from function.status import State
+
+log = logging.getLogger("stemworker.job")
+
+
+class Outcome(StrEnum):
+    EMPTY = "empty"
+    DONE = "done"
+    DEAD = "dead-lettered"
+    REQUEUED = "requeued"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass
+class Result:
+    outcome: Outcome
+    job_id: str | None = None
+    attempts: int = 0
+    error: str | None = None
+
+
+class Heartbeat(threading.Thread):
+    """Renews a claim's lease every third of its TTL until stopped; a failed renewal is logged and retried."""
+
+    def __init__(self, queue: WorkQueue, claim: Claim) -> None:
+        super().__init__(name="lease-heartbeat", daemon=True)
+        self._queue = queue
+        self._claim = claim
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        interval = max(0.5, self._queue.lease_s / 3)
+        while not self._stop_event.wait(interval):
+            try:
+                self._queue.renew(self._claim)
+            except Transient as err:
+                log.warning("lease renewal failed, will retry: %s", err)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+
+class Runner:
+    """Claims messages and runs them through a Worker; owns the retry and dead-letter decisions."""
+
+    def __init__(self, settings: Settings, worker: Worker | None = None) -> None:
+        self.settings = settings
+        self.worker = worker or Worker(settings)
+        self.queue = WorkQueue(self.worker.redis, settings.queue_key, settings.queue_pop,
+                               settings.lease_seconds, settings.orphan_grace_seconds)
+        self.events = self.worker.events
+        self.stopping = False
+        self._busy = False
+
+    # SIGTERM: between jobs just stop; during a job interrupt it so the message goes back to the queue.
+    def install_signal_handlers(self) -> None:
+        def on_term(signum: int, frame: Any) -> None:
+            self.stopping = True
+            if self._busy:
+                self._busy = False
+                raise Interrupted(f"received signal {signum}")
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+
+    def reap(self) -> int:
+        moved = self.queue.reap()
+        if moved:
+            self.events.info(f"reaper: requeued {moved} message(s) whose worker died")
+        return moved
+
+    def run_once(self, wait_s: float | None = None) -> Result:
+        """Reap, then claim and process at most one message."""
+        self.reap()
+        wait = self.settings.claim_wait_seconds if wait_s is None else wait_s
+        self._busy = True
+        try:
+            claim = self.queue.claim(wait)
+        except Interrupted:
+            return Result(Outcome.INTERRUPTED)
+        finally:
+            self._busy = False
+        if claim is None:
+            return Result(Outcome.EMPTY)
+        return self._process(claim)
+
+    def _process(self, claim: Claim) -> Result:
+        started = time.monotonic()
+        try:
+            event = event_from_message(claim.message, self.settings.max_message_bytes)
+        except InvalidJob as err:
+            self.events.error(f"malformed message dead-lettered: {err}")
+            return self._dead_letter(claim, None, err, started)
+        event[ATTEMPT_ATTRIBUTE] = str(claim.attempts)
+        job_id = valid_id_of(event)
+        if claim.attempts > self.settings.max_attempts:
+            err = Transient(f"gave up after {claim.attempts - 1} attempts: the worker died or was stopped "
+                            "while processing this message each time")
+            return self._dead_letter(claim, event, err, started, job_id, mark_status=True)
+        self.events.info(f"claimed job {job_id or '(invalid id)'} (attempt {claim.attempts}/"
+                         f"{self.settings.max_attempts})")
+        heartbeat = Heartbeat(self.queue, claim)
+        heartbeat.start()
+        try:
+            self._busy = True
+            if self.stopping:
+                raise Interrupted("stopping before the job started")
+            self.worker.handle(event)
+            self._busy = False
+        except Interrupted as err:
+            self._busy = False
+            heartbeat.stop()
+            self.queue.requeue(claim, count_attempt=False)
+            self.events.info(f"job {job_id}: interrupted ({err}); message requeued after "
+                             f"{time.monotonic() - started:.2f} s")
+            return Result(Outcome.INTERRUPTED, job_id, claim.attempts, str(err))
+        except StemworkerError as err:
+            self._busy = False
+            heartbeat.stop()
+            if err.permanent or claim.attempts >= self.settings.max_attempts:
+                return self._dead_letter(claim, event, err, started, job_id, mark_status=not err.permanent)
+            self.queue.requeue(claim)
+            self.events.info(f"job {job_id}: requeued after a transient error, attempt {claim.attempts}/"
+                             f"{self.settings.max_attempts} ({time.monotonic() - started:.2f} s): {err}")
+            return Result(Outcome.REQUEUED, job_id, claim.attempts, str(err))
+        heartbeat.stop()
+        self.queue.complete(claim)
+        return Result(Outcome.DONE, job_id, claim.attempts)
+
+    def _dead_letter(self, claim: Claim, event: Any, err: StemworkerError, started: float,
+                     job_id: str | None = None, mark_status: bool = False) -> Result:
+        entry = {
+            "message": claim.message.decode("utf-8", "replace"),
+            "event": to_dict(event) if event is not None else None,
+            "job_id": job_id,
+            "error": str(err),
+            "error_type": type(err).__name__,
+            "permanent": err.permanent,
+            "attempts": claim.attempts,
+            "first_seen_at": claim.first_seen_at,
+            "failed_at": now_iso(),
+        }
+        if entry["event"] is not None and isinstance(entry["event"].get("data"), bytes):
+            entry["event"]["data"] = entry["event"]["data"].decode("utf-8", "replace")
+        if mark_status and job_id is not None:
+            try:
+                self.worker.status_for(job_id).update(State.FAILED, error=str(err), retryable=0,
+                                                      attempts=claim.attempts)
+            except Transient as status_err:
+                log.warning("could not mark job %s failed: %s", job_id, status_err)
+        self.queue.dead_letter(claim, entry)
+        self.events.error(f"job {job_id or '(invalid id)'}: dead-lettered after {claim.attempts} attempt(s) "
+                          f"({time.monotonic() - started:.2f} s): {err}")
+        return Result(Outcome.DEAD, job_id, claim.attempts, str(err))
+
+
+
+def check(settings: Settings) -> list[str]:
+    """Readiness problems (empty when Redis and S3 answer)."""
+    problems = []
+    worker = Worker(settings)
+    try:
+        worker.redis.ping()
+    except Exception as err:  # any failure is a problem to report, not to raise
+        problems.append(f"redis: {type(err).__name__}")
+    try:
+        worker.store.ensure_bucket(settings.output_bucket)
+    except Transient as err:
+        problems.append(f"s3: {err}")
+    return problems
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="stemworker-job", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--max-messages", type=int, default=int(os.environ.get("MAX_MESSAGES", "1")),
+                        help="messages to process before exiting (env MAX_MESSAGES, default 1)")
+    parser.add_argument("--reap", action="store_true", default=os.environ.get("REAP_ONLY") == "1",
+                        help="only requeue messages whose worker died, then exit (env REAP_ONLY=1)")
+    parser.add_argument("--check", action="store_true", help="check Redis and S3, exit 0 when both answer")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = get_settings() if argv is None else load_settings()
+    except ConfigError as err:
+        print(f"stemworker-job: {err}", file=sys.stderr)
+        return 2
+    if args.check:
+        problems = check(settings)
+        print("ok" if not problems else "; ".join(problems))
+        return 0 if not problems else 1
+    runner = Runner(settings)
+    runner.install_signal_handlers()
+    try:
+        if args.reap:
+            print(f"requeued {runner.reap()}")
+            return 0
+        for _ in range(max(1, args.max_messages)):
+            if runner.stopping:
+                break
+            result = runner.run_once()
+            log.info("outcome %s job=%s attempts=%s", result.outcome, result.job_id, result.attempts)
+            if result.outcome in (Outcome.EMPTY, Outcome.INTERRUPTED):
+                break
+    except Transient as err:
+        log.error("infrastructure failure, exiting 1 (the message stays in the queue or processing list): %s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,244 @@
+"""The one-shot job runner against real Redis and S3: claim, lease, reap, retry, dead-letter, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from function import sample_song
+from function.job import Outcome, Runner, main
+from function.queue import WorkQueue
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def state_of(redis_client, job_id: str) -> str | None:
+    value = redis_client.hget(f"status:{job_id}", "state")
+    return value.decode() if value else None
+
+
+def dead_entries(redis_client) -> list[dict]:
+    return [json.loads(e) for e in redis_client.lrange("toWorker:dead", 0, -1)]
+
+
+def test_done_job_leaves_no_trace_in_queue(settings, upload, song, redis_client):
+    upload("ok1", song)
+    redis_client.lpush("toWorker", "ok1")
+    result = Runner(settings).run_once(wait_s=1)
+    assert result.outcome is Outcome.DONE and result.job_id == "ok1" and result.attempts == 1
+    assert redis_client.llen("toWorker:processing") == 0
+    assert redis_client.hlen("toWorker:attempts") == 0
+    assert redis_client.keys("toWorker:lease:*") == []
+    assert state_of(redis_client, "ok1") == "done"
+    assert redis_client.hget("status:ok1", "attempts") == b"1"
+
+
+def test_empty_queue_is_a_normal_exit(settings, redis_client):
+    assert Runner(settings).run_once(wait_s=0.2).outcome is Outcome.EMPTY
+
+
+def test_permanent_error_is_dead_lettered_with_context(settings, redis_client):
+    redis_client.lpush("toWorker", json.dumps({"songhash": "missing1", "model": "tiny"}))
+    result = Runner(settings).run_once(wait_s=1)
+    assert result.outcome is Outcome.DEAD
+    (entry,) = dead_entries(redis_client)
+    assert entry["job_id"] == "missing1" and entry["permanent"] is True
+    assert entry["error_type"] == "UnprocessableInput" and "not found" in entry["error"]
+    assert json.loads(entry["message"]) == {"songhash": "missing1", "model": "tiny"}
+    assert entry["event"]["data"] == {"songhash": "missing1", "model": "tiny"}
+    assert entry["attempts"] == 1 and entry["first_seen_at"] and entry["failed_at"]
+    assert redis_client.llen("toWorker:processing") == 0
+    assert state_of(redis_client, "missing1") == "failed"
+
+
+def test_malformed_message_is_dead_lettered(settings, redis_client):
+    redis_client.lpush("toWorker", "{not json")
+    assert Runner(settings).run_once(wait_s=1).outcome is Outcome.DEAD
+    (entry,) = dead_entries(redis_client)
+    assert entry["event"] is None and entry["message"] == "{not json" and "not valid JSON" in entry["error"]
+
+
+def test_transient_error_requeues_until_max_attempts(make_settings, redis_client, services):
+    closed = make_settings(minio_endpoint="127.0.0.1:9", max_attempts=2, s3_timeout_s=1)
+    redis_client.lpush("toWorker", "later", "first")  # "first" is at the head
+    runner = Runner(closed)
+    first = runner.run_once(wait_s=1)
+    assert first.outcome is Outcome.REQUEUED and first.attempts == 1 and first.job_id == "first"
+    assert redis_client.lrange("toWorker", 0, -1) == [b"first", b"later"]  # back at the head
+    assert redis_client.hget("status:first", "retryable") == b"1"
+    second = runner.run_once(wait_s=1)
+    assert second.outcome is Outcome.DEAD and second.attempts == 2
+    (entry,) = dead_entries(redis_client)
+    assert entry["permanent"] is False and entry["error_type"] == "Transient" and entry["attempts"] == 2
+    assert redis_client.lrange("toWorker", 0, -1) == [b"later"]
+    assert redis_client.hget("status:first", "retryable") == b"0"
+
+
+def test_right_pop_gives_fifo_for_rpush_producers(make_settings, redis_client, upload, song):
+    settings = make_settings(queue_pop="right", demucs_model="tiny")
+    queue = WorkQueue(redis_client, "toWorker", pop="right")
+    redis_client.lpush("toWorker", "a1", "a2")  # LPUSH producer: a1 is oldest, at the right
+    claim = queue.claim(1)
+    assert claim is not None and claim.message == b"a1"
+    queue.requeue(claim)
+    assert redis_client.rpop("toWorker") == b"a1"  # requeued to the head (the end pops happen from)
+    assert settings.queue_pop == "right"
+
+
+def test_reaper_requeues_orphans_but_never_a_leased_message(redis_client):
+    queue = WorkQueue(redis_client, "toWorker", lease_s=30, orphan_grace_s=0)
+    redis_client.lpush("toWorker", "live", "orphan")
+    orphan = queue.claim(1)  # claimed, then its runner "dies": drop its lease
+    live = queue.claim(1)
+    assert orphan is not None and live is not None
+    redis_client.delete(*redis_client.keys(f"toWorker:lease:{orphan.digest}:*"))
+    assert queue.reap() == 0  # first sighting only marks the orphan
+    assert queue.reap() == 1
+    assert redis_client.lrange("toWorker", 0, -1) == [b"orphan"]
+    assert redis_client.lrange("toWorker:processing", 0, -1) == [b"live"]
+    for _ in range(5):
+        assert queue.reap() == 0
+
+
+def test_claim_without_lease_yet_is_not_reaped_within_grace(redis_client):
+    queue = WorkQueue(redis_client, "toWorker", lease_s=30, orphan_grace_s=60)
+    redis_client.lpush("toWorker:processing", "just-claimed")  # BLMOVE done, lease not yet written
+    for _ in range(10):
+        assert queue.reap() == 0
+    assert redis_client.lrange("toWorker:processing", 0, -1) == [b"just-claimed"]
+
+
+def test_concurrent_reapers_requeue_an_orphan_once(redis_client):
+    redis_client.lpush("toWorker:processing", "orphan")
+    queues = [WorkQueue(redis_client, "toWorker", orphan_grace_s=0) for _ in range(8)]
+    queues[0].reap()  # first sighting
+    moved: list[int] = []
+    threads = [threading.Thread(target=lambda q=q: moved.append(q.reap())) for q in queues]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(moved) == 1
+    assert redis_client.lrange("toWorker", 0, -1) == [b"orphan"]
+    assert redis_client.llen("toWorker:processing") == 0
+
+
+def test_poison_message_is_dead_lettered_after_max_attempts(make_settings, redis_client):
+    settings = make_settings(max_attempts=3, orphan_grace_seconds=0)
+    queue = WorkQueue(redis_client, "toWorker", lease_s=30, orphan_grace_s=0)
+    redis_client.lpush("toWorker", "poison")
+    for _ in range(3):  # three pods claim it and die
+        claim = queue.claim(1)
+        assert claim is not None
+        redis_client.delete(*redis_client.keys("toWorker:lease:*"))
+        queue.reap()
+        assert queue.reap() == 1
+    result = Runner(settings).run_once(wait_s=1)
+    assert result.outcome is Outcome.DEAD
+    (entry,) = dead_entries(redis_client)
+    assert "gave up after 3 attempts" in entry["error"] and entry["attempts"] == 4
+    assert redis_client.llen("toWorker") == 0 and redis_client.llen("toWorker:processing") == 0
+
+
+def runner_env(settings, **extra: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "REDIS_URL": settings.redis_connection_url,
+        "MINIO_ENDPOINT": settings.s3_endpoint,
+        "MINIO_ACCESS_KEY": settings.minio_access_key.get_secret_value(),
+        "MINIO_SECRET_KEY": settings.minio_secret_key.get_secret_value(),
+        "INPUT_BUCKET": settings.input_bucket,
+        "OUTPUT_BUCKET": settings.output_bucket,
+        "DEMUCS_MODEL": "tiny",
+        "DEMUCS_REPO": str(settings.demucs_repo),
+        "DEMUCS_DEVICE": "cpu",
+        "DEMUCS_SHIFTS": "0",
+        "DEMUCS_THREADS": "1",
+        "CLAIM_WAIT_SECONDS": "2",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    env.update(extra)
+    return env
+
+
+def start_runner(env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "function.job"], env=env, cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="module")
+def long_song() -> bytes:
+    return sample_song.song_mp3(seconds=30.0)
+
+
+def test_sigterm_mid_job_requeues_and_exits_zero(settings, upload, long_song, redis_client):
+    upload("term1", long_song)
+    redis_client.lpush("toWorker", "term1")
+    process = start_runner(runner_env(settings))
+    wait_for(lambda: state_of(redis_client, "term1") == "separating", 60, "separation to start")
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=30)[0].decode()
+    assert process.returncode == 0, output
+    assert redis_client.lrange("toWorker", 0, -1) == [b"term1"]
+    assert redis_client.llen("toWorker:processing") == 0
+    assert redis_client.keys("toWorker:lease:*") == []
+    assert int(redis_client.hget("toWorker:attempts", next(
+        k for k in redis_client.hkeys("toWorker:attempts") if not k.endswith(b":first_seen")))) == 0
+
+
+def test_kill_9_mid_job_is_rescued_by_the_next_runner(settings, upload, long_song, redis_client):
+    upload("kill1", long_song)
+    redis_client.lpush("toWorker", "kill1")
+    env = runner_env(settings, LEASE_SECONDS="2", ORPHAN_GRACE_SECONDS="0")
+    process = start_runner(env)
+    wait_for(lambda: state_of(redis_client, "kill1") == "separating", 60, "separation to start")
+    process.kill()
+    process.wait(timeout=10)
+    assert redis_client.lrange("toWorker:processing", 0, -1) == [b"kill1"]
+    wait_for(lambda: not redis_client.keys("toWorker:lease:*"), 10, "the dead pod's lease to expire")
+    # A reaper CronJob run marks the orphan; the next one requeues it to the head of the queue.
+    assert main_reap(env) == 0 and redis_client.llen("toWorker") == 0
+    assert main_reap(env) == 0 and redis_client.lrange("toWorker", 0, -1) == [b"kill1"]
+    rescuer = start_runner(env)
+    output = rescuer.communicate(timeout=120)[0].decode()
+    assert rescuer.returncode == 0, output
+    assert state_of(redis_client, "kill1") == "done", output
+    assert redis_client.hget("status:kill1", "attempts") == b"2"
+    assert redis_client.llen("toWorker:processing") == 0 and redis_client.llen("toWorker") == 0
+
+
+def main_reap(env: dict[str, str]) -> int:
+    return subprocess.run([sys.executable, "-m", "function.job", "--reap"], env=env, cwd=REPO_ROOT,
+                          capture_output=True, timeout=60).returncode
+
+
+def test_exit_code_one_when_redis_is_down(make_settings, monkeypatch):
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:9/0")
+    monkeypatch.setenv("REDIS_TIMEOUT_S", "1")
+    monkeypatch.setenv("CLAIM_WAIT_SECONDS", "1")
+    assert main([]) == 1
+
+
+def test_check_reports_ok_against_live_services(settings, monkeypatch, capsys):
+    for name, value in runner_env(settings).items():
+        monkeypatch.setenv(name, value)
+    assert main(["--check"]) == 0
+    assert capsys.readouterr().out.strip() == "ok"
