@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from function import keys
 from function.errors import ConfigError
+from function.signing import secret_bytes
 
 STEMS = ("drums", "bass", "other", "vocals")
 FORMATS = ("mp3", "wav", "flac")
@@ -104,11 +105,28 @@ class Settings(BaseSettings):
 
     # Callback
     callback_timeout_s: float = Field(10.0, gt=0)
+    callback_private: Literal["allow", "deny"] = "allow"
+    callback_allow_hosts: CommaList = ()
+    webhook_secret: SecretStr | None = None
+    callback_attempts: int = Field(3, ge=1, le=10)
+    callback_total_s: float = Field(30.0, gt=0)
 
     @field_validator("demucs_models", mode="before")
     @classmethod
     def _models_list(cls, value: object) -> object:
         return _split_commas(value)
+
+    @field_validator("callback_allow_hosts", mode="before")
+    @classmethod
+    def _allow_hosts_list(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            secret_bytes(value.get_secret_value())  # its error never echoes the secret
+        return value
 
     @field_validator("stem_aliases", mode="before")
     @classmethod
