@@ -1,0 +1,119 @@
+"""The main job on an embedded default: separate one song end to end on this machine.
+
+    python -m function.demo [SONG] [--out stems/] [--model htdemucs] [--seconds 10]
+
+Starts a real Redis and a real S3 (SeaweedFS) on loopback, uploads the song (a generated clip when none is
+given), pushes a job message on `toWorker` as the REST tier does, runs it through the job runner and
+`handle`, shows progress from the job's status hash, and downloads the stems into `--out`.
+The model is the real pretrained one (downloaded on first use); `DEMUCS_REPO` points at a local model folder
+instead. Offline, with neither, it falls back (loudly) to the same architecture with random weights, so the
+whole path still runs; the stems are then meaningless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from function import sample_song
+from function.config import load_settings
+from function.errors import StemworkerError
+from function.job import Outcome, Runner
+from function.local_services import LocalServices
+from function.model_repo import MODELS, write_model
+from function.storage import make_client
+
+
+def follow(runner: Runner, job_id: str, done: threading.Event) -> None:
+    """Print the job's state and progress whenever they change."""
+    last = None
+    while not done.wait(0.25):
+        try:
+            record = runner.worker.status_for(job_id).read()
+        except StemworkerError:
+            continue
+        shown = (record.get("state"), record.get("progress"))
+        if shown != last and shown[0]:
+            last = shown
+            bar = "#" * (int(shown[1] or 0) // 5)
+            print(f"  {shown[0]:<12} [{bar:<20}] {shown[1] or 0:>3}%", flush=True)
+
+
+def pretrained_available(model: str) -> bool:
+    from demucs.pretrained import get_model
+
+    try:
+        get_model(model)
+    except Exception as err:  # any failure to fetch means "not available here"
+        print(f"pretrained {model} weights unavailable ({type(err).__name__}); see --no-fallback", flush=True)
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("song", nargs="?", type=Path, help="an audio file (default: a generated clip)")
+    parser.add_argument("--out", type=Path, default=Path("stems"), help="where to put the stems (default stems/)")
+    parser.add_argument("--model", default=os.environ.get("DEMUCS_MODEL", "htdemucs"))
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the generated clip")
+    parser.add_argument("--format", default="mp3", choices=["mp3", "wav", "flac"])
+    parser.add_argument("--no-fallback", action="store_true",
+                        help="fail instead of using random weights when the pretrained model is unavailable")
+    args = parser.parse_args(argv)
+
+    repo = os.environ.get("DEMUCS_REPO")
+    if repo is None and not pretrained_available(args.model):
+        if args.no_fallback or args.model not in MODELS:
+            print("no model available: set DEMUCS_REPO to a local demucs model folder", file=sys.stderr)
+            return 2
+        repo = str(Path(".models").resolve())
+        write_model(Path(repo), args.model)
+        print(f"WARNING: using {args.model} with RANDOM weights from {repo}: the stems will be noise-like. "
+              "Set DEMUCS_REPO to a folder with real weights for real stems.", flush=True)
+
+    song = args.song.read_bytes() if args.song else sample_song.song_mp3(seconds=args.seconds)
+    job_id = f"demo-{int(time.time())}"
+    print("starting Redis and S3 (SeaweedFS) on loopback ...", flush=True)
+    with LocalServices() as services:
+        settings = load_settings(**{k.lower(): v for k, v in services.env().items()},
+                                 demucs_model=args.model, demucs_repo=repo, claim_wait_seconds=5)
+        client = make_client(settings)
+        if not client.bucket_exists(settings.input_bucket):
+            client.make_bucket(settings.input_bucket)
+        key = settings.input_key.format(id=job_id)
+        client.put_object(settings.input_bucket, key, io.BytesIO(song), len(song))
+        print(f"uploaded {len(song)} bytes to {settings.input_bucket}/{key}", flush=True)
+        runner = Runner(settings)
+        runner.worker.redis.lpush(settings.queue_key, json.dumps({"songhash": job_id, "format": args.format}))
+        print(f"pushed job {job_id} on {settings.queue_key}; separating with {args.model} ...", flush=True)
+        done = threading.Event()
+        watcher = threading.Thread(target=follow, args=(runner, job_id, done), daemon=True)
+        watcher.start()
+        started = time.monotonic()
+        result = runner.run_once(wait_s=5)
+        done.set()
+        watcher.join()
+        if result.outcome is not Outcome.DONE:
+            print(f"job {job_id} {result.outcome}: {result.error}", file=sys.stderr)
+            return 1
+        outputs = json.loads(runner.worker.status_for(job_id).read()["outputs"])
+        target = args.out / job_id
+        target.mkdir(parents=True, exist_ok=True)
+        for stem, where in outputs.items():
+            path = target / Path(where["key"]).name
+            client.fget_object(where["bucket"], where["key"], str(path))
+            print(f"  {stem:<8} -> {path} ({path.stat().st_size} bytes)")
+        logs = [line.decode() for line in reversed(runner.worker.redis.lrange(settings.log_key, 0, -1))]
+        print("log list:\n  " + "\n  ".join(logs))
+        print(f"done in {time.monotonic() - started:.1f} s; stems in {target}/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
