@@ -11,6 +11,8 @@ Ids and every other field are validated here, and only here, before any I/O.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import re
@@ -31,6 +33,8 @@ EVENT_SOURCE = "urn:stemworker:queue"
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}", re.ASCII)
 ID_FIELDS = ("songhash", "hash", "id")
+# A CloudEvent id is logged and sent as the `webhook-id` header: printable ASCII, no spaces or line breaks.
+EVENT_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,256}", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,14 @@ def event_from_dict(payload: dict[str, Any]) -> CloudEvent:
     for name in ("id", "source", "type"):
         if not isinstance(payload.get(name), str) or not payload[name]:
             raise InvalidJob(f"CloudEvent attribute {name!r} must be a non-empty string")
+    if EVENT_ID_PATTERN.fullmatch(payload["id"]) is None:
+        raise InvalidJob("CloudEvent id must be 1-256 printable ASCII characters without spaces")
+    if "data_base64" in payload:
+        payload = dict(payload)
+        try:
+            payload["data"] = base64.b64decode(payload.pop("data_base64"), validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise InvalidJob("CloudEvent data_base64 is not valid base64") from None
     try:
         return from_dict(payload)
     except (GenericException, ValueError, TypeError) as err:
