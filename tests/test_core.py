@@ -96,3 +96,76 @@ def test_wav_stems_and_two_stems(worker, upload, song, s3):
     data = s3.get_object(result["stems"]["no_vocals"]["bucket"], "two-no_vocals.wav").read()
     decoded, rate = soundfile.read(io.BytesIO(data))
     assert rate == 44100 and np.abs(decoded).max() > 0
+
+
+def test_layout_templates_and_stem_aliases(make_settings, redis_client, upload, song, s3):
+    settings = make_settings(input_key="songs/{id}.mp3", output_key="{model}/{id}/{stem}.{ext}",
+                             stem_aliases="bass:base")
+    upload("lay1", song, key="songs/lay1.mp3")
+    result = run(Worker(settings), '{"id": "lay1", "stems": ["bass", "vocals"], "format": "flac"}')
+    assert result["stems"] == {
+        "bass": {"bucket": settings.output_bucket, "key": "tiny/lay1/base.flac"},
+        "vocals": {"bucket": settings.output_bucket, "key": "tiny/lay1/vocals.flac"},
+    }
+    names = sorted(o.object_name for o in s3.list_objects(settings.output_bucket, recursive=True))
+    assert names == ["tiny/lay1/base.flac", "tiny/lay1/vocals.flac"]
+    decoded, rate = soundfile.read(io.BytesIO(s3.get_object(settings.output_bucket, "tiny/lay1/base.flac").read()))
+    assert rate == 44100 and decoded.shape[1] == 2
+
+
+def test_status_walks_through_every_state_in_order(worker, upload, song, redis_client):
+    upload("walk", song)
+    run(worker, "walk")
+    record = status(redis_client, "walk")
+    stamps = [record[f"{state}_at"] for state in ("downloading", "separating", "uploading", "done")]
+    assert record["received_at"] <= stamps[0] and stamps == sorted(stamps)
+    assert record["model"] == "tiny" and record["attempts"] == "1" and float(record["seconds"]) > 0
+
+
+def test_only_allowlisted_models_run(make_settings, redis_client, upload, song):
+    upload("m2", song)
+    with pytest.raises(InvalidJob, match="not allowed"):
+        run(Worker(make_settings()), '{"id": "m2", "model": "tiny2"}')
+    assert status(redis_client, "m2")["state"] == "failed"
+    result = run(Worker(make_settings(demucs_models="tiny2")), '{"id": "m2", "model": "tiny2"}')
+    assert result["model"] == "tiny2" and result["stems"]["drums"]["key"] == "m2-drums.mp3"
+
+
+def test_callback_posts_the_payload_after_success(make_settings, redis_client, upload, song, receiver):
+    worker = Worker(make_settings(callback_allow_hosts="127.0.0.1"))
+    upload("cb1", song)
+    result = run(worker, json.dumps({"id": "cb1", "callback": {"url": receiver.url, "data": {"mp3": "cb1"}}}))
+    assert [r["json"] for r in receiver.requests] == [{"mp3": "cb1"}]
+    assert result["callback"]["delivered"] is True
+    assert status(redis_client, "cb1")["state"] == "done"  # persisted before the notification
+    assert any("cb1: callback delivered" in line for line in log_lines(redis_client))
+
+
+def test_plain_url_callback_gets_the_result(make_settings, redis_client, upload, song, receiver):
+    worker = Worker(make_settings(callback_allow_hosts="127.0.0.1"))
+    upload("cb2", song)
+    run(worker, json.dumps({"id": "cb2", "callback": receiver.url}))
+    (request,) = receiver.requests
+    assert request["json"]["id"] == "cb2" and request["json"]["state"] == "done"
+    assert request["json"]["stems"]["vocals"]["key"] == "cb2-vocals.mp3"
+
+
+def test_failing_callback_never_fails_the_job(make_settings, redis_client, upload, song, receiver):
+    receiver.status = 500
+    worker = Worker(make_settings(callback_allow_hosts="127.0.0.1", callback_attempts=1))
+    upload("cb3", song)
+    result = run(worker, json.dumps({"id": "cb3", "callback": {"url": receiver.url, "data": {}}}))
+    assert result["state"] == "done" and result["callback"]["delivered"] is False
+    assert status(redis_client, "cb3")["state"] == "done"
+    assert any("cb3: callback" in line and ".worker.error:" in line for line in log_lines(redis_client))
+
+
+def test_temp_dir_is_removed_even_on_failure(worker, upload, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    upload("tmp1", b"junk" * 1000)
+    with pytest.raises(UnprocessableInput):
+        run(worker, "tmp1")
+    assert list(tmp_path.iterdir()) == []
