@@ -15,17 +15,55 @@ from function.errors import UnprocessableInput
 MIN_SAMPLES = 1
 
 
+def _quiet(err: BaseException) -> None:
+    """Re-raise what must never be swallowed; a panic in the Rust decoder is a BaseException."""
+    if isinstance(err, KeyboardInterrupt | SystemExit):
+        raise err
+
+
+def _libsndfile_reason(err: Exception) -> str:
+    # The message of a LibsndfileError starts with the temp file's path; only the library's reason is kept.
+    return str(getattr(err, "error_string", None) or type(err).__name__)
+
+
 def probe_duration_s(path: Path) -> float:
-    """Duration from the container headers, without decoding the samples."""
+    """Duration from the container headers, without decoding the samples.
+
+    symphonia (sphn) is asked first; libsndfile is the fallback, since symphonia finds no frames in MP3s
+    shorter than about 0.4 s and libsndfile reads those."""
     try:
         (duration,) = sphn.durations([str(path)])
-    except BaseException as err:  # a panic in the Rust decoder is a BaseException
-        if isinstance(err, KeyboardInterrupt | SystemExit):
-            raise
-        raise UnprocessableInput(f"input is not decodable audio: {err}") from None
-    if duration is None:
+    except BaseException as err:
+        _quiet(err)
+        duration = None
+    if duration is not None:
+        return float(duration)
+    try:
+        info = soundfile.info(str(path))
+    except (soundfile.SoundFileError, RuntimeError) as err:
+        raise UnprocessableInput(
+            f"input is not decodable audio (no audio stream found: {_libsndfile_reason(err)})"
+        ) from None
+    if info.samplerate <= 0 or info.channels <= 0:
         raise UnprocessableInput("input is not decodable audio (no audio stream found)")
-    return float(duration)
+    return float(info.frames) / info.samplerate
+
+
+def _read(path: Path, max_duration_s: float) -> tuple[np.ndarray, int]:
+    """Samples [channels, frames] and their rate: symphonia first, libsndfile for what it cannot read."""
+    try:
+        data, rate = sphn.read(str(path))
+        return data, int(rate)
+    except BaseException as err:
+        _quiet(err)
+    try:
+        rate = soundfile.info(str(path)).samplerate
+        # Read at most one frame past the limit, so a lying header can not make us allocate more.
+        frames = int(max_duration_s * rate) + 1
+        data, rate = soundfile.read(str(path), frames=frames, dtype="float32", always_2d=True)
+    except (soundfile.SoundFileError, RuntimeError) as err:
+        raise UnprocessableInput(f"input audio cannot be decoded: {_libsndfile_reason(err)}") from None
+    return data.T, int(rate)
 
 
 def decode(path: Path, samplerate: int, channels: int, max_duration_s: float) -> torch.Tensor:
@@ -34,12 +72,7 @@ def decode(path: Path, samplerate: int, channels: int, max_duration_s: float) ->
     duration = probe_duration_s(path)
     if duration > max_duration_s:
         raise UnprocessableInput(f"input is {duration:.1f} s long, over MAX_DURATION_SECONDS={max_duration_s:g}")
-    try:
-        data, source_rate = sphn.read(str(path))
-    except BaseException as err:
-        if isinstance(err, KeyboardInterrupt | SystemExit):
-            raise
-        raise UnprocessableInput(f"input audio cannot be decoded: {err}") from None
+    data, source_rate = _read(path, max_duration_s)
     if data.ndim != 2 or data.shape[1] < MIN_SAMPLES or data.shape[0] < 1:
         raise UnprocessableInput(f"input audio has no samples (decoded shape {tuple(data.shape)})")
     if data.shape[1] / source_rate > max_duration_s:
