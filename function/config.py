@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     max_duration_seconds: float = Field(1200.0, gt=0)
     max_message_bytes: int = Field(64 * 1024, gt=0)
 
+    # Debugging: every received event is saved here as `<event id>.json`, ready for `python -m function.replay`.
+    save_events_dir: Path | None = None
+
     # Job runner
     claim_wait_seconds: float = Field(30.0, ge=0)
     lease_seconds: int = Field(120, ge=2)

@@ -25,6 +25,7 @@ from function.config import Settings, get_settings
 from function.errors import InvalidJob, StemworkerError, Transient, UnprocessableInput
 from function.keys import status_key
 from function.messages import ID_FIELDS, ID_PATTERN, Job, job_from_event
+from function.replay import save_event
 from function.status import EventLog, State, StatusRecord
 from function.storage import CONTENT_TYPES, ObjectStore, input_key, make_client, output_key
 
@@ -94,6 +95,11 @@ class Worker:
         started = time.monotonic()
         attempt = attempt_of(event)
         self.events.info(f"received event {event['id']} (attempt {attempt})")
+        if self.settings.save_events_dir is not None:
+            try:
+                save_event(event, self.settings.save_events_dir)
+            except Exception as err:  # a debugging copy never fails the job
+                self.events.error(f"could not save event {event['id']}: {type(err).__name__}: {err}")
         try:
             job = job_from_event(event, self.settings)
         except InvalidJob as err:
