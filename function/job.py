@@ -9,8 +9,8 @@ renewing its lease and a reaper (every runner before it claims, and `--reap` fro
 a message that keeps killing pods is dead-lettered once its attempts pass MAX_ATTEMPTS.
 
 Exit codes: 0 when the message was handled (done or dead-lettered), requeued on SIGTERM, or the queue was
-empty; 1 when infrastructure failed (the message is then safe in the queue or the processing list);
-2 for a configuration error.
+empty; 1 when infrastructure failed (a transient error requeued the message, or Redis failed and the message
+is safe in the queue or the processing list); 2 for a configuration error.
 
 In-process API: `Runner(settings).run_once(wait_s)` processes at most one message and returns an `Outcome`.
 """
@@ -243,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
                 break
             result = runner.run_once()
             log.info("outcome %s job=%s attempts=%s", result.outcome, result.job_id, result.attempts)
+            if result.outcome is Outcome.REQUEUED:
+                # A dependency failed; the message is back in the queue for another pod.
+                log.error("infrastructure failure, exiting 1 (message requeued): %s", result.error)
+                return 1
             if result.outcome in (Outcome.EMPTY, Outcome.INTERRUPTED):
                 break
     except Transient as err:

