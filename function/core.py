@@ -26,7 +26,7 @@ from function.errors import InvalidJob, StemworkerError, Transient, Unprocessabl
 from function.keys import status_key
 from function.messages import ID_FIELDS, ID_PATTERN, Job, job_from_event
 from function.replay import save_event
-from function.status import EventLog, State, StatusRecord
+from function.status import EventLog, State, StatusRecord, now_iso
 from function.storage import CONTENT_TYPES, ObjectStore, input_key, make_client, output_key
 
 ATTEMPT_ATTRIBUTE = "attempt"
@@ -125,7 +125,7 @@ class Worker:
         self.events.error(f"job {job_id or '(invalid id)'} rejected: {err}")
         if job_id is not None:
             self.status_for(job_id).start(state=State.FAILED, error=str(err), attempts=attempt,
-                                          event_id=str(event["id"]), failed_at=True)
+                                          event_id=str(event["id"]), failed_at=now_iso())
 
     def _fail(self, job: Job, status: StatusRecord, err: StemworkerError, started: float) -> None:
         seconds = time.monotonic() - started
