@@ -1,0 +1,121 @@
+"""scripts/send-request.py against real Redis and S3: message forms, flooding with server-side copies, following
+the jobs while a real job runner separates them, and events printed ready for replay."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from test_main import worker_env
+
+from function import replay
+from function.job import Outcome, Runner
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "send-request.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("send_request", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+send_request = load_script()
+
+
+@pytest.fixture
+def env(services, model_repo, settings, monkeypatch) -> dict[str, str]:
+    values = worker_env(services, model_repo, settings)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+def queued(redis_client, settings) -> list[str]:
+    return [raw.decode() for raw in redis_client.lrange(settings.queue_key, 0, -1)]
+
+
+def test_message_forms(env, settings, redis_client, s3):
+    assert send_request.main(["--form", "bare", "--id", "formbare"]) == 0
+    assert send_request.main(["--id", "formjson", "--model", "tiny", "--stems", "bass,vocals", "--format", "wav",
+                              "--callback", "http://example.invalid/hook"]) == 0
+    assert send_request.main(["--form", "cloudevent", "--id", "formce", "--two-stems", "vocals"]) == 0
+    bare, as_json, as_event = queued(redis_client, settings)
+    assert bare == "formbare"
+    assert json.loads(as_json) == {"songhash": "formjson", "model": "tiny", "stems": ["bass", "vocals"],
+                                   "format": "wav", "callback": "http://example.invalid/hook"}
+    event = json.loads(as_event)
+    assert event["specversion"] == "1.0" and event["data"] == {"songhash": "formce", "two_stems": "vocals"}
+    for job_id in ("formbare", "formjson", "formce"):
+        assert s3.stat_object(settings.input_bucket, f"{job_id}.mp3").size > 0
+        assert redis_client.hget(f"status:{job_id}", "state") == b"queued"
+
+
+def test_bad_options_exit_2(env, redis_client, settings):
+    with pytest.raises(SystemExit) as bare_with_stems:
+        send_request.main(["--form", "bare", "--stems", "vocals"])
+    assert bare_with_stems.value.code == 2
+    assert send_request.main(["--id", "../x"]) == 2
+    assert send_request.main(["--song", "/nonexistent/song.mp3"]) == 2
+    assert queued(redis_client, settings) == []
+
+
+def test_print_event_no_push_is_ready_to_replay(env, settings, redis_client, tmp_path, capsys):
+    assert send_request.main(["--id", "printed", "--format", "flac", "--print-event", "--no-push"]) == 0
+    out = capsys.readouterr().out
+    assert queued(redis_client, settings) == []
+    path = tmp_path / "event.json"
+    path.write_text(out)
+    assert replay.main([str(path), "--dry-run"]) == 0
+    job = json.loads(capsys.readouterr().out)["job"]
+    assert job["id"] == "printed" and job["format"] == "flac"
+    assert replay.main([str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "done"
+
+
+def test_flood_copies_one_upload_and_wait_follows_a_real_runner(env, settings, redis_client, s3, capsys):
+    stop = threading.Event()
+    outcomes: list[Outcome] = []
+
+    def run_jobs() -> None:
+        runner = Runner(settings)
+        while not stop.is_set() and len([o for o in outcomes if o == Outcome.DONE]) < 3:
+            outcomes.append(runner.run_once(0.5).outcome)
+
+    worker = threading.Thread(target=run_jobs, daemon=True)
+    worker.start()
+    try:
+        code = send_request.main(["--count", "3", "--id", "flood", "--stems", "vocals", "--wait",
+                                  "--timeout-s", "300"])
+    finally:
+        stop.set()
+        worker.join(60)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "copied it to 2 more key(s)" in err and "3 done, 0 failed, 0 unfinished" in err
+    ids = ["flood-0", "flood-1", "flood-2"]
+    sizes = {s3.stat_object(settings.input_bucket, f"{job_id}.mp3").size for job_id in ids}
+    assert len(sizes) == 1
+    for job_id in ids:
+        assert redis_client.hget(f"status:{job_id}", "state") == b"done"
+        assert s3.stat_object(settings.output_bucket, f"{job_id}-vocals.mp3").size > 0
+    assert outcomes.count(Outcome.DONE) == 3
+
+
+def test_wait_reports_failures_and_the_deadline(env, settings, redis_client, s3, capsys):
+    # Nobody consumes the queue: the deadline passes with the job still queued.
+    assert send_request.main(["--id", "stuck", "--wait", "--timeout-s", "0.5"]) == 1
+    assert "0 done, 0 failed, 1 unfinished" in capsys.readouterr().err
+    redis_client.delete(settings.queue_key)
+    # A job whose input vanished fails, and following it reports the failure with its error.
+    assert send_request.main(["--id", "willfail"]) == 0
+    s3.remove_object(settings.input_bucket, "willfail.mp3")
+    assert Runner(settings).run_once(0).outcome == Outcome.DEAD
+    capsys.readouterr()
+    assert send_request.follow(redis_client, settings, ["willfail"], 30) == 1
+    err = capsys.readouterr().err
+    assert "willfail: failed" in err and "not found" in err and "0 done, 1 failed" in err
