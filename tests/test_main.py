@@ -20,7 +20,7 @@ import requests
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
-from function import core
+from function import core, replay
 from function.config import get_settings
 from function.local_services import free_port
 from function.messages import EVENT_COMPLETED, EVENT_FAILED, EVENT_REQUESTED
@@ -257,7 +257,7 @@ def test_second_request_while_separating_is_refused_with_503_retry_after(make_ap
 
 
 @pytest.mark.slow
-def test_real_functions_framework_server(services, model_repo, settings, upload, song, s3, tmp_path):
+def test_real_functions_framework_server(services, model_repo, settings, upload, song, s3, tmp_path, capsys):
     port = free_port()
     env = {**os.environ, **worker_env(services, model_repo, settings), "SAVE_EVENTS_DIR": str(tmp_path / "events")}
     command = [str(Path(sys.executable).parent / "functions-framework"), "--target", "handle",
@@ -286,8 +286,14 @@ def test_real_functions_framework_server(services, model_repo, settings, upload,
         assert result["state"] == "done" and len(result["stems"]) == 4
         for where in result["stems"].values():
             assert s3.stat_object(where["bucket"], where["key"]).size > 0
-        saved = json.loads((tmp_path / "events" / f"{event['id']}.json").read_text())
+        saved_path = tmp_path / "events" / f"{event['id']}.json"
+        saved = json.loads(saved_path.read_text())
         assert saved["id"] == event["id"] and saved["data"] == {"songhash": "realff"}
+        # The saved event, replayed to the server in structured mode, runs again.
+        capsys.readouterr()
+        assert replay.main([str(saved_path), "--url", url, "--mode", "structured"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"HTTP 200 {EVENT_COMPLETED}") and '"state": "done"' in out
         bad = requests.post(url, headers={"content-type": "application/json"}, data=b"{}", timeout=30)
         assert bad.status_code == 400 and bad.headers["ce-type"] == EVENT_FAILED
     finally:
