@@ -25,7 +25,6 @@ from function.config import Settings, get_settings
 from function.errors import InvalidJob, StemworkerError, Transient, UnprocessableInput
 from function.keys import status_key
 from function.messages import ID_FIELDS, ID_PATTERN, Job, job_from_event
-from function.replay import save_event
 from function.status import EventLog, State, StatusRecord, now_iso
 from function.storage import CONTENT_TYPES, ObjectStore, input_key, make_client, output_key
 
@@ -97,6 +96,9 @@ class Worker:
         self.events.info(f"received event {event['id']} (attempt {attempt})")
         if self.settings.save_events_dir is not None:
             try:
+                # Imported here: `python -m function.replay` imports this package first, and must run replay once.
+                from function.replay import save_event
+
                 save_event(event, self.settings.save_events_dir)
             except Exception as err:  # a debugging copy never fails the job
                 self.events.error(f"could not save event {event['id']}: {type(err).__name__}: {err}")
