@@ -4,6 +4,7 @@
     python scripts/send-request.py --form bare                   # a bare id message, generated 3 s song
     python scripts/send-request.py --count 20 --wait             # 20 distinct jobs, then follow them to the end
     python scripts/send-request.py --print-event --no-push > ev.json   # upload only; ev.json is ready to replay
+    python scripts/send-request.py --no-upload --id gone         # a job whose input is missing (fails for good)
 
 The worker's environment variables say where Redis and S3 are (REDIS_URL, MINIO_ENDPOINT, MINIO_ACCESS_KEY,
 MINIO_SECRET_KEY, INPUT_BUCKET, QUEUE_KEY, ...). `--count N` uploads the song once and makes N-1 server-side
@@ -73,6 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="print the CloudEvent the worker will receive for each message (env PRINT_EVENT=1)")
     parser.add_argument("--no-push", action="store_true", default=_env_flag("NO_PUSH"),
                         help="upload the song(s) but push nothing (env NO_PUSH=1)")
+    parser.add_argument("--no-upload", action="store_true", default=_env_flag("NO_UPLOAD"),
+                        help="push without uploading, so the input is missing: a failure drill (env NO_UPLOAD=1)")
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be at least 1")
@@ -167,9 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     client = redis.Redis.from_url(settings.redis_connection_url, socket_timeout=settings.redis_timeout_s)
     try:
-        upload(settings, song, ids)
-        print(f"uploaded {len(song)} bytes to {settings.input_bucket}/{input_key(settings.input_key, ids[0])}"
-              + (f" and copied it to {len(ids) - 1} more key(s)" if len(ids) > 1 else ""), file=sys.stderr)
+        if not args.no_upload:
+            upload(settings, song, ids)
+            print(f"uploaded {len(song)} bytes to {settings.input_bucket}/{input_key(settings.input_key, ids[0])}"
+                  + (f" and copied it to {len(ids) - 1} more key(s)" if len(ids) > 1 else ""), file=sys.stderr)
         if args.print_event:
             for event in events:
                 print(event_json(event), flush=True)

@@ -55,6 +55,12 @@ def test_message_forms(env, settings, redis_client, s3):
         assert redis_client.hget(f"status:{job_id}", "state") == b"queued"
 
 
+def test_no_upload_pushes_a_job_whose_input_is_missing(env, settings, redis_client, s3):
+    assert send_request.main(["--id", "gone", "--form", "bare", "--no-upload"]) == 0
+    assert queued(redis_client, settings) == ["gone"]
+    assert not s3.bucket_exists(settings.input_bucket) or not list(s3.list_objects(settings.input_bucket))
+
+
 def test_bad_options_exit_2(env, redis_client, settings):
     with pytest.raises(SystemExit) as bare_with_stems:
         send_request.main(["--form", "bare", "--stems", "vocals"])
