@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import resource
 import signal
 import socket
@@ -23,14 +22,13 @@ from pathlib import Path
 
 import pytest
 import redis
+from support import REPO_ROOT, runner_env, wait_for
 
 from function import sample_song
 from function.config import Settings, load_settings
 from function.job import Outcome, Runner
 from function.local_services import LocalServices
 from function.storage import make_client
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -55,36 +53,11 @@ def fault_settings(own_services: LocalServices, model_repo: Path) -> Settings:
                          claim_wait_seconds=1, max_attempts=3)
 
 
-def env_for(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    for name in ("redis_timeout_s", "s3_timeout_s", "lease_seconds", "orphan_grace_seconds", "claim_wait_seconds",
-                 "max_attempts", "demucs_model", "demucs_device", "demucs_shifts", "demucs_threads"):
-        env[name.upper()] = str(getattr(settings, name))
-    env.update(REDIS_URL=settings.redis_connection_url, MINIO_ENDPOINT=settings.s3_endpoint,
-               MINIO_ACCESS_KEY=settings.minio_access_key.get_secret_value(),
-               MINIO_SECRET_KEY=settings.minio_secret_key.get_secret_value(), DEMUCS_REPO=str(settings.demucs_repo))
-    env.update(extra)
-    return env
-
-
 def put_song(settings: Settings, job_id: str, data: bytes) -> None:
     client = make_client(settings)
     if not client.bucket_exists(settings.input_bucket):
         client.make_bucket(settings.input_bucket)
     client.put_object(settings.input_bucket, f"{job_id}.mp3", io.BytesIO(data), len(data))
-
-
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except redis.RedisError:
-            value = None
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def state(client: redis.Redis, job_id: str) -> str | None:
@@ -98,7 +71,7 @@ def stems_present(settings: Settings, job_id: str) -> list[str]:
 
 
 def runner_process(settings: Settings, **extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "function.job"], env=env_for(settings, **extra), cwd=REPO_ROOT,
+    return subprocess.Popen([sys.executable, "-m", "function.job"], env=runner_env(settings, **extra), cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -172,7 +145,7 @@ def test_full_temp_disk_requeues_with_a_clear_reason(fault_settings, song):
     client = redis.Redis.from_url(fault_settings.redis_connection_url)
     put_song(fault_settings, "disk", song)
     client.rpush("toWorker", "disk")
-    process = subprocess.Popen([sys.executable, "-m", "function.job"], env=env_for(fault_settings), cwd=REPO_ROOT,
+    process = subprocess.Popen([sys.executable, "-m", "function.job"], env=runner_env(fault_settings), cwd=REPO_ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=limit_file_size)
     output = process.communicate(timeout=120)[0].decode()
     assert process.returncode == 1, output

@@ -3,31 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
-import time
-from pathlib import Path
 
 import pytest
+from support import REPO_ROOT, wait_for
+from support import runner_env as support_env
 
 from function import sample_song
 from function.job import Outcome, Runner, main
 from function.queue import WorkQueue
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def state_of(redis_client, job_id: str) -> str | None:
@@ -159,24 +146,8 @@ def test_poison_message_is_dead_lettered_after_max_attempts(make_settings, redis
 
 
 def runner_env(settings, **extra: str) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "REDIS_URL": settings.redis_connection_url,
-        "MINIO_ENDPOINT": settings.s3_endpoint,
-        "MINIO_ACCESS_KEY": settings.minio_access_key.get_secret_value(),
-        "MINIO_SECRET_KEY": settings.minio_secret_key.get_secret_value(),
-        "INPUT_BUCKET": settings.input_bucket,
-        "OUTPUT_BUCKET": settings.output_bucket,
-        "DEMUCS_MODEL": "tiny",
-        "DEMUCS_REPO": str(settings.demucs_repo),
-        "DEMUCS_DEVICE": "cpu",
-        "DEMUCS_SHIFTS": "0",
-        "DEMUCS_THREADS": "1",
-        "CLAIM_WAIT_SECONDS": "2",
-        "PYTHONPATH": str(REPO_ROOT),
-    }
-    env.update(extra)
-    return env
+    return support_env(settings, DEMUCS_MODEL="tiny", DEMUCS_DEVICE="cpu", DEMUCS_SHIFTS="0", DEMUCS_THREADS="1",
+                       CLAIM_WAIT_SECONDS="2", **extra)
 
 
 def start_runner(env: dict[str, str]) -> subprocess.Popen:

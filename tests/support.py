@@ -1,0 +1,46 @@
+"""Helpers shared by the tests that run the job runner as a real process."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import redis
+
+from function.config import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+PASSED_THROUGH = ("redis_timeout_s", "s3_timeout_s", "lease_seconds", "orphan_grace_seconds", "claim_wait_seconds",
+                  "max_attempts", "demucs_model", "demucs_device", "demucs_shifts", "demucs_threads",
+                  "input_bucket", "output_bucket")
+
+
+def runner_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment that makes `python -m function.job` use `settings`."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    for name in PASSED_THROUGH:
+        env[name.upper()] = str(getattr(settings, name))
+    env.update(REDIS_URL=settings.redis_connection_url, MINIO_ENDPOINT=settings.s3_endpoint,
+               MINIO_ACCESS_KEY=settings.minio_access_key.get_secret_value(),
+               MINIO_SECRET_KEY=settings.minio_secret_key.get_secret_value(), DEMUCS_REPO=str(settings.demucs_repo))
+    env.update(extra)
+    return env
+
+
+def wait_for(predicate: Callable[[], T], timeout_s: float, what: str) -> T:
+    """Poll `predicate` until it returns something truthy; a Redis error counts as not yet."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except redis.RedisError:
+            value = None  # type: ignore[assignment]
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
