@@ -1,0 +1,1 @@
+"""The benchmark harness (never imported by `function/`)."""

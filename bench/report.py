@@ -1,0 +1,176 @@
+"""Summaries, ratios, PASS/FAIL targets, and the Markdown, JSON and PNG outputs of a benchmark run."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Every repeat of one scenario, reduced."""
+
+    scenario: str
+    runs: int
+    failed: int
+    wall_min_s: float
+    wall_median_s: float
+    cpu_median_s: float
+    peak_rss_median_bytes: int
+    peak_rss_max_bytes: int
+    audio_s: float
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: median wall seconds per second of audio (below 1 is faster than real time)."""
+        return self.wall_median_s / self.audio_s if self.audio_s else float("nan")
+
+
+def summarize(samples: list[dict[str, Any]], audio_s: float) -> dict[str, Summary]:
+    """Group the samples by scenario; failed runs are counted but not timed."""
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for sample in samples:
+        by_name.setdefault(sample["scenario"], []).append(sample)
+    summaries = {}
+    for name, runs in by_name.items():
+        good = [run for run in runs if run.get("ok")] or runs
+        walls = [run["wall_s"] for run in good]
+        peaks = [run["peak_rss_bytes"] for run in good]
+        summaries[name] = Summary(
+            scenario=name,
+            runs=len(runs),
+            failed=sum(not run.get("ok") for run in runs),
+            wall_min_s=min(walls),
+            wall_median_s=statistics.median(walls),
+            cpu_median_s=statistics.median(run["cpu_s"] for run in good),
+            peak_rss_median_bytes=int(statistics.median(peaks)),
+            peak_rss_max_bytes=max(peaks),
+            audio_s=audio_s,
+        )
+    return summaries
+
+
+def _ratio(summaries: dict[str, Summary], top: str, bottom: str, field: str) -> float | None:
+    if top not in summaries or bottom not in summaries:
+        return None
+    return getattr(summaries[top], field) / getattr(summaries[bottom], field)
+
+
+def ratios(summaries: dict[str, Summary], suffix: str = "") -> dict[str, float | None]:
+    """The ratios the targets are about, from medians measured side by side in one run."""
+    warm, cold = f"stemworker_warm{suffix}", f"stemworker_cold{suffix}"
+    return {
+        f"{warm} / inference (wall)": _ratio(summaries, warm, "inference", "wall_median_s"),
+        f"{cold} / cli (wall)": _ratio(summaries, cold, "cli", "wall_median_s"),
+        f"{cold} / seed_style (wall)": _ratio(summaries, cold, "seed_style", "wall_median_s"),
+        f"peak_rss({cold}) / peak_rss(cli)": _ratio(summaries, cold, "cli", "peak_rss_median_bytes"),
+    }
+
+
+def targets(summaries: dict[str, Summary], latencies: list[float], suffix: str = "") -> list[tuple[str, bool | None]]:
+    """PASS/FAIL lines; None when a scenario needed for a target was not run."""
+    r = ratios(summaries, suffix)
+    warm, cold = f"stemworker_warm{suffix}", f"stemworker_cold{suffix}"
+
+    def check(value: float | None, limit: float) -> bool | None:
+        return None if value is None else value <= limit
+
+    lines = [
+        (f"warm job end to end <= 1.05 x inference floor: {_fmt(r[f'{warm} / inference (wall)'])}",
+         check(r[f"{warm} / inference (wall)"], 1.05)),
+        (f"cold job <= 0.85 x seed-style worker: {_fmt(r[f'{cold} / seed_style (wall)'])}",
+         check(r[f"{cold} / seed_style (wall)"], 0.85)),
+        (f"peak RSS of cold job <= CLI peak RSS: {_fmt(r[f'peak_rss({cold}) / peak_rss(cli)'])}",
+         check(r[f"peak_rss({cold}) / peak_rss(cli)"], 1.0)),
+    ]
+    if not suffix:
+        worst = max(latencies) if latencies else None
+        lines.append((f"message on an empty queue -> separating in a warm runner <= 1 s: "
+                      f"max {_fmt(worst, 's')} over {len(latencies)} runs", check(worst, 1.0)))
+    return lines
+
+
+def _fmt(value: float | None, unit: str = "x") -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f} {unit}" if unit == "s" else f"{value:.3f}{unit}"
+
+
+def markdown(summaries: dict[str, Summary], meta: dict[str, Any], latencies: list[float],
+             suffixes: list[str]) -> str:
+    """The results as a Markdown table, ratios and PASS/FAIL lines."""
+    lines = [
+        f"Song: {meta['audio_s']:.1f} s generated stereo 44.1 kHz MP3; model {meta['model']} "
+        f"({meta['weights']}); device {meta['device']}; {meta['threads']} torch threads; "
+        f"{meta['repeat']} repeats in alternating order; machine: {meta['machine']}.",
+        "",
+        "| scenario | runs | wall min s | wall median s | CPU median s | peak RSS median MiB | "
+        "peak RSS max MiB | wall / audio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summaries.values():
+        failed = f" ({s.failed} failed)" if s.failed else ""
+        lines.append(
+            f"| {s.scenario} | {s.runs}{failed} | {s.wall_min_s:.2f} | {s.wall_median_s:.2f} | {s.cpu_median_s:.1f} | "
+            f"{s.peak_rss_median_bytes / MIB:.0f} | {s.peak_rss_max_bytes / MIB:.0f} | {s.rtf:.3f} |"
+        )
+    lines += ["", "| ratio (medians) | value |", "|---|---|"]
+    for suffix in suffixes:
+        for name, value in ratios(summaries, suffix).items():
+            lines.append(f"| {name} | {_fmt(value)} |")
+    if latencies:
+        lines.append(f"| message -> `separating`, warm runner blocked in BLMOVE (s) | "
+                     f"min {min(latencies):.3f}, max {max(latencies):.3f} |")
+    lines += ["", "```"]
+    for suffix in suffixes:
+        for text, ok in targets(summaries, latencies, suffix):
+            verdict = "SKIP" if ok is None else "PASS" if ok else "FAIL"
+            lines.append(f"{verdict}{' [' + suffix.lstrip('@') + ']' if suffix else ''}: {text}")
+    lines.append("```")
+    return "\n".join(lines) + "\n"
+
+
+def write_json(path: Path, samples: list[dict[str, Any]], summaries: dict[str, Summary], meta: dict[str, Any],
+               latencies: list[dict[str, Any]], suffixes: list[str]) -> None:
+    payload = {
+        "meta": meta,
+        "samples": samples,
+        "summaries": {name: vars(s) | {"rtf": s.rtf} for name, s in summaries.items()},
+        "ratios": {suffix or "base": ratios(summaries, suffix) for suffix in suffixes},
+        "latency": latencies,
+        "targets": {suffix or "base": [{"target": text, "pass": ok} for text, ok in
+                                       targets(summaries, [x["latency_s"] for x in latencies
+                                                           if x.get("latency_s") is not None], suffix)]
+                    for suffix in suffixes},
+    }
+    path.write_text(json.dumps(payload, indent=2, default=str))
+
+
+def write_png(path: Path, summaries: dict[str, Summary], meta: dict[str, Any]) -> None:
+    """Two bar charts side by side: median wall seconds (min as a tick) and median peak RSS."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summaries)
+    walls = [summaries[n].wall_median_s for n in names]
+    mins = [summaries[n].wall_min_s for n in names]
+    rss = [summaries[n].peak_rss_median_bytes / MIB for n in names]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    left.barh(names, walls, color="#4c72b0")
+    left.scatter(mins, names, color="black", marker="|", s=200, label="min")
+    left.set_xlabel("wall seconds (median; tick = min)")
+    left.legend(loc="lower right")
+    right.barh(names, rss, color="#dd8452")
+    right.set_xlabel("peak RSS of the process tree, MiB (median)")
+    right.set_yticklabels([])
+    fig.suptitle(f"{meta['audio_s']:.0f} s song, {meta['model']} on {meta['device']} ({meta['machine']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
