@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import sys
 import threading
 import time
@@ -38,6 +39,8 @@ from function.core import default_worker, valid_id_of
 from function.errors import InvalidJob, StemworkerError
 
 log = logging.getLogger("stemworker.http")
+# functions-framework configures no logging; without this only warnings would reach the pod's log.
+logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 # A bad setting fails the server's start here, never a request.
 settings = get_settings()
