@@ -24,7 +24,7 @@ from function.callback import deliver
 from function.config import Settings, get_settings
 from function.errors import InvalidJob, StemworkerError, Transient, UnprocessableInput
 from function.keys import status_key
-from function.messages import ID_FIELDS, ID_PATTERN, Job, job_from_event
+from function.messages import ID_FIELDS, ID_PATTERN, Job, job_from_event, safe_event_id
 from function.status import EventLog, State, StatusRecord, now_iso
 from function.storage import CONTENT_TYPES, ObjectStore, input_key, make_client, output_key
 
@@ -93,7 +93,7 @@ class Worker:
         """Separate the song the event names; raises a StemworkerError subclass on failure."""
         started = time.monotonic()
         attempt = attempt_of(event)
-        self.events.info(f"received event {event['id']} (attempt {attempt})")
+        self.events.info(f"received event {safe_event_id(event) or '(invalid id)'} (attempt {attempt})")
         if self.settings.save_events_dir is not None:
             try:
                 # Imported here: `python -m function.replay` imports this package first, and must run replay once.
@@ -101,7 +101,7 @@ class Worker:
 
                 save_event(event, self.settings.save_events_dir)
             except Exception as err:  # a debugging copy never fails the job
-                self.events.error(f"could not save event {event['id']}: {type(err).__name__}: {err}")
+                self.events.error(f"could not save event {safe_event_id(event)}: {type(err).__name__}: {err}")
         try:
             job = job_from_event(event, self.settings)
         except InvalidJob as err:
@@ -127,7 +127,7 @@ class Worker:
         self.events.error(f"job {job_id or '(invalid id)'} rejected: {err}")
         if job_id is not None:
             self.status_for(job_id).start(state=State.FAILED, error=str(err), attempts=attempt,
-                                          event_id=str(event["id"]), failed_at=now_iso())
+                                          event_id=safe_event_id(event), failed_at=now_iso())
 
     def _fail(self, job: Job, status: StatusRecord, err: StemworkerError, started: float) -> None:
         seconds = time.monotonic() - started

@@ -171,10 +171,18 @@ def _two_stems(raw: Any) -> str | None:
     return raw
 
 
+def safe_event_id(event: CloudEvent) -> str | None:
+    """The event's id when it is safe to log and send as a header, else None."""
+    event_id = event.get("id")
+    return event_id if isinstance(event_id, str) and EVENT_ID_PATTERN.fullmatch(event_id) else None
+
+
 def job_from_event(event: CloudEvent, settings: Settings) -> Job:
     """Validate the event's data into a `Job`; raises InvalidJob naming the bad field."""
+    event_id = safe_event_id(event)
+    if event_id is None:
+        raise InvalidJob("CloudEvent id must be 1-256 printable ASCII characters without spaces")
     data = _decode_data(event.data)
-    event_id = str(event["id"])
     if isinstance(data, str):
         return Job(id=validate_id(data), model=settings.demucs_model, event_id=event_id)
     if not isinstance(data, dict):
