@@ -69,6 +69,9 @@ def handle(request: flask.Request) -> flask.Response:
         return flask.Response(status=405, headers={"Allow": "GET, HEAD, POST"})
     started = time.monotonic()
     try:
+        if (request.content_length or 0) > settings.max_message_bytes:  # refused before the body is read
+            raise InvalidJob(f"request body is {request.content_length} bytes, over "
+                             f"MAX_MESSAGE_BYTES={settings.max_message_bytes}")
         event = http_errors.event_from_request(request.headers, request.get_data(), settings.max_message_bytes)
     except InvalidJob as err:
         log.warning("400 malformed request: %s", err)

@@ -157,6 +157,12 @@ def test_invalid_job_data_is_400(client, data, named):
     assert named in reply["error"] and reply["event_id"] == event["id"]
 
 
+def test_oversize_request_is_400(client):
+    event = request_event({"songhash": "big", "padding": "x" * 70_000})
+    reply = assert_reply(post_structured(client, event), EVENT_FAILED, 400)
+    assert "MAX_MESSAGE_BYTES=65536" in reply["error"]
+
+
 def test_missing_input_is_422_and_recorded(client, redis_client):
     reply = assert_reply(post_binary(client, request_event("nosong")), EVENT_FAILED, 422)
     assert reply["type"] == "UnprocessableInput" and "not found" in reply["error"]
