@@ -443,7 +443,8 @@ class Scaler:
         print(f"scaler: {self.spec.name} strategy={self.spec.strategy.name} "
               f"maxReplicaCount={self.spec.strategy.max_replica_count} listName={self.spec.list_name} "
               f"listLength={self.spec.list_length:g} pollingInterval={self.polling_interval_s:g} s "
-              f"reap every {self.reap_interval_s:g} s", flush=True)
+              f"reap every {self.reap_interval_s:g} s; a Job is pending until its pod claims (stands for "
+              f"pendingPodConditions {','.join(self.spec.strategy.pending_pod_conditions) or 'none'})", flush=True)
         while True:
             tick = time.monotonic()
             polled = True
