@@ -18,7 +18,7 @@ from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_http
 
 from function.errors import InvalidJob, StemworkerError, Transient
-from function.messages import EVENT_COMPLETED, EVENT_FAILED
+from function.messages import EVENT_COMPLETED, EVENT_FAILED, safe_event_id
 
 REPLY_SOURCE = "urn:stemworker:worker"
 # Extension attribute naming the request event a reply answers.
@@ -42,6 +42,9 @@ def event_from_request(headers: Mapping[str, str], body: bytes, max_bytes: int) 
     for name in ("id", "source", "type"):
         if not str(event.get(name) or "").strip():
             raise InvalidJob(f"CloudEvent attribute {name!r} must be a non-empty string")
+    # The id is logged and echoed in the reply's headers: refuse one that could break a line or a header.
+    if safe_event_id(event) is None:
+        raise InvalidJob("CloudEvent attribute 'id' must be 1-256 printable ASCII characters without spaces")
     return event
 
 

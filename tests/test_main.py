@@ -134,8 +134,10 @@ def test_structured_mode_with_job_object(client, upload, song, s3):
          b'{"specversion": "1.0", "id": "1", "type": "t", "data": "abc"}', "source"),
         ({"ce-specversion": "1.0", "ce-id": "1", "ce-source": "s", "ce-type": "", "content-type": "text/plain"},
          b"abc", "type"),
+        ({"content-type": "application/cloudevents+json"},
+         b'{"specversion": "1.0", "id": "a\\nb", "source": "s", "type": "t", "data": "abc"}', "'id'"),
     ],
-    ids=["plain-json", "broken-structured", "no-source", "empty-type"],
+    ids=["plain-json", "broken-structured", "no-source", "empty-type", "newline-id"],
 )
 def test_malformed_cloudevent_is_400_naming_the_problem(client, redis_client, headers, body, named):
     response = client.post("/", headers=headers, data=body)
