@@ -129,8 +129,11 @@ class S3Server:
         data = self.workdir / "weed"
         data.mkdir(exist_ok=True)
         log = self.workdir / "weed.log"
+        # Every bucket is a SeaweedFS collection with volumes of its own: small sparse volumes and a fixed
+        # cap keep many short-lived test buckets from exhausting the volume slots (S3 then answers 500).
         args = [binary, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-webdav=false",
-                "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]
+                "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=16",
+                "-volume.max=2000", "-master.volumePreallocate=false"]
         args += [f"-{name}={port}" for name, port in self.ports.items()]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
         self.process = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env,

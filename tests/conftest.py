@@ -73,7 +73,11 @@ def make_settings(services: LocalServices, model_repo: Path, tmp_path: Path):
         values.update(overrides)
         return load_settings(**values)
 
-    return build
+    yield build
+    client = make_client(build())
+    for bucket in (f"in-{suffix}", f"out-{suffix}"):
+        if client.bucket_exists(bucket):  # frees the bucket's SeaweedFS volumes for later tests
+            client.remove_bucket(bucket)
 
 
 @pytest.fixture
