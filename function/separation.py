@@ -9,13 +9,16 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from demucs.api import Separator
+from demucs.apply import BagOfModels, TensorChunk, apply_model
 
 from function.config import Settings
 from function.errors import Transient, UnprocessableInput
@@ -130,5 +133,53 @@ def separate(separator: Separator, wav: torch.Tensor, shifts: int, on_progress: 
         raise UnprocessableInput("input audio has no samples")
     with separation_lock, torch.inference_mode():
         separator.update_parameter(callback=_Progress(on_progress, shifts), callback_arg={})
-        _, stems = separator.separate_tensor(wav)
+        stems = _separate_lean(separator, wav)
+        if stems is None:
+            _, stems = separator.separate_tensor(wav)
     return stems
+
+
+def _separate_lean(separator: Separator, wav: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """What `separator.separate_tensor(wav)` returns, bit for bit (same random shift, same progress callbacks),
+    with about half its memory per second of audio; None where it does not apply (a bag of several models,
+    weighted stems, or shifts > 1), and the caller then uses `separate_tensor`.
+
+    demucs 4.1.0 keeps the input's mean, the padded input and two or three full-length copies of the output
+    alive at once (the shift wrapper adds `0. + out`, the bag wrapper another `0. + out`, and the
+    de-normalisation `out * std + mean` two more). Here the one model runs on the same shifted window, the
+    shift is undone with a view, and the de-normalisation is done in place. Reads demucs' private `Separator`
+    fields: demucs is pinned to 4.1.0.
+    """
+    model = separator._model
+    if isinstance(model, BagOfModels):
+        if len(model.models) != 1 or any(weight != 1 for weight in model.weights[0]):
+            return None
+        model = model.models[0]
+    if separator._shifts > 1:
+        return None
+    reference = wav.mean(0)
+    mean, std = reference.mean(), reference.std() + 1e-8
+    del reference
+    mix = ((wav - mean) / std)[None]
+    length = mix.shape[-1]
+    callback_arg = dict(separator._callback_arg or {}, audio_length=length, models=1, model_idx_in_bag=0,
+                        shift_idx=0)
+    options: dict[str, Any] = {
+        "split": separator._split, "overlap": separator._overlap, "device": separator._device,
+        "num_workers": separator._jobs, "segment": separator._segment, "progress": separator._progress,
+        "callback": separator._callback, "callback_arg": callback_arg,
+    }
+    if separator._shifts == 1:
+        # The same draw from `random` as demucs' apply_model, so the output is identical.
+        max_shift = int(0.5 * model.samplerate)
+        padded = TensorChunk(mix).padded(length + 2 * max_shift)
+        del mix
+        offset = random.randint(0, max_shift)
+        out = apply_model(model, TensorChunk(padded, offset, length + max_shift - offset), shifts=0, **options)
+        del padded
+        out = out[..., max_shift - offset:]
+    else:
+        out = apply_model(model, mix, shifts=0, **options)
+        del mix
+    out.mul_(std).add_(mean)
+    return dict(zip(separator._model.sources, out[0], strict=True))
