@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lameenc
 import numpy as np
 import soundfile
 import sphn
@@ -13,6 +14,8 @@ from demucs.audio import convert_audio, prevent_clip, save_audio
 from function.errors import UnprocessableInput
 
 MIN_SAMPLES = 1
+# Frames per chunk fed to the MP3 encoder (about 6 s at 44.1 kHz).
+MP3_CHUNK_FRAMES = 1 << 18
 
 
 def _quiet(err: BaseException) -> None:
@@ -92,4 +95,27 @@ def encode(wav: torch.Tensor, path: Path, samplerate: int, mp3_bitrate: int, mp3
         frames = prevent_clip(wav, mode="rescale").clamp(-1, 1).t().contiguous().cpu().numpy()
         soundfile.write(str(path), frames, samplerate, format="FLAC", subtype="PCM_16")
         return
+    if suffix == ".mp3":
+        encode_mp3(wav, path, samplerate, mp3_bitrate, mp3_preset)
+        return
     save_audio(wav, str(path), samplerate=samplerate, bitrate=mp3_bitrate, preset=mp3_preset)  # type: ignore[arg-type]
+
+
+def encode_mp3(wav: torch.Tensor, path: Path, samplerate: int, bitrate: int, preset: int,
+               chunk_frames: int = MP3_CHUNK_FRAMES) -> None:
+    """The same bytes as demucs' `save_audio(..., clip="rescale")` for .mp3, fed to LAME in chunks: demucs
+    makes three full-length copies of the stem first (rescaled, int16, interleaved), so four stems encoded at
+    once would add ~100 bytes per stereo sample; here each chunk is converted on its own."""
+    low, high = torch.aminmax(wav)
+    scale = max(1.01 * torch.maximum(-low, high), 1)  # demucs' prevent_clip "rescale", without a |wav| copy
+    encoder = lameenc.Encoder()
+    encoder.set_bit_rate(bitrate)
+    encoder.set_in_sample_rate(samplerate)
+    encoder.set_channels(wav.shape[0])
+    encoder.set_quality(preset)
+    encoder.silence()
+    with path.open("wb") as out:
+        for start in range(0, wav.shape[-1], chunk_frames):
+            part = (wav[:, start:start + chunk_frames] / scale).clamp_(-1, 1).mul_(2**15 - 1).short()
+            out.write(encoder.encode(part.t().contiguous().cpu().numpy().tobytes()))
+        out.write(encoder.flush())

@@ -1,5 +1,5 @@
-"""`separation.separate` takes a leaner path than `Separator.separate_tensor`; it must give the same stems,
-bit for bit, and the same progress callbacks."""
+"""The lean paths must give exactly what demucs gives: `separation.separate` the same stems, bit for bit, and
+the same progress as `Separator.separate_tensor`; `audio.encode` the same MP3 bytes as demucs' `save_audio`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from demucs.api import Separator
+from demucs.audio import save_audio
 
-from function import sample_song, separation
+from function import audio, sample_song, separation
 
 
 @pytest.mark.parametrize("shifts", [0, 1])
@@ -32,3 +33,11 @@ def test_lean_separation_is_bit_identical_to_demucs(model_repo: Path, shifts: in
     for call in demucs_calls:
         replay(call)
     assert ours == theirs and len(ours) > 1
+
+
+@pytest.mark.parametrize(("seconds", "gain"), [(13.3, 0.5), (7.0, 2.5), (0.01, 1.0)])
+def test_chunked_mp3_is_byte_identical_to_demucs(tmp_path: Path, seconds: float, gain: float) -> None:
+    wav = torch.from_numpy(sample_song.generate(seconds, seed=4)) * gain  # gain 2.5 exercises the rescale
+    save_audio(wav, str(tmp_path / "demucs.mp3"), 44100, bitrate=320, preset=2)
+    audio.encode(wav, tmp_path / "ours.mp3", 44100, 320, 2)
+    assert (tmp_path / "ours.mp3").read_bytes() == (tmp_path / "demucs.mp3").read_bytes()
