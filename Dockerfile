@@ -64,7 +64,7 @@ RUN --mount=type=bind,from=model-source,target=/run/model-source \
     && ln -s "$package/main.py" /opt/stemworker/main.py
 
 # ---------------------------------------------------------------- runtime
-FROM ${BASE_IMAGE}
+FROM ${BASE_IMAGE} AS runtime
 # A fixed numeric user (the KEDA manifest's runAsUser) so runAsNonRoot can check it.
 RUN groupadd --gid 10001 stemworker \
     && useradd --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
@@ -107,6 +107,15 @@ LABEL org.opencontainers.image.title="stemworker" \
 
 WORKDIR /opt/stemworker
 USER 10001:10001
-# The HTTP alternative (CloudEvents over HTTP) is the same image with: --entrypoint functions-framework
 EXPOSE 8080
+ENTRYPOINT ["python", "-m", "function.job"]
+
+# ---------------------------------------------------------------- http (build with --target http)
+# The HTTP alternative for Knative (`func deploy --build=false`): the same image serving CloudEvents over HTTP
+# with functions-framework (FUNCTION_TARGET/FUNCTION_SOURCE above; it listens on $PORT, 8080 by default).
+FROM runtime AS http
+ENTRYPOINT ["functions-framework"]
+
+# ---------------------------------------------------------------- job (the default target: the last stage)
+FROM runtime AS job
 ENTRYPOINT ["python", "-m", "function.job"]

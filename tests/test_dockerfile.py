@@ -54,10 +54,23 @@ def stage_of(name: str) -> int:
     raise AssertionError(f"Dockerfile has no stage named {name!r}")
 
 
+def stage_items(stage: int) -> list[tuple[str, str]]:
+    return [(keyword, args) for found, keyword, args in instructions() if found == stage]
+
+
 def final_stage() -> list[tuple[str, str]]:
-    items = instructions()
-    last = max(stage for stage, _, _ in items)
-    return [(keyword, args) for stage, keyword, args in items if stage == last]
+    """The `runtime` stage: everything the shipped images have (the `job` and `http` targets only add an
+    ENTRYPOINT on top of it)."""
+    return stage_items(stage_of("runtime"))
+
+
+def test_default_target_is_the_job_runner_and_http_serves_functions_framework() -> None:
+    last = max(stage for stage, _, _ in instructions())
+    assert last == stage_of("job"), "the last stage (docker build's default target) must be the job runner"
+    for name, entrypoint in (("job", ["python", "-m", "function.job"]), ("http", ["functions-framework"])):
+        items = stage_items(stage_of(name))
+        assert items[0] == ("FROM", f"runtime AS {name}")
+        assert [json.loads(args) for keyword, args in items if keyword == "ENTRYPOINT"] == [entrypoint]
 
 
 def arg_default(name: str, stage: int | None = None) -> str:
