@@ -11,12 +11,13 @@ import io
 import json
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import redis
+from support import settings_env
 
 from function import sample_song
 from function.config import Settings, load_settings
@@ -86,6 +87,15 @@ def settings(make_settings, redis_client) -> Settings:
 
 
 @pytest.fixture
+def env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The test's settings as environment variables, which is where the CLIs and the HTTP adapter read them."""
+    values = {**settings_env(settings), "CALLBACK_TIMEOUT_S": "30"}
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+@pytest.fixture
 def worker(settings: Settings) -> Worker:
     return Worker(settings)
 
@@ -118,29 +128,35 @@ def s3(settings: Settings):
 
 @dataclass
 class Receiver:
-    """A local HTTP server recording every request; answers with `status` (default 200)."""
+    """A local HTTP server recording every request. It answers with `script` in order (the last answer
+    repeats); setting `status` makes every answer that status."""
 
-    url: str
+    url: str = ""
+    port: int = 0
     requests: list[dict] = field(default_factory=list)
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
+    script: list[tuple[int, dict[str, str]]] = field(default_factory=lambda: [(200, {})])
+
+    @property
+    def status(self) -> int:
+        return self.script[0][0]
+
+    @status.setter
+    def status(self, value: int) -> None:
+        self.script = [(value, {})]
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    state = Receiver(url="")
-
+def start_receiver(state: Receiver) -> http.server.ThreadingHTTPServer:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length", 0))
-            body = self.rfile.read(length)
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             try:
                 parsed = json.loads(body)
             except ValueError:
                 parsed = None
+            status, headers = state.script[min(len(state.requests), len(state.script) - 1)]
             state.requests.append({"path": self.path, "headers": dict(self.headers), "body": body, "json": parsed})
-            self.send_response(state.status)
-            for name, value in state.headers.items():
+            self.send_response(status)
+            for name, value in headers.items():
                 self.send_header(name, value)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -149,9 +165,28 @@ def receiver() -> Iterator[Receiver]:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    yield state
-    server.shutdown()
-    server.server_close()
+    state.port = server.server_address[1]
+    state.url = f"http://127.0.0.1:{state.port}/hook"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def make_receiver() -> Iterator[Callable[[], Receiver]]:
+    """Start as many local receivers as a test needs; all are stopped after it."""
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def start() -> Receiver:
+        state = Receiver()
+        servers.append(start_receiver(state))
+        return state
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def receiver(make_receiver) -> Receiver:
+    return make_receiver()

@@ -17,19 +17,21 @@ T = TypeVar("T")
 
 PASSED_THROUGH = ("redis_timeout_s", "s3_timeout_s", "lease_seconds", "orphan_grace_seconds", "claim_wait_seconds",
                   "max_attempts", "demucs_model", "demucs_device", "demucs_shifts", "demucs_threads",
-                  "input_bucket", "output_bucket")
+                  "input_bucket", "output_bucket", "callback_timeout_s")
 
 
-def runner_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment that makes `python -m function.job` use `settings`."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    for name in PASSED_THROUGH:
-        env[name.upper()] = str(getattr(settings, name))
+def settings_env(settings: Settings) -> dict[str, str]:
+    """`settings` as the environment variables the worker reads them from."""
+    env = {name.upper(): str(getattr(settings, name)) for name in PASSED_THROUGH}
     env.update(REDIS_URL=settings.redis_connection_url, MINIO_ENDPOINT=settings.s3_endpoint,
                MINIO_ACCESS_KEY=settings.minio_access_key.get_secret_value(),
                MINIO_SECRET_KEY=settings.minio_secret_key.get_secret_value(), DEMUCS_REPO=str(settings.demucs_repo))
-    env.update(extra)
     return env
+
+
+def runner_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment that makes `python -m function.job` (or any child process) use `settings`."""
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), **settings_env(settings), **extra}
 
 
 def wait_for(predicate: Callable[[], T], timeout_s: float, what: str) -> T:

@@ -5,14 +5,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import http.server
 import json
 import socket
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
+from conftest import Receiver
 from standardwebhooks import Webhook
 
 from function import callback as callback_module
@@ -26,55 +23,14 @@ SECRET_KEY = bytes(range(32))
 SECRET = "whsec_" + base64.b64encode(SECRET_KEY).decode()
 
 
-@dataclass
-class Scripted:
-    """A loopback HTTP server answering with `script` in order (the last answer repeats), recording requests."""
-
-    url: str
-    port: int
-    script: list[tuple[int, dict[str, str]]] = field(default_factory=lambda: [(200, {})])
-    requests: list[dict] = field(default_factory=list)
-
-
-def _start(state: Scripted) -> http.server.ThreadingHTTPServer:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            index = min(len(state.requests), len(state.script) - 1)
-            state.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-            status, headers = state.script[index]
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.port = server.server_address[1]
-    state.url = f"http://127.0.0.1:{state.port}/hook"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+@pytest.fixture
+def hook(make_receiver) -> Receiver:
+    return make_receiver()
 
 
 @pytest.fixture
-def hook() -> Iterator[Scripted]:
-    state = Scripted(url="", port=0)
-    server = _start(state)
-    yield state
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
-def other_hook() -> Iterator[Scripted]:
-    state = Scripted(url="", port=0)
-    server = _start(state)
-    yield state
-    server.shutdown()
-    server.server_close()
+def other_hook(make_receiver) -> Receiver:
+    return make_receiver()
 
 
 def cb_settings(**overrides: object) -> Settings:
@@ -90,13 +46,13 @@ class Sleeps(list):
         self.append(seconds)
 
 
-def test_loopback_receiver_gets_nothing_unless_allowed(hook: Scripted) -> None:
+def test_loopback_receiver_gets_nothing_unless_allowed(hook: Receiver) -> None:
     outcome = deliver(Callback(hook.url), {"a": 1}, "evt-1", cb_settings(callback_allow_hosts=""))
     assert outcome == callback_module.CallbackOutcome(False, 0, None, "skipped: address 127.0.0.1 is loopback")
     assert hook.requests == []
 
 
-def test_a_name_resolving_to_loopback_is_refused(hook: Scripted) -> None:
+def test_a_name_resolving_to_loopback_is_refused(hook: Receiver) -> None:
     outcome = deliver(Callback(f"http://localhost:{hook.port}/hook"), {}, "evt-1", cb_settings())
     assert not outcome.delivered and outcome.attempts == 0
     assert outcome.reason.startswith("skipped: address localhost (") and outcome.reason.endswith("is loopback")
@@ -110,7 +66,7 @@ def test_bad_scheme_is_skipped(url: str) -> None:
     assert outcome.reason == f"skipped: scheme {url.split(':')[0]!r} is not http or https"
 
 
-def test_allowed_receiver_gets_the_exact_json(hook: Scripted) -> None:
+def test_allowed_receiver_gets_the_exact_json(hook: Receiver) -> None:
     outcome = deliver(Callback(hook.url), {"id": "x", "n": [1, 2]}, "evt-7", cb_settings())
     assert outcome == callback_module.CallbackOutcome(True, 1, 200, "delivered")
     (request,) = hook.requests
@@ -120,14 +76,14 @@ def test_allowed_receiver_gets_the_exact_json(hook: Scripted) -> None:
     assert "webhook-signature" not in request["headers"]
 
 
-def test_redirect_to_loopback_is_not_followed(hook: Scripted, other_hook: Scripted) -> None:
+def test_redirect_to_loopback_is_not_followed(hook: Receiver, other_hook: Receiver) -> None:
     hook.script = [(302, {"Location": f"http://localhost:{other_hook.port}/steal"})]
     outcome = deliver(Callback(hook.url), {}, "evt-1", cb_settings())
     assert outcome == callback_module.CallbackOutcome(False, 1, 302, "failed: HTTP 302, redirect not followed")
     assert len(hook.requests) == 1 and other_hook.requests == []
 
 
-def test_retry_on_503_then_success_keeps_the_id(hook: Scripted) -> None:
+def test_retry_on_503_then_success_keeps_the_id(hook: Receiver) -> None:
     hook.script = [(503, {}), (200, {})]
     outcome = deliver(Callback(hook.url), {"k": 1}, "evt-retry", cb_settings())  # real sleep: 0.25-0.5 s
     assert outcome == callback_module.CallbackOutcome(True, 2, 200, "delivered")
@@ -142,7 +98,7 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
     assert all(4.0 <= backoff_s(30) <= 8.0 for _ in range(20))
 
 
-def test_every_5xx_attempt_is_bounded(hook: Scripted) -> None:
+def test_every_5xx_attempt_is_bounded(hook: Receiver) -> None:
     hook.script = [(500, {})]
     sleeps = Sleeps()
     outcome = deliver(Callback(hook.url), {}, "evt-1", cb_settings(callback_attempts=4), sleep=sleeps)
@@ -151,7 +107,7 @@ def test_every_5xx_attempt_is_bounded(hook: Scripted) -> None:
     assert len(sleeps) == 3 and 0.25 <= sleeps[0] <= 0.5 and 0.5 <= sleeps[1] <= 1.0 and 1.0 <= sleeps[2] <= 2.0
 
 
-def test_429_honours_retry_after(hook: Scripted) -> None:
+def test_429_honours_retry_after(hook: Receiver) -> None:
     hook.script = [(429, {"Retry-After": "2"}), (200, {})]
     sleeps = Sleeps()
     outcome = deliver(Callback(hook.url), {}, "evt-1", cb_settings(), sleep=sleeps)
@@ -159,7 +115,7 @@ def test_429_honours_retry_after(hook: Scripted) -> None:
     assert sleeps == [2.0]
 
 
-def test_retry_after_is_capped(hook: Scripted) -> None:
+def test_retry_after_is_capped(hook: Receiver) -> None:
     hook.script = [(503, {"Retry-After": "3600"}), (204, {})]
     sleeps = Sleeps()
     outcome = deliver(Callback(hook.url), {}, "evt-1", cb_settings(callback_total_s=60), sleep=sleeps)
@@ -167,7 +123,7 @@ def test_retry_after_is_capped(hook: Scripted) -> None:
     assert sleeps == [RETRY_AFTER_MAX_S]
 
 
-def test_a_wait_past_the_total_budget_gives_up(hook: Scripted) -> None:
+def test_a_wait_past_the_total_budget_gives_up(hook: Receiver) -> None:
     hook.script = [(429, {"Retry-After": "15"})]
     sleeps = Sleeps()
     outcome = deliver(Callback(hook.url), {}, "evt-1", cb_settings(callback_total_s=5), sleep=sleeps)
@@ -183,7 +139,7 @@ def test_retry_after_forms() -> None:
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 410, 413])
-def test_4xx_is_final(hook: Scripted, status: int) -> None:
+def test_4xx_is_final(hook: Receiver, status: int) -> None:
     hook.script = [(status, {})]
     outcome = deliver(Callback(hook.url), {}, "evt-1", cb_settings(), sleep=Sleeps())
     assert outcome == callback_module.CallbackOutcome(False, 1, status, f"failed: HTTP {status}")
@@ -205,7 +161,7 @@ def independent_signature(key: bytes, msg_id: str, timestamp: str, body: bytes) 
     return "v1," + base64.b64encode(digest).decode()
 
 
-def test_signed_callback_verifies_independently_on_every_attempt(hook: Scripted) -> None:
+def test_signed_callback_verifies_independently_on_every_attempt(hook: Receiver) -> None:
     hook.script = [(503, {"Retry-After": "0"}), (200, {})]
     outcome = deliver(Callback(hook.url), {"id": "s1", "state": "done"}, "evt-signed",
                       cb_settings(webhook_secret=SECRET), sleep=Sleeps())
@@ -221,7 +177,7 @@ def test_signed_callback_verifies_independently_on_every_attempt(hook: Scripted)
         Webhook(SECRET).verify(tampered, hook.requests[0]["headers"])
 
 
-def test_unsafe_event_id_becomes_a_stable_header(hook: Scripted) -> None:
+def test_unsafe_event_id_becomes_a_stable_header(hook: Receiver) -> None:
     for _ in range(2):
         assert deliver(Callback(hook.url), {}, "id with spaces\r\nX-Evil: 1", cb_settings()).delivered
     ids = [r["headers"]["webhook-id"] for r in hook.requests]
@@ -239,7 +195,7 @@ def test_bad_webhook_secret_fails_at_start_without_echoing_it(secret: str, phras
     assert phrase in str(caught.value) and secret not in str(caught.value)
 
 
-def test_credentials_in_a_refused_url_are_not_in_the_reason(hook: Scripted) -> None:
+def test_credentials_in_a_refused_url_are_not_in_the_reason(hook: Receiver) -> None:
     url = f"http://admin:hunter2@127.0.0.1:{hook.port}/hook"
     outcome = deliver(Callback(url), {}, "evt-1", cb_settings(callback_allow_hosts=""))
     assert outcome.reason == "skipped: address 127.0.0.1 is loopback" and "hunter2" not in outcome.reason

@@ -19,6 +19,7 @@ import pytest
 import requests
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
+from support import settings_env
 
 from function import core, replay
 from function.config import get_settings
@@ -36,19 +37,7 @@ def request_event(data: object, **attributes: str) -> CloudEvent:
 
 def worker_env(services, model_repo: Path, settings) -> dict[str, str]:
     """The environment that gives the adapter the same settings as the test's `settings`."""
-    return {
-        **services.env(),
-        "INPUT_BUCKET": settings.input_bucket,
-        "OUTPUT_BUCKET": settings.output_bucket,
-        "DEMUCS_MODEL": "tiny",
-        "DEMUCS_REPO": str(model_repo),
-        "DEMUCS_DEVICE": "cpu",
-        "DEMUCS_SHIFTS": "0",
-        "DEMUCS_THREADS": "2",
-        "REDIS_TIMEOUT_S": "3",
-        "S3_TIMEOUT_S": "5",
-        "CALLBACK_TIMEOUT_S": "30",
-    }
+    return {**settings_env(settings), "CALLBACK_TIMEOUT_S": "30"}
 
 
 @pytest.fixture

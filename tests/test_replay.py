@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from test_main import worker_env
 
 from function import replay
 from function.core import Worker
@@ -14,15 +13,6 @@ from function.errors import UnprocessableInput
 from function.job import Outcome, Runner
 from function.keys import dead_key
 from function.messages import event_from_message, new_event
-
-
-@pytest.fixture
-def env(services, model_repo, settings, monkeypatch) -> dict[str, str]:
-    """The test's settings as environment variables, which is where the replay CLI reads them."""
-    values = worker_env(services, model_repo, settings)
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    return values
 
 
 def status(redis_client, job_id: str) -> dict[str, str]:

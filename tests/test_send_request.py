@@ -9,7 +9,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_main import worker_env
 
 from function import replay
 from function.job import Outcome, Runner
@@ -27,12 +26,6 @@ def load_script():
 send_request = load_script()
 
 
-@pytest.fixture
-def env(services, model_repo, settings, monkeypatch) -> dict[str, str]:
-    values = worker_env(services, model_repo, settings)
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    return values
 
 
 def queued(redis_client, settings) -> list[str]:
