@@ -158,7 +158,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.device = resolve_device(args.device)
-        self.out: Path = args.out
+        self.out: Path = args.out.resolve()
         self.out.mkdir(parents=True, exist_ok=True)
         self.work = Path(tempfile.mkdtemp(prefix="bench-", dir=self.out))
         self.samples: list[dict[str, Any]] = []
@@ -193,7 +193,7 @@ class Bench:
         base = {
             **os.environ,
             **self.services.env(),
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
             "QUEUE_KEY": QUEUE_KEY,
             "INPUT_BUCKET": "bench-in",
             "OUTPUT_BUCKET": "bench-out",
@@ -311,7 +311,12 @@ class Bench:
         inference = [s for s in self.samples if s["scenario"] == "inference"]
         if inference:
             audio_s = inference[0]["audio_s"]
-        threads = next(iter(self.warm.values())).hello["threads"] if self.warm else "?"
+        if self.warm:
+            threads = next(iter(self.warm.values())).hello["threads"]
+        else:
+            from function.separation import cpu_threads
+
+            threads = cpu_threads()
         meta = {
             "audio_s": audio_s,
             "model": self.args.model,
