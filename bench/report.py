@@ -56,8 +56,11 @@ def summarize(samples: list[dict[str, Any]], audio_s: float) -> dict[str, Summar
 
 
 def _ratio(summaries: dict[str, Summary], top: str, bottom: str, field: str) -> float | None:
+    """top/bottom; NaN when every run of either failed (so its target reads FAIL), None when one was not run."""
     if top not in summaries or bottom not in summaries:
         return None
+    if any(summaries[name].failed == summaries[name].runs for name in (top, bottom)):
+        return float("nan")
     return getattr(summaries[top], field) / getattr(summaries[bottom], field)
 
 
@@ -78,7 +81,7 @@ def targets(summaries: dict[str, Summary], latencies: list[float], suffix: str =
     warm, cold = f"stemworker_warm{suffix}", f"stemworker_cold{suffix}"
 
     def check(value: float | None, limit: float) -> bool | None:
-        return None if value is None else value <= limit
+        return None if value is None else value <= limit  # NaN (all runs failed) compares False: FAIL
 
     lines = [
         (f"warm job end to end <= 1.05 x inference floor: {_fmt(r[f'{warm} / inference (wall)'])}",
@@ -98,6 +101,8 @@ def targets(summaries: dict[str, Summary], latencies: list[float], suffix: str =
 def _fmt(value: float | None, unit: str = "x") -> str:
     if value is None:
         return "n/a"
+    if value != value:  # NaN
+        return "every run failed"
     return f"{value:.3f} {unit}" if unit == "s" else f"{value:.3f}{unit}"
 
 

@@ -30,6 +30,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -81,6 +82,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def safe_id(text: str) -> str:
+    """`text` with every character a job id may not hold replaced by '-'."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", text)
+
+
 def parse_pairs(text: str) -> dict[str, str]:
     pairs = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
@@ -120,6 +126,7 @@ class WarmProcess:
     """bench/warm.py in a child process, spoken to over stdin/stdout."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log_path = log
         self._log = log.open("ab")
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "warm.py")], env=env, cwd=ROOT,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True)
@@ -234,9 +241,10 @@ class Bench:
                 continue
             warm = WarmProcess(self.env(extra), self.work / f"warm{suffix}.log")
             # One untimed job and one untimed inference first: a worker that has served a job before.
-            warmup_id = f"warmup{suffix.replace('@', '-')}-{uuid.uuid4().hex[:6]}"
+            warmup_id = f"warmup{safe_id(suffix)}-{uuid.uuid4().hex[:6]}"
             self.upload(warmup_id, self.warmup_song)
-            warm.ask(op="job", id=warmup_id)
+            if not warm.ask(op="job", id=warmup_id)["ok"]:
+                raise RuntimeError(f"the warm-up job of warm process{suffix} failed; see {warm.log_path}")
             warm.ask(op="inference", song=str(self.warmup_song))
             self.warm[suffix] = warm
             print(f"warm process{suffix or ''} ready: model load {warm.hello['load_s']:.2f} s, "
@@ -245,7 +253,7 @@ class Bench:
     # ----- scenarios
     def run_scenario(self, name: str, suffix: str, index: int) -> Sample | dict[str, Any]:
         label = name + suffix
-        job_id = f"{label.replace('@', '-')}-{index}-{uuid.uuid4().hex[:6]}"
+        job_id = f"{safe_id(label)}-{index}-{uuid.uuid4().hex[:6]}"
         if name == "inference":
             return self.warm[""].ask(op="inference", song=str(self.song))
         if name == "stemworker_warm":
