@@ -266,6 +266,8 @@ class Bench:
             self.upload(job_id)
             self.push(job_id)
             argv = [sys.executable, "-m", "function.job", "--max-messages", "1"]
+            if "BENCH_PRECISION" in self.variants[suffix]:
+                argv[1:3] = [str(ROOT / "bench" / "precision_shim.py")]
             sample = run_tree(label, argv, env=self.env(self.variants[suffix]), cwd=ROOT, log=self.work / "cold.log")
         elif name == "cli":
             dest = self.work / f"cli-{index}"

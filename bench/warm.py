@@ -30,6 +30,7 @@ import redis
 import torch
 
 from bench.measure import in_process
+from bench.precision_shim import with_precision
 from function import audio, separation
 from function.config import load_settings
 from function.job import Outcome, Runner
@@ -48,7 +49,7 @@ class WarmBench:
     """Holds the runner (and through it the loaded model) for the life of the process."""
 
     def __init__(self) -> None:
-        self.settings = load_settings()
+        self.settings = with_precision(load_settings())
         self.runner = Runner(self.settings)
         self.redis = redis.Redis.from_url(self.settings.redis_connection_url)
         started = time.perf_counter()

@@ -173,7 +173,8 @@ class Worker:
             self.events.info(f"job {job.id}: separating {audio_seconds:.1f} s of audio with {job.model} on {device}")
             tick = time.monotonic()
             stems = pick_stems(
-                separation.separate(separator, wav, s.demucs_shifts, lambda p: status.update(progress=p)), job
+                separation.separate(separator, wav, s.demucs_shifts, lambda p: status.update(progress=p),
+                                    precision=getattr(s, "demucs_precision", "fp32")), job
             )
             del wav
             timings["separate"] = time.monotonic() - tick

@@ -6,6 +6,7 @@ not the host's core count, so a pod limited to 2 CPUs does not run 64 threads.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -127,16 +128,34 @@ class _Progress:
             self.report(percent)
 
 
-def separate(separator: Separator, wav: torch.Tensor, shifts: int, on_progress: ProgressFn) -> dict[str, torch.Tensor]:
-    """Split `wav` ([channels, samples] at the model's rate) into the model's stems."""
+# DEMUCS_PRECISION -> autocast dtype. Reduced precision is only ever used when asked for: on a CPU with
+# AVX512-BF16/AMX, bf16 separated 1.7x faster in bench/levers.py, with stems 45-50 dB SNR from fp32.
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_for(precision: str, device: str) -> contextlib.AbstractContextManager[object]:
+    """The autocast context for a DEMUCS_PRECISION value; fp32 (the default) is a no-op."""
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"DEMUCS_PRECISION must be one of {sorted(AUTOCAST_DTYPES)}, got {precision!r}")
+    dtype = AUTOCAST_DTYPES[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def separate(separator: Separator, wav: torch.Tensor, shifts: int, on_progress: ProgressFn,
+             precision: str = "fp32") -> dict[str, torch.Tensor]:
+    """Split `wav` ([channels, samples] at the model's rate) into the model's stems; `precision` other than
+    fp32 runs the model under autocast (the stems stay float32)."""
     if wav.shape[-1] < 1:
         raise UnprocessableInput("input audio has no samples")
-    with separation_lock, torch.inference_mode():
+    device = str(separator._device)
+    with separation_lock, torch.inference_mode(), autocast_for(precision, device):
         separator.update_parameter(callback=_Progress(on_progress, shifts), callback_arg={})
         stems = _separate_lean(separator, wav)
         if stems is None:
             _, stems = separator.separate_tensor(wav)
-    return stems
+    return {name: stem.float() for name, stem in stems.items()} if precision != "fp32" else stems
 
 
 def _separate_lean(separator: Separator, wav: torch.Tensor) -> dict[str, torch.Tensor] | None:
