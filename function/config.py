@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     demucs_overlap: float = Field(0.25, ge=0.0, lt=1.0)
     demucs_segment: float | None = Field(None, gt=0)
     demucs_threads: int | None = Field(None, ge=1)
+    # Reduced precision only when asked for: bf16 (CPUs with AVX512-BF16/AMX) or fp16 (GPU) autocast.
+    demucs_precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     mp3_bitrate: int = Field(320, ge=32, le=320)
     mp3_preset: Literal[2, 3, 4, 5, 6, 7] = 2
 

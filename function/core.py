@@ -174,7 +174,7 @@ class Worker:
             tick = time.monotonic()
             stems = pick_stems(
                 separation.separate(separator, wav, s.demucs_shifts, lambda p: status.update(progress=p),
-                                    precision=getattr(s, "demucs_precision", "fp32")), job
+                                    precision=s.demucs_precision), job
             )
             del wav
             timings["separate"] = time.monotonic() - tick
