@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     # Reduced precision only when asked for: bf16 (CPUs with AVX512-BF16/AMX) or fp16 (GPU) autocast.
     demucs_precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     mp3_bitrate: int = Field(320, ge=32, le=320)
-    mp3_preset: Literal[2, 3, 4, 5, 6, 7] = 2
+    mp3_preset: int = Field(2, ge=2, le=7)  # lameenc quality: 2 best, 7 fastest
 
     # Limits
     max_input_bytes: int = Field(200_000_000, gt=0)
