@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import lameenc
 import numpy as np
@@ -101,21 +105,120 @@ def encode(wav: torch.Tensor, path: Path, samplerate: int, mp3_bitrate: int, mp3
     save_audio(wav, str(path), samplerate=samplerate, bitrate=mp3_bitrate, preset=mp3_preset)  # type: ignore[arg-type]
 
 
+def _rescale(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor | int:
+    """demucs' `prevent_clip(mode="rescale")` divisor from a stem's min and max: `max(1.01 * |wav|.max(), 1)`
+    (max(-min, max) is |wav|.max() exactly, so no |wav| copy is needed)."""
+    return max(1.01 * torch.maximum(-low, high), 1)
+
+
+def _lame_encoder(samplerate: int, channels: int, bitrate: int, preset: int) -> lameenc.Encoder:
+    encoder = lameenc.Encoder()
+    encoder.set_bit_rate(bitrate)
+    encoder.set_in_sample_rate(samplerate)
+    encoder.set_channels(channels)
+    encoder.set_quality(preset)
+    encoder.silence()
+    return encoder
+
+
 def encode_mp3(wav: torch.Tensor, path: Path, samplerate: int, bitrate: int, preset: int,
                chunk_frames: int = MP3_CHUNK_FRAMES) -> None:
     """The same bytes as demucs' `save_audio(..., clip="rescale")` for .mp3, fed to LAME in chunks: demucs
     makes three full-length copies of the stem first (rescaled, int16, interleaved), so four stems encoded at
     once would add ~100 bytes per stereo sample; here each chunk is converted on its own."""
     low, high = torch.aminmax(wav)
-    scale = max(1.01 * torch.maximum(-low, high), 1)  # demucs' prevent_clip "rescale", without a |wav| copy
-    encoder = lameenc.Encoder()
-    encoder.set_bit_rate(bitrate)
-    encoder.set_in_sample_rate(samplerate)
-    encoder.set_channels(wav.shape[0])
-    encoder.set_quality(preset)
-    encoder.silence()
+    chunks = (wav[:, start:start + chunk_frames] for start in range(0, wav.shape[-1], chunk_frames))
+    _write_mp3(chunks, _rescale(low, high), path, samplerate, wav.shape[0], bitrate, preset)
+
+
+def _write_mp3(chunks: Iterator[torch.Tensor], scale: torch.Tensor | int, path: Path, samplerate: int,
+               channels: int, bitrate: int, preset: int) -> None:
+    # LAME's output does not depend on how the input is split (tests compare against demucs' one-shot encode).
+    encoder = _lame_encoder(samplerate, channels, bitrate, preset)
     with path.open("wb") as out:
-        for start in range(0, wav.shape[-1], chunk_frames):
-            part = (wav[:, start:start + chunk_frames] / scale).clamp_(-1, 1).mul_(2**15 - 1).short()
+        for chunk in chunks:
+            part = (chunk / scale).clamp_(-1, 1).mul_(2**15 - 1).short()
             out.write(encoder.encode(part.t().contiguous().cpu().numpy().tobytes()))
         out.write(encoder.flush())
+
+
+def _write_wav(chunks: Iterator[torch.Tensor], scale: torch.Tensor | int, path: Path, samplerate: int,
+               channels: int, frames: int) -> None:
+    """demucs' `encode_wav` (16-bit PCM, its exact header and float-to-int16 truncation), one chunk at a time."""
+    data_size = frames * channels * 2
+    fmt = struct.pack("<HHIIHH", 1, channels, samplerate, samplerate * channels * 2, channels * 2, 16)
+    with path.open("wb") as out:
+        out.write(b"RIFF" + struct.pack("<I", 4 + (8 + len(fmt)) + (8 + data_size)) + b"WAVE")
+        out.write(b"fmt " + struct.pack("<I", len(fmt)) + fmt)
+        out.write(b"data" + struct.pack("<I", data_size))
+        for chunk in chunks:
+            pcm = (chunk / scale).clamp(-1, 1).t().contiguous().cpu().numpy()
+            out.write((pcm * (2**15 - 1)).astype("<i2").tobytes())
+
+
+def _write_flac(chunks: Iterator[torch.Tensor], scale: torch.Tensor | int, path: Path, samplerate: int,
+                channels: int) -> None:
+    """What `encode` writes for .flac (libsndfile, PCM_16), fed to libsndfile one chunk at a time."""
+    with soundfile.SoundFile(str(path), "w", samplerate, channels, format="FLAC", subtype="PCM_16") as out:
+        for chunk in chunks:
+            out.write((chunk / scale).clamp(-1, 1).t().contiguous().cpu().numpy())
+
+
+@dataclass
+class StemFile:
+    """One stem as raw interleaved float32 frames on disk, with what encoding needs: its shape and its peak.
+
+    Append spans with `append` (each [channels, n]) and `close` it; `encode_file` then writes the stem
+    without ever holding it whole in memory."""
+
+    path: Path
+    channels: int
+    frames: int = 0
+    low: torch.Tensor = field(default_factory=lambda: torch.tensor(float("inf")))
+    high: torch.Tensor = field(default_factory=lambda: torch.tensor(float("-inf")))
+    _file: BinaryIO | None = None
+
+    def append(self, span: torch.Tensor) -> None:
+        if span.shape[-1] == 0:
+            return
+        if self._file is None:
+            self._file = self.path.open("wb")
+        low, high = torch.aminmax(span)
+        # min and max are exact, so tracking them span by span gives the same peak as over the whole stem.
+        self.low, self.high = torch.minimum(self.low, low.cpu()), torch.maximum(self.high, high.cpu())
+        self._file.write(span.float().t().contiguous().cpu().numpy().tobytes())
+        self.frames += span.shape[-1]
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def chunks(self, chunk_frames: int = MP3_CHUNK_FRAMES) -> Iterator[torch.Tensor]:
+        """The stem back, [channels, <= chunk_frames] at a time."""
+        with self.path.open("rb") as raw:
+            for start in range(0, self.frames, chunk_frames):
+                count = min(chunk_frames, self.frames - start)
+                data = np.fromfile(raw, dtype=np.float32, count=count * self.channels)
+                yield torch.from_numpy(data.reshape(count, self.channels)).t()
+
+    def unlink(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
+def encode_file(stem: StemFile, path: Path, samplerate: int, mp3_bitrate: int, mp3_preset: int) -> None:
+    """Write `stem` (a closed StemFile) to `path`, the format following its suffix: the same bytes `encode`
+    writes for the same samples, read and converted one chunk at a time."""
+    if stem.frames == 0:
+        raise UnprocessableInput("stem has no samples")
+    scale = _rescale(stem.low, stem.high)
+    suffix = path.suffix.lower()
+    if suffix == ".mp3":
+        _write_mp3(stem.chunks(), scale, path, samplerate, stem.channels, mp3_bitrate, mp3_preset)
+    elif suffix == ".wav":
+        _write_wav(stem.chunks(), scale, path, samplerate, stem.channels, stem.frames)
+    elif suffix == ".flac":
+        _write_flac(stem.chunks(), scale, path, samplerate, stem.channels)
+    else:
+        raise ValueError(f"Invalid suffix for path: {suffix}")

@@ -172,9 +172,11 @@ class Worker:
             status.update(State.SEPARATING, progress=0, device=device, audio_seconds=f"{audio_seconds:.3f}")
             self.events.info(f"job {job.id}: separating {audio_seconds:.1f} s of audio with {job.model} on {device}")
             tick = time.monotonic()
-            stems = pick_stems(
-                separation.separate(separator, wav, s.demucs_shifts, lambda p: status.update(progress=p),
-                                    precision=s.demucs_precision), job
+            # Stems go to raw files in the temp dir as they are separated: memory stays bounded by the song's
+            # input, not 4 stems at full length (issue 7).
+            stems = separation.separate_to_files(
+                separator, wav, s.demucs_shifts, lambda p: status.update(progress=p), Path(tmp),
+                pick=lambda separated: pick_stems(separated, job), precision=s.demucs_precision,
             )
             del wav
             timings["separate"] = time.monotonic() - tick
@@ -197,25 +199,29 @@ class Worker:
             "seconds": {name: round(value, 3) for name, value in timings.items()},
         }
 
-    def _store_stems(self, job: Job, stems: dict[str, torch.Tensor], tmp: Path, samplerate: int) -> dict[str, Any]:
-        """Encode and upload every stem concurrently; returns stem -> {bucket, key}."""
+    def _store_stems(self, job: Job, stems: dict[str, audio.StemFile], tmp: Path,
+                     samplerate: int) -> dict[str, Any]:
+        """Encode (chunk by chunk, from each stem's raw file) and upload every stem concurrently; returns
+        stem -> {bucket, key}."""
         s = self.settings
         self.store.ensure_bucket(s.output_bucket)
 
-        def encode_and_upload(stem: str, wav: torch.Tensor) -> tuple[str, dict[str, str]]:
+        def encode_and_upload(stem: str, raw: audio.StemFile) -> tuple[str, dict[str, str]]:
             name = s.stem_aliases.get(stem, stem)
             path = tmp / f"{stem}.{job.format}"
             try:
-                audio.encode(wav, path, samplerate, s.mp3_bitrate, s.mp3_preset)
+                audio.encode_file(raw, path, samplerate, s.mp3_bitrate, s.mp3_preset)
             except OSError as err:
                 raise Transient(f"cannot write stem {stem} to the temp dir: {err}") from None
+            finally:
+                raw.unlink()
             key = output_key(s.output_key, job.id, name, job.format, job.model)
             self.store.upload(s.output_bucket, key, path, CONTENT_TYPES[job.format])
             path.unlink()
             self.events.info(f"job {job.id}: uploaded {stem} to {s.output_bucket}/{key}")
             return stem, {"bucket": s.output_bucket, "key": key}
 
-        futures = [self._pool.submit(encode_and_upload, stem, wav) for stem, wav in stems.items()]
+        futures = [self._pool.submit(encode_and_upload, stem, raw) for stem, raw in stems.items()]
         return dict(future.result() for future in futures)
 
 
