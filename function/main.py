@@ -11,7 +11,7 @@ use /health/liveness and /health/readiness) answers 200 with {"status": "ok", "b
 It is an HTTP function (not `@cloud_event`, which always answers an empty 200) so that it controls the status
 and the reply event. One process keeps one Worker and loads each model once. Separations run one at a time:
 a request arriving while one runs is refused at once with 503 and Retry-After, rather than parked on a
-thread for minutes (see docs/readme/serverless.md).
+thread for minutes (see README.md, "Serverless").
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the stemworker container image with Docker, Podman or Buildah; see docs/readme/image.md.
+# Build the stemworker container image with Docker, Podman or Buildah; see README.md, "Container image".
 #
 #   scripts/build-image.sh                          # Docker/Podman: pulls python:3.11-slim-bookworm, downloads htdemucs
 #   scripts/build-image.sh --debootstrap --generate-models --models tiny    # no registry, no model download
