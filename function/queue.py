@@ -171,10 +171,11 @@ class WorkQueue:
             raise Transient(f"Redis unavailable while reaping {self.processing_key}: {err}") from None
         return moved
 
-    def lengths(self) -> dict[str, int]:
-        with self.client.pipeline(transaction=False) as pipe:
+    def lengths(self) -> tuple[int, int, int]:
+        """(queued, processing, dead) read in one transaction, so a message moving between them is seen once."""
+        with self.client.pipeline(transaction=True) as pipe:
             pipe.llen(self.queue_key)
             pipe.llen(self.processing_key)
             pipe.llen(self.dead_key)
             queued, processing, dead = pipe.execute()
-        return {"queued": queued, "processing": processing, "dead": dead}
+        return int(queued), int(processing), int(dead)

@@ -45,9 +45,9 @@ from typing import Any
 import redis
 import yaml
 
-from function import keys
 from function.config import Settings, load_settings
 from function.errors import ConfigError
+from function.queue import WorkQueue
 from function.scaler_strategy import Decision, ScalingStrategy, decide
 
 # A pod has claimed its message once it printed this (function.job logs it right after the claim).
@@ -308,13 +308,8 @@ class Scaler:
         self.stopping = False
 
     def lengths(self) -> tuple[int, int, int]:
-        """(queued, processing, dead) read in one transaction, so a message moving between them is seen once."""
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.llen(self.spec.list_name)
-            pipe.llen(keys.processing_key(self.spec.list_name))
-            pipe.llen(keys.dead_key(self.spec.list_name))
-            queued, processing, dead = pipe.execute()
-        return int(queued), int(processing), int(dead)
+        """(queued, processing, dead) of the watched list and its processing and dead-letter lists."""
+        return WorkQueue(self.redis, self.spec.list_name).lengths()
 
     def _observe(self, pod: Pod) -> None:
         if pod.claimed and pod.outcome is not None:
