@@ -174,10 +174,13 @@ class Worker:
             tick = time.monotonic()
             # Stems go to raw files in the temp dir as they are separated: memory stays bounded by the song's
             # input, not 4 stems at full length (issue 7).
-            stems = separation.separate_to_files(
-                separator, wav, s.demucs_shifts, lambda p: status.update(progress=p), Path(tmp),
-                pick=lambda separated: pick_stems(separated, job), precision=s.demucs_precision,
-            )
+            try:
+                stems = separation.separate_to_files(
+                    separator, wav, s.demucs_shifts, lambda p: status.update(progress=p), Path(tmp),
+                    pick=lambda separated: pick_stems(separated, job), precision=s.demucs_precision,
+                )
+            except OSError as err:
+                raise Transient(f"cannot write separated stems to the temp dir: {err}") from None
             del wav
             timings["separate"] = time.monotonic() - tick
             status.update(State.UPLOADING, progress=100)

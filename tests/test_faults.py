@@ -136,22 +136,30 @@ def test_s3_down_for_good_ends_dead_lettered_with_the_reason(fault_settings, own
     assert state(client, "s3gone") == "failed" and client.hget("status:s3gone", "retryable") == b"0"
 
 
-def limit_file_size() -> None:
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writing past the limit then fails with EFBIG, like ENOSPC
-    resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+def file_size_limit(limit_bytes: int):
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writing past the limit then fails with EFBIG, like ENOSPC
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    return apply
 
 
-def test_full_temp_disk_requeues_with_a_clear_reason(fault_settings, song):
+# 50 kB: the download of the ~73 kB song fails; 300 kB: the download fits, the ~1 MB raw stems spooled during
+# separation do not.
+@pytest.mark.parametrize(("limit_bytes", "reason"), [(50_000, "cannot write the input to the temp dir"),
+                                                     (300_000, "cannot write separated stems to the temp dir")])
+def test_full_temp_disk_requeues_with_a_clear_reason(fault_settings, song, limit_bytes, reason):
     client = redis.Redis.from_url(fault_settings.redis_connection_url)
     put_song(fault_settings, "disk", song)
     client.rpush("toWorker", "disk")
     process = subprocess.Popen([sys.executable, "-m", "function.job"], env=runner_env(fault_settings), cwd=REPO_ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=limit_file_size)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               preexec_fn=file_size_limit(limit_bytes))
     output = process.communicate(timeout=120)[0].decode()
     assert process.returncode == 1, output
     assert client.lrange("toWorker", 0, -1) == [b"disk"]
     error = client.hget("status:disk", "error").decode()
-    assert "temp dir" in error and client.hget("status:disk", "retryable") == b"1"
+    assert reason in error and client.hget("status:disk", "retryable") == b"1"
     rescue(fault_settings)
     assert state(client, "disk") == "done"
 
