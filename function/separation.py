@@ -153,64 +153,16 @@ def separate(separator: Separator, wav: torch.Tensor, shifts: int, on_progress: 
     device = str(separator._device)
     with separation_lock, torch.inference_mode(), autocast_for(precision, device):
         separator.update_parameter(callback=_Progress(on_progress, shifts), callback_arg={})
-        stems = _separate_lean(separator, wav)
-        if stems is None:
-            _, stems = separator.separate_tensor(wav)
+        _, stems = separator.separate_tensor(wav)
     return {name: stem.float() for name, stem in stems.items()} if precision != "fp32" else stems
-
-
-def _separate_lean(separator: Separator, wav: torch.Tensor) -> dict[str, torch.Tensor] | None:
-    """What `separator.separate_tensor(wav)` returns, bit for bit (same random shift, same progress callbacks),
-    with about half its memory per second of audio; None where it does not apply (a bag of several models,
-    weighted stems, or shifts > 1), and the caller then uses `separate_tensor`.
-
-    demucs 4.1.0 keeps the input's mean, the padded input and two or three full-length copies of the output
-    alive at once (the shift wrapper adds `0. + out`, the bag wrapper another `0. + out`, and the
-    de-normalisation `out * std + mean` two more). Here the one model runs on the same shifted window, the
-    shift is undone with a view, and the de-normalisation is done in place. Reads demucs' private `Separator`
-    fields: demucs is pinned to 4.1.0.
-    """
-    model = separator._model
-    if isinstance(model, BagOfModels):
-        if len(model.models) != 1 or any(weight != 1 for weight in model.weights[0]):
-            return None
-        model = model.models[0]
-    if separator._shifts > 1:
-        return None
-    reference = wav.mean(0)
-    mean, std = reference.mean(), reference.std() + 1e-8
-    del reference
-    mix = ((wav - mean) / std)[None]
-    length = mix.shape[-1]
-    callback_arg = dict(separator._callback_arg or {}, audio_length=length, models=1, model_idx_in_bag=0,
-                        shift_idx=0)
-    options: dict[str, Any] = {
-        "split": separator._split, "overlap": separator._overlap, "device": separator._device,
-        "num_workers": separator._jobs, "segment": separator._segment, "progress": separator._progress,
-        "callback": separator._callback, "callback_arg": callback_arg,
-    }
-    if separator._shifts == 1:
-        # The same draw from `random` as demucs' apply_model, so the output is identical.
-        max_shift = int(0.5 * model.samplerate)
-        padded = TensorChunk(mix).padded(length + 2 * max_shift)
-        del mix
-        offset = random.randint(0, max_shift)
-        out = apply_model(model, TensorChunk(padded, offset, length + max_shift - offset), shifts=0, **options)
-        del padded
-        out = out[..., max_shift - offset:]
-    else:
-        out = apply_model(model, mix, shifts=0, **options)
-        del mix
-    out.mul_(std).add_(mean)
-    return dict(zip(separator._model.sources, out[0], strict=True))
 
 
 StemPicker = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
 def _streamable_model(separator: Separator) -> Any | None:
-    """The one model `_stream` can run for `separator`, or None where it does not apply (the same cases as
-    `_separate_lean`, plus split=False)."""
+    """The one model `_stream` can run for `separator`, or None where it does not apply: a bag of several
+    models or weighted stems, shifts > 1, or split=False."""
     model = separator._model
     if isinstance(model, BagOfModels):
         if len(model.models) != 1 or any(weight != 1 for weight in model.weights[0]):
@@ -268,7 +220,7 @@ def _stream(separator: Separator, model: Any, wav: torch.Tensor,
     same normalisation, the same `random` draw for the shift, the same chunk grid, `TensorChunk` padding
     context, triangular weights and inner `apply_model` call per chunk, and the same float operations on every
     sample in the same order (0 + w1*c1 + w2*c2..., then / weight sum, * std, + mean). Reads demucs' private
-    `Separator` fields, like `_separate_lean`.
+    `Separator` fields: demucs is pinned to 4.1.0.
     """
     reference = wav.mean(0)
     mean, std = reference.mean(), reference.std() + 1e-8
