@@ -24,7 +24,7 @@ from function.callback import deliver
 from function.config import Settings, get_settings
 from function.errors import InvalidJob, StemworkerError, Transient, UnprocessableInput
 from function.keys import status_key
-from function.messages import ID_FIELDS, ID_PATTERN, Job, job_from_event, safe_event_id
+from function.messages import Job, job_from_event, safe_event_id, valid_id_of
 from function.status import EventLog, State, StatusRecord, now_iso
 from function.storage import CONTENT_TYPES, ObjectStore, input_key, make_client, output_key
 
@@ -50,19 +50,6 @@ def attempt_of(event: CloudEvent) -> int:
         return max(1, int(str(raw))) if raw is not None else 1
     except ValueError:
         return 1
-
-
-def valid_id_of(event: CloudEvent) -> str | None:
-    """The event's job id when it is a valid id, else None (an invalid id never names a key)."""
-    data = event.data
-    if isinstance(data, bytes | bytearray):
-        try:
-            data = json.loads(bytes(data))
-        except (ValueError, UnicodeDecodeError):
-            data = bytes(data).decode("utf-8", "replace").strip()
-    if isinstance(data, dict):
-        data = next((data[name] for name in ID_FIELDS if name in data), None)
-    return data if isinstance(data, str) and ID_PATTERN.fullmatch(data) else None
 
 
 def pick_stems(stems: dict[str, torch.Tensor], job: Job) -> dict[str, torch.Tensor]:

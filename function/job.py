@@ -31,9 +31,9 @@ from typing import Any
 from cloudevents.conversion import to_dict
 
 from function.config import Settings, get_settings, load_settings
-from function.core import ATTEMPT_ATTRIBUTE, Worker, valid_id_of
+from function.core import ATTEMPT_ATTRIBUTE, Worker
 from function.errors import ConfigError, Interrupted, InvalidJob, StemworkerError, Transient
-from function.messages import event_from_message
+from function.messages import event_from_message, valid_id_of
 from function.queue import Claim, WorkQueue, now_iso
 from function.status import State
 

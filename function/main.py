@@ -35,8 +35,9 @@ from cloudevents.http import CloudEvent
 
 from function import http_errors
 from function.config import get_settings
-from function.core import default_worker, valid_id_of
+from function.core import default_worker
 from function.errors import InvalidJob, StemworkerError
+from function.messages import valid_id_of
 
 log = logging.getLogger("stemworker.http")
 # functions-framework configures no logging; without this only warnings would reach the pod's log.

@@ -177,6 +177,17 @@ def safe_event_id(event: CloudEvent) -> str | None:
     return event_id if isinstance(event_id, str) and EVENT_ID_PATTERN.fullmatch(event_id) else None
 
 
+def valid_id_of(event: CloudEvent) -> str | None:
+    """The event's job id when it is a valid id, else None (an invalid id never names a key)."""
+    try:
+        data = _decode_data(event.data)
+    except InvalidJob:
+        return None
+    if isinstance(data, dict):
+        data = next((data[name] for name in ID_FIELDS if name in data), None)
+    return data if isinstance(data, str) and ID_PATTERN.fullmatch(data) else None
+
+
 def job_from_event(event: CloudEvent, settings: Settings) -> Job:
     """Validate the event's data into a `Job`; raises InvalidJob naming the bad field."""
     event_id = safe_event_id(event)
