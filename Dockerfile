@@ -108,7 +108,7 @@ LABEL org.opencontainers.image.title="stemworker" \
 WORKDIR /opt/stemworker
 USER 10001:10001
 EXPOSE 8080
-ENTRYPOINT ["python", "-m", "function.job"]
+ENTRYPOINT ["python", "-m", "function.runner"]
 
 # ---------------------------------------------------------------- http (build with --target http)
 # The HTTP alternative for Knative (`func deploy --build=false`): the same image serving CloudEvents over HTTP
@@ -118,4 +118,4 @@ ENTRYPOINT ["functions-framework"]
 
 # ---------------------------------------------------------------- job (the default target: the last stage)
 FROM runtime AS job
-ENTRYPOINT ["python", "-m", "function.job"]
+ENTRYPOINT ["python", "-m", "function.runner"]

@@ -26,9 +26,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from demucs.api import Separator  # noqa: E402
+from demucs.audio import save_audio  # noqa: E402
 
 from bench.measure import in_process  # noqa: E402
-from function import audio, model_repo, sample_song  # noqa: E402
+from function import audio  # noqa: E402
+from workbench import model_repo, sample_song  # noqa: E402
 
 LEVERS = ("precision", "grad", "segment", "encode", "load", "threads")
 MIB = 1024 * 1024
@@ -118,7 +120,7 @@ class LeverBench:
 
         def encode_all(preset: int, workers: int) -> None:
             def one(item: tuple[str, torch.Tensor]) -> None:
-                audio.encode(item[1], tmp / f"{item[0]}.mp3", self.separator.samplerate, 320, preset)
+                save_audio(item[1], str(tmp / f"{item[0]}.mp3"), self.separator.samplerate, bitrate=320, preset=preset)
             with ThreadPoolExecutor(workers) as pool:
                 list(pool.map(one, stems.items()))
 

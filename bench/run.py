@@ -5,18 +5,18 @@
 
 Scenarios (each run --repeat times, in an order that rotates every repeat):
 - inference:        `demucs.api.Separator.separate_tensor` on the already decoded song (the floor)
-- stemworker_warm:  a whole job through the in-process job runner (`function.job.Runner.run_once`) in a
+- stemworker_warm:  a whole job through the in-process job runner (`function.runner.Runner.run_once`) in a
                     process that already holds the model: push, claim, download, decode, separate, encode,
                     upload, status, log, against real Redis and S3 on loopback
-- stemworker_cold:  `python -m function.job --max-messages 1` in a new process: the same job plus the
+- stemworker_cold:  `python -m function.runner --max-messages 1` in a new process: the same job plus the
                     interpreter start, imports and model load
 - cli:              `python -m demucs.separate --mp3 --repo REPO -n MODEL` on the same file
 - seed_style:       bench/seed_worker.py: pop, fget_object, the CLI through os.system, fput_object per stem
 Then a warm runner blocked in BLMOVE on an empty queue gets a message; the seconds from the push to the
 job's status `separating` are the claim latency.
 
-The model is the full architecture of MODEL with seeded random weights (function/model_repo.py), cached in
---repo; the song is generated (function/sample_song.py). Redis and S3 are real servers started on loopback.
+The model is the full architecture of MODEL with seeded random weights (workbench/model_repo.py), cached in
+--repo; the song is generated (workbench/sample_song.py). Redis and S3 are real servers started on loopback.
 A `--variant` adds a warm and a cold stemworker scenario run with extra environment variables, so a lever
 (e.g. `--variant bf16:DEMUCS_PRECISION=bf16`) is measured side by side with the default.
 Outputs: a Markdown table (stdout and OUT/results.md), OUT/results.json (or --json), OUT/results.png.
@@ -45,8 +45,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench import report  # noqa: E402
 from bench.measure import Sample, run_tree  # noqa: E402
-from function import model_repo, sample_song  # noqa: E402
-from function.local_services import LocalServices  # noqa: E402
+from workbench import model_repo, sample_song  # noqa: E402
+from workbench.local_services import LocalServices  # noqa: E402
 
 SCENARIOS = ("inference", "stemworker_warm", "stemworker_cold", "cli", "seed_style")
 STEMS = ("bass", "drums", "other", "vocals")
@@ -265,9 +265,7 @@ class Bench:
         if name == "stemworker_cold":
             self.upload(job_id)
             self.push(job_id)
-            argv = [sys.executable, "-m", "function.job", "--max-messages", "1"]
-            if "BENCH_PRECISION" in self.variants[suffix]:
-                argv[1:3] = [str(ROOT / "bench" / "precision_shim.py")]
+            argv = [sys.executable, "-m", "function.runner", "--max-messages", "1"]
             sample = run_tree(label, argv, env=self.env(self.variants[suffix]), cwd=ROOT, log=self.work / "cold.log")
         elif name == "cli":
             dest = self.work / f"cli-{index}"

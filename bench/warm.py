@@ -10,7 +10,7 @@ Commands arrive as JSON lines on stdin; each answer is one stdout line `BENCH <j
                                            the job's status says `separating`
     {"op": "quit"}
 
-Settings come from the environment, exactly as `python -m function.job` reads them.
+Settings come from the environment, exactly as `python -m function.runner` reads them.
 """
 
 from __future__ import annotations
@@ -26,14 +26,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import redis
 import torch
 
 from bench.measure import in_process
-from bench.precision_shim import with_precision
 from function import audio, separation
+from function.clients import redis_client
 from function.config import load_settings
-from function.job import Outcome, Runner
+from function.runner import Outcome, Runner
 
 
 def reply(payload: dict[str, Any]) -> None:
@@ -49,9 +48,9 @@ class WarmBench:
     """Holds the runner (and through it the loaded model) for the life of the process."""
 
     def __init__(self) -> None:
-        self.settings = with_precision(load_settings())
+        self.settings = load_settings()
         self.runner = Runner(self.settings)
-        self.redis = redis.Redis.from_url(self.settings.redis_connection_url)
+        self.redis = redis_client(self.settings)
         started = time.perf_counter()
         self.separator = separation.get_separator(self.settings.demucs_model, self.settings)
         self.load_s = time.perf_counter() - started

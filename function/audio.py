@@ -13,7 +13,7 @@ import numpy as np
 import soundfile
 import sphn
 import torch
-from demucs.audio import convert_audio, prevent_clip, save_audio
+from demucs.audio import convert_audio
 
 from function.errors import UnprocessableInput
 
@@ -90,21 +90,6 @@ def decode(path: Path, samplerate: int, channels: int, max_duration_s: float) ->
     return convert_audio(wav, int(source_rate), samplerate, channels)
 
 
-def encode(wav: torch.Tensor, path: Path, samplerate: int, mp3_bitrate: int, mp3_preset: int) -> None:
-    """Write one stem; the format follows the suffix of `path` (.mp3, .wav or .flac), clipping
-    prevented by rescaling exactly as the demucs CLI does."""
-    suffix = path.suffix.lower()
-    if suffix == ".flac":
-        # demucs shells out to an ffmpeg binary for flac; libsndfile writes it in-process.
-        frames = prevent_clip(wav, mode="rescale").clamp(-1, 1).t().contiguous().cpu().numpy()
-        soundfile.write(str(path), frames, samplerate, format="FLAC", subtype="PCM_16")
-        return
-    if suffix == ".mp3":
-        encode_mp3(wav, path, samplerate, mp3_bitrate, mp3_preset)
-        return
-    save_audio(wav, str(path), samplerate=samplerate, bitrate=mp3_bitrate, preset=mp3_preset)  # type: ignore[arg-type]
-
-
 def _rescale(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor | int:
     """demucs' `prevent_clip(mode="rescale")` divisor from a stem's min and max: `max(1.01 * |wav|.max(), 1)`
     (max(-min, max) is |wav|.max() exactly, so no |wav| copy is needed)."""
@@ -119,16 +104,6 @@ def _lame_encoder(samplerate: int, channels: int, bitrate: int, preset: int) -> 
     encoder.set_quality(preset)
     encoder.silence()
     return encoder
-
-
-def encode_mp3(wav: torch.Tensor, path: Path, samplerate: int, bitrate: int, preset: int,
-               chunk_frames: int = MP3_CHUNK_FRAMES) -> None:
-    """The same bytes as demucs' `save_audio(..., clip="rescale")` for .mp3, fed to LAME in chunks: demucs
-    makes three full-length copies of the stem first (rescaled, int16, interleaved), so four stems encoded at
-    once would add ~100 bytes per stereo sample; here each chunk is converted on its own."""
-    low, high = torch.aminmax(wav)
-    chunks = (wav[:, start:start + chunk_frames] for start in range(0, wav.shape[-1], chunk_frames))
-    _write_mp3(chunks, _rescale(low, high), path, samplerate, wav.shape[0], bitrate, preset)
 
 
 def _write_mp3(chunks: Iterator[torch.Tensor], scale: torch.Tensor | int, path: Path, samplerate: int,
@@ -158,7 +133,7 @@ def _write_wav(chunks: Iterator[torch.Tensor], scale: torch.Tensor | int, path: 
 
 def _write_flac(chunks: Iterator[torch.Tensor], scale: torch.Tensor | int, path: Path, samplerate: int,
                 channels: int) -> None:
-    """What `encode` writes for .flac (libsndfile, PCM_16), fed to libsndfile one chunk at a time."""
+    """FLAC through libsndfile (PCM_16; demucs would shell out to ffmpeg), one chunk at a time."""
     with soundfile.SoundFile(str(path), "w", samplerate, channels, format="FLAC", subtype="PCM_16") as out:
         for chunk in chunks:
             out.write((chunk / scale).clamp(-1, 1).t().contiguous().cpu().numpy())
@@ -208,8 +183,9 @@ class StemFile:
 
 
 def encode_file(stem: StemFile, path: Path, samplerate: int, mp3_bitrate: int, mp3_preset: int) -> None:
-    """Write `stem` (a closed StemFile) to `path`, the format following its suffix: the same bytes `encode`
-    writes for the same samples, read and converted one chunk at a time."""
+    """Write `stem` (a closed StemFile) to `path`, the format following its suffix, read and converted one chunk
+    at a time: for .mp3 and .wav the same bytes as demucs' `save_audio(..., clip="rescale")` of the whole stem;
+    .flac is 16-bit PCM rescaled the same way."""
     if stem.frames == 0:
         raise UnprocessableInput("stem has no samples")
     scale = _rescale(stem.low, stem.high)

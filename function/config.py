@@ -10,7 +10,7 @@ import string
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -101,12 +101,24 @@ class Settings(BaseSettings):
     # Debugging: every received event is saved here as `<event id>.json`, ready for `python -m function.replay`.
     save_events_dir: Path | None = None
 
-    # Job runner
+    # Logging: LOG_FORMAT=json writes one JSON object per stderr line (the Redis `logging` list keeps its format).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    # Job runner (`python -m function.runner`; each flag overrides its variable)
+    max_messages: int = Field(1, ge=1)
+    reap_only: bool = False
     claim_wait_seconds: float = Field(30.0, ge=0)
     lease_seconds: int = Field(120, ge=2)
     max_attempts: int = Field(3, ge=1)
     queue_pop: Literal["left", "right"] = "left"
     orphan_grace_seconds: float = Field(10.0, ge=0)
+
+    # Replay (`python -m function.replay`; each flag overrides its variable)
+    replay_url: str | None = None
+    replay_mode: Literal["binary", "structured"] = "binary"
+    replay_timeout_s: float = Field(900.0, gt=0)
+    replay_dry_run: bool = False
 
     # Callback
     callback_timeout_s: float = Field(10.0, gt=0)
@@ -145,6 +157,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected pairs like 'bass:base', got {pair!r}")
             aliases[stem.strip()] = alias.strip()
         return aliases
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("demucs_device")
     @classmethod
@@ -193,17 +210,6 @@ class Settings(BaseSettings):
         if self.minio_endpoint and self.minio_endpoint.startswith("https://"):
             return True
         return self.minio_secure
-
-
-def redact_url(url: str) -> str:
-    """A URL with any password replaced by `***`, safe for logs and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = quote(parts.username or "", safe="")
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def load_settings(**overrides: object) -> Settings:

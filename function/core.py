@@ -13,34 +13,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import redis
 import torch
 from cloudevents.http import CloudEvent
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from function import audio, separation
 from function.callback import deliver
+from function.clients import redis_client, s3_client
+from function.clock import now_iso
 from function.config import Settings, get_settings
 from function.errors import InvalidJob, StemworkerError, Transient, UnprocessableInput
 from function.keys import status_key
-from function.messages import Job, job_from_event, safe_event_id, valid_id_of
-from function.status import EventLog, State, StatusRecord, now_iso
-from function.storage import CONTENT_TYPES, ObjectStore, input_key, make_client, output_key
+from function.messages import Job, event_id_or_none, job_from_event, job_id_or_none, save_event
+from function.status import EventLog, State, StatusRecord
+from function.storage import CONTENT_TYPES, ObjectStore, input_key, output_key
 
 ATTEMPT_ATTRIBUTE = "attempt"
-
-
-def make_redis(settings: Settings) -> redis.Redis:
-    """A Redis client whose calls time out and retry a few times on connection errors."""
-    return redis.Redis.from_url(
-        settings.redis_connection_url,
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), 3),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-    )
 
 
 def attempt_of(event: CloudEvent) -> int:
@@ -68,8 +55,8 @@ class Worker:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis = make_redis(settings)
-        self.store = ObjectStore(make_client(settings))
+        self.redis = redis_client(settings)
+        self.store = ObjectStore(s3_client(settings))
         self.events = EventLog(self.redis, settings.log_key)
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="stemworker")
 
@@ -80,15 +67,12 @@ class Worker:
         """Separate the song the event names; raises a StemworkerError subclass on failure."""
         started = time.monotonic()
         attempt = attempt_of(event)
-        self.events.info(f"received event {safe_event_id(event) or '(invalid id)'} (attempt {attempt})")
+        self.events.info(f"received event {event_id_or_none(event) or '(invalid id)'} (attempt {attempt})")
         if self.settings.save_events_dir is not None:
             try:
-                # Imported here: `python -m function.replay` imports this package first, and must run replay once.
-                from function.replay import save_event
-
                 save_event(event, self.settings.save_events_dir)
             except Exception as err:  # a debugging copy never fails the job
-                self.events.error(f"could not save event {safe_event_id(event)}: {type(err).__name__}: {err}")
+                self.events.error(f"could not save event {event_id_or_none(event)}: {type(err).__name__}: {err}")
         try:
             job = job_from_event(event, self.settings)
         except InvalidJob as err:
@@ -110,11 +94,11 @@ class Worker:
         return result
 
     def _reject(self, event: CloudEvent, err: InvalidJob, attempt: int) -> None:
-        job_id = valid_id_of(event)
+        job_id = job_id_or_none(event)
         self.events.error(f"job {job_id or '(invalid id)'} rejected: {err}")
         if job_id is not None:
             self.status_for(job_id).start(state=State.FAILED, error=str(err), attempts=attempt,
-                                          event_id=safe_event_id(event), failed_at=now_iso())
+                                          event_id=event_id_or_none(event), failed_at=now_iso())
 
     def _fail(self, job: Job, status: StatusRecord, err: StemworkerError, started: float) -> None:
         seconds = time.monotonic() - started

@@ -44,5 +44,9 @@ class Transient(StemworkerError):
     http_status = 503
 
 
+class RedisUnavailable(Transient):
+    """Redis did not answer (down, unreachable or timing out); nothing was lost, the call may be retried."""
+
+
 class Interrupted(Transient):
     """The process was asked to stop (SIGTERM) while a job ran; the job must go back to the queue."""

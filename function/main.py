@@ -3,7 +3,7 @@
     functions-framework --target handle --source function/main.py --port 8080
 
 POST a CloudEvent, binary mode (ce-* headers) or structured mode (application/cloudevents+json), whose data
-is any job form the queue accepts. The answer is a binary-mode CloudEvent (see http_errors.py): 200
+is any job form the queue accepts. The answer is a binary-mode CloudEvent (see cloudevent_http.py): 200
 `separation.completed`, or `separation.failed` with 400 (malformed event or job), 422 (the input can never be
 separated), 503 (a dependency is down, or this process is busy) or 500. A GET on any path (Knative probes
 use /health/liveness and /health/readiness) answers 200 with {"status": "ok", "busy": ...}.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import sys
 import threading
 import time
@@ -33,24 +32,23 @@ import flask
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from function import http_errors
+from function import cloudevent_http, messages
 from function.config import get_settings
 from function.core import default_worker
 from function.errors import InvalidJob, StemworkerError
-from function.messages import valid_id_of
+from function.logs import configure_logging
 
 log = logging.getLogger("stemworker.http")
-# functions-framework configures no logging; without this only warnings would reach the pod's log.
-logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
 # A bad setting fails the server's start here, never a request.
 settings = get_settings()
+# functions-framework configures no logging; without this only warnings would reach the pod's log.
+configure_logging(settings)
 worker = default_worker()
 _slot = threading.Semaphore(1)
 
 
 def _answer(event: CloudEvent, status: int, extra: dict[str, str] | None = None) -> flask.Response:
-    headers, body = http_errors.encode(event)
+    headers, body = cloudevent_http.encode(event)
     return flask.Response(body, status=status, headers={**headers, **(extra or {})})
 
 
@@ -70,25 +68,24 @@ def handle(request: flask.Request) -> flask.Response:
         return flask.Response(status=405, headers={"Allow": "GET, HEAD, POST"})
     started = time.monotonic()
     try:
-        if (request.content_length or 0) > settings.max_message_bytes:  # refused before the body is read
-            raise InvalidJob(f"request body is {request.content_length} bytes, over "
-                             f"MAX_MESSAGE_BYTES={settings.max_message_bytes}")
-        event = http_errors.event_from_request(request.headers, request.get_data(), settings.max_message_bytes)
+        # refused before the body is read
+        messages.require_size(request.content_length or 0, settings.max_message_bytes, "request body")
+        event = messages.event_from_request(request.headers, request.get_data(), settings.max_message_bytes)
     except InvalidJob as err:
         log.warning("400 malformed request: %s", err)
-        return _answer(http_errors.failed(err, None, None), err.http_status)
-    job_id = valid_id_of(event)
+        return _answer(cloudevent_http.failed(err, None, None), err.http_status)
+    job_id = messages.job_id_or_none(event)
     if not _slot.acquire(blocking=False):
-        busy = http_errors.Busy("busy: this process is already separating a song; retry later")
+        busy = cloudevent_http.Busy("busy: this process is already separating a song; retry later")
         log.info("503 busy for event %s", event["id"])
-        return _answer(http_errors.failed(busy, event, job_id), busy.http_status,
-                       {"Retry-After": str(http_errors.RETRY_AFTER_S)})
+        return _answer(cloudevent_http.failed(busy, event, job_id), busy.http_status,
+                       {"Retry-After": str(cloudevent_http.RETRY_AFTER_S)})
     try:
         result = worker.handle(event)
     except StemworkerError as err:
         log.info("%d for event %s after %.2f s: %s", err.http_status, event["id"], time.monotonic() - started, err)
-        return _answer(http_errors.failed(err, event, job_id), err.http_status)
+        return _answer(cloudevent_http.failed(err, event, job_id), err.http_status)
     finally:
         _slot.release()
     log.info("200 for event %s after %.2f s", event["id"], time.monotonic() - started)
-    return _answer(http_errors.completed(result, event), 200)
+    return _answer(cloudevent_http.completed(result, event), 200)

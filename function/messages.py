@@ -1,4 +1,4 @@
-"""Parse every wire form of a job into one CloudEvent, and every CloudEvent into one validated `Job`.
+"""The one parser: every wire form of a job -> one CloudEvent -> one validated `Job`; and event files.
 
 Wire forms accepted on the queue (and as CloudEvent `data`):
 - a bare track id, with or without JSON quotes: `3f9a...` or `"3f9a..."`;
@@ -6,7 +6,11 @@ Wire forms accepted on the queue (and as CloudEvent `data`):
   `two_stems` and `format`;
 - a structured-mode CloudEvent JSON whose `data` is either of the above (used as it is).
 
-Ids and every other field are validated here, and only here, before any I/O.
+Ids and every other field are validated here, and only here, before any I/O; so is MAX_MESSAGE_BYTES, which
+`job_from_event` enforces whatever the entry point (queue, HTTP, replay or a direct `handle(event)` call).
+Event files are structured-mode CloudEvent JSON, as `SAVE_EVENTS_DIR` and `python -m function.replay` use them.
+
+Names say which functions raise: `require_*` and `*_from_*` raise InvalidJob; `*_or_none` return None.
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ import binascii
 import hashlib
 import json
 import re
+import tempfile
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from cloudevents.conversion import to_json
 from cloudevents.exceptions import GenericException
-from cloudevents.http import CloudEvent, from_dict
+from cloudevents.http import CloudEvent, from_dict, from_http
 
 from function.config import FORMATS, STEMS, Settings
 from function.errors import InvalidJob
@@ -71,11 +79,16 @@ def new_event(data: Any, event_id: str | None = None) -> CloudEvent:
     return CloudEvent(attributes, data)
 
 
+def require_size(size: int, max_message_bytes: int, what: str = "message") -> None:
+    """The one MAX_MESSAGE_BYTES check, with the one permanent error every entry point gives."""
+    if size > max_message_bytes:
+        raise InvalidJob(f"{what} is {size} bytes, over MAX_MESSAGE_BYTES={max_message_bytes}")
+
+
 def event_from_message(raw: bytes | str, max_message_bytes: int) -> CloudEvent:
     """Turn one queue message into the CloudEvent `handle` takes."""
     body = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    if len(body) > max_message_bytes:
-        raise InvalidJob(f"message is {len(body)} bytes, over MAX_MESSAGE_BYTES={max_message_bytes}")
+    require_size(len(body), max_message_bytes)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -97,15 +110,21 @@ def event_from_message(raw: bytes | str, max_message_bytes: int) -> CloudEvent:
     return new_event(payload, event_id)
 
 
+def require_attributes(attributes: Mapping[str, Any]) -> None:
+    """The required CloudEvent attributes are non-empty strings, and the id is safe to log and send as a header."""
+    for name in ("id", "source", "type"):
+        value = attributes.get(name)
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidJob(f"CloudEvent attribute {name!r} must be a non-empty string")
+    if EVENT_ID_PATTERN.fullmatch(attributes["id"]) is None:
+        raise InvalidJob("CloudEvent attribute 'id' must be 1-256 printable ASCII characters without spaces")
+
+
 def event_from_dict(payload: dict[str, Any]) -> CloudEvent:
-    """A structured-mode CloudEvent given as a dict; a malformed one raises InvalidJob."""
+    """A structured-mode CloudEvent given as a dict (`data` or `data_base64`); a malformed one raises InvalidJob."""
     if payload.get("specversion") != "1.0":
         raise InvalidJob(f"unsupported CloudEvent specversion {payload.get('specversion')!r}; expected '1.0'")
-    for name in ("id", "source", "type"):
-        if not isinstance(payload.get(name), str) or not payload[name]:
-            raise InvalidJob(f"CloudEvent attribute {name!r} must be a non-empty string")
-    if EVENT_ID_PATTERN.fullmatch(payload["id"]) is None:
-        raise InvalidJob("CloudEvent id must be 1-256 printable ASCII characters without spaces")
+    require_attributes(payload)
     if "data_base64" in payload:
         payload = dict(payload)
         try:
@@ -118,12 +137,32 @@ def event_from_dict(payload: dict[str, Any]) -> CloudEvent:
         raise InvalidJob(f"malformed CloudEvent: {err}") from None
 
 
-def validate_id(raw: Any) -> str:
+def event_from_request(headers: Mapping[str, str], body: bytes, max_message_bytes: int) -> CloudEvent:
+    """The CloudEvent of an HTTP request in binary or structured mode; anything else raises InvalidJob."""
+    require_size(len(body), max_message_bytes, "request body")
+    try:
+        event = from_http(dict(headers.items()), body)
+    except (GenericException, ValueError, TypeError) as err:
+        raise InvalidJob(f"not a CloudEvent (binary ce-* headers or application/cloudevents+json): {err}") from None
+    require_attributes(event.get_attributes())
+    return event
+
+
+def require_job_id(raw: Any) -> str:
     """A job id: a string of 1..128 characters from [A-Za-z0-9_-]."""
     if not isinstance(raw, str) or ID_PATTERN.fullmatch(raw) is None:
         shown = repr(raw) if not isinstance(raw, str) else repr(raw[:80]) + ("..." if len(raw) > 80 else "")
         raise InvalidJob(f"job id must be a string of 1-128 characters [A-Za-z0-9_-], got {shown}")
     return raw
+
+
+def data_size(data: Any) -> int:
+    """Bytes of an event's data as it travels: raw bytes as they are, text as UTF-8, anything else as JSON."""
+    if isinstance(data, bytes | bytearray):
+        return len(data)
+    if isinstance(data, str):
+        return len(data.encode("utf-8", "surrogatepass"))
+    return len(json.dumps(data, default=str).encode("utf-8"))
 
 
 def _decode_data(data: Any) -> Any:
@@ -171,13 +210,13 @@ def _two_stems(raw: Any) -> str | None:
     return raw
 
 
-def safe_event_id(event: CloudEvent) -> str | None:
+def event_id_or_none(event: CloudEvent) -> str | None:
     """The event's id when it is safe to log and send as a header, else None."""
     event_id = event.get("id")
     return event_id if isinstance(event_id, str) and EVENT_ID_PATTERN.fullmatch(event_id) else None
 
 
-def valid_id_of(event: CloudEvent) -> str | None:
+def job_id_or_none(event: CloudEvent) -> str | None:
     """The event's job id when it is a valid id, else None (an invalid id never names a key)."""
     try:
         data = _decode_data(event.data)
@@ -190,18 +229,19 @@ def valid_id_of(event: CloudEvent) -> str | None:
 
 def job_from_event(event: CloudEvent, settings: Settings) -> Job:
     """Validate the event's data into a `Job`; raises InvalidJob naming the bad field."""
-    event_id = safe_event_id(event)
+    event_id = event_id_or_none(event)
     if event_id is None:
-        raise InvalidJob("CloudEvent id must be 1-256 printable ASCII characters without spaces")
+        raise InvalidJob("CloudEvent attribute 'id' must be 1-256 printable ASCII characters without spaces")
+    require_size(data_size(event.data), settings.max_message_bytes, "event data")
     data = _decode_data(event.data)
     if isinstance(data, str):
-        return Job(id=validate_id(data), model=settings.demucs_model, event_id=event_id)
+        return Job(id=require_job_id(data), model=settings.demucs_model, event_id=event_id)
     if not isinstance(data, dict):
         raise InvalidJob(f"job must be a track id string or a JSON object, got {type(data).__name__}")
     present = [name for name in ID_FIELDS if name in data]
     if not present:
         raise InvalidJob(f"job object has no id: expected one of {list(ID_FIELDS)}")
-    job_id = validate_id(data[present[0]])
+    job_id = require_job_id(data[present[0]])
     model = data.get("model") or settings.demucs_model
     if not isinstance(model, str) or model not in settings.allowed_models:
         raise InvalidJob(f"model {model!r} is not allowed; allowed: {sorted(settings.allowed_models)}")
@@ -220,3 +260,37 @@ def job_from_event(event: CloudEvent, settings: Settings) -> Job:
         callback=_callback(data.get("callback")),
         event_id=event_id,
     )
+
+
+def event_json(event: CloudEvent) -> str:
+    """The event as structured-mode JSON (bytes data goes to `data_base64`)."""
+    return to_json(event).decode("utf-8")
+
+
+def event_file_name(event_id: str) -> str:
+    """`<id>.json` for a safe id; any other id (it comes from the sender) is hashed, never used as a path."""
+    safe = event_id if ID_PATTERN.fullmatch(event_id) else hashlib.sha256(event_id.encode()).hexdigest()[:32]
+    return f"{safe}.json"
+
+
+def save_event(event: CloudEvent, directory: Path) -> Path:
+    """Write `event` to `directory/<event id>.json` (atomically) and return the path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / event_file_name(str(event["id"]))
+    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False, encoding="utf-8") as out:
+        out.write(event_json(event) + "\n")
+    Path(out.name).replace(path)
+    return path
+
+
+def read_event_file(path: Path) -> CloudEvent:
+    """The CloudEvent saved in `path`; an unreadable or malformed file raises InvalidJob."""
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise InvalidJob(f"cannot read {path}: {err.strerror}") from None
+    except ValueError as err:
+        raise InvalidJob(f"{path} is not JSON: {err}") from None
+    if not isinstance(payload, dict):
+        raise InvalidJob(f"{path} holds a JSON {type(payload).__name__}, not a CloudEvent object")
+    return event_from_dict(payload)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -20,7 +19,8 @@ from typing import Any, Literal
 import redis
 
 from function import keys
-from function.errors import Transient
+from function.clock import now_iso
+from function.errors import RedisUnavailable
 
 REAP_ONE = """
 local n = 0
@@ -48,10 +48,6 @@ return 1
 
 def digest(message: bytes) -> str:
     return hashlib.sha256(message).hexdigest()[:32]
-
-
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 @dataclass
@@ -107,7 +103,7 @@ class WorkQueue:
                 pipe.hget(self.attempts_key, f"{claim.digest}:first_seen")
                 _, attempts, _, first_seen = pipe.execute()
         except redis.RedisError as err:
-            raise Transient(f"Redis unavailable while claiming from {self.queue_key}: {err}") from None
+            raise RedisUnavailable(f"Redis unavailable while claiming from {self.queue_key}: {err}") from None
         claim.attempts = int(attempts)
         claim.first_seen_at = first_seen.decode() if first_seen else now_iso()
         return claim
@@ -117,7 +113,7 @@ class WorkQueue:
         try:
             self.client.set(keys.lease_key(self.queue_key, claim.digest, claim.token), "1", ex=self.lease_s)
         except redis.RedisError as err:
-            raise Transient(f"Redis unavailable while renewing a lease: {err}") from None
+            raise RedisUnavailable(f"Redis unavailable while renewing a lease: {err}") from None
 
     def _finish(self, claim: Claim, forget_attempts: bool, then: Any = None) -> None:
         try:
@@ -130,7 +126,7 @@ class WorkQueue:
                     pipe.hdel(self.attempts_key, claim.digest, f"{claim.digest}:first_seen")
                 pipe.execute()
         except redis.RedisError as err:
-            raise Transient(f"Redis unavailable while finishing a message: {err}") from None
+            raise RedisUnavailable(f"Redis unavailable while finishing a message: {err}") from None
 
     def complete(self, claim: Claim) -> None:
         """The job is done: drop the message, its lease and its attempt count in one transaction."""
@@ -168,7 +164,7 @@ class WorkQueue:
                         break
                     moved += 1
         except redis.RedisError as err:
-            raise Transient(f"Redis unavailable while reaping {self.processing_key}: {err}") from None
+            raise RedisUnavailable(f"Redis unavailable while reaping {self.processing_key}: {err}") from None
         return moved
 
     def lengths(self) -> tuple[int, int, int]:

@@ -13,11 +13,8 @@ Exit codes: 0 done; 1 the job failed or the server answered non-2xx; 2 no event 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import sys
-import tempfile
 import uuid
 from dataclasses import asdict
 from pathlib import Path
@@ -25,58 +22,14 @@ from typing import Any
 
 import redis
 import requests
-from cloudevents.conversion import to_binary, to_json, to_structured
-from cloudevents.exceptions import GenericException
-from cloudevents.http import CloudEvent, from_http
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent
 
+from function.clients import redis_client
 from function.config import Settings, load_settings
 from function.errors import ConfigError, InvalidJob, StemworkerError
 from function.keys import dead_key
-from function.messages import ID_PATTERN, event_from_message, job_from_event
-
-STRUCTURED = "application/cloudevents+json"
-
-
-def event_file_name(event_id: str) -> str:
-    """`<id>.json` for a safe id; any other id (it comes from the sender) is hashed, never used as a path."""
-    safe = event_id if ID_PATTERN.fullmatch(event_id) else hashlib.sha256(event_id.encode()).hexdigest()[:32]
-    return f"{safe}.json"
-
-
-def event_json(event: CloudEvent) -> str:
-    """The event as structured-mode JSON (bytes data goes to `data_base64`)."""
-    return to_json(event).decode("utf-8")
-
-
-def save_event(event: CloudEvent, directory: Path) -> Path:
-    """Write `event` to `directory/<event id>.json` (atomically) and return the path."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / event_file_name(str(event["id"]))
-    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False, encoding="utf-8") as out:
-        out.write(event_json(event) + "\n")
-    Path(out.name).replace(path)
-    return path
-
-
-def load_event(payload: dict[str, Any]) -> CloudEvent:
-    """A structured CloudEvent given as a dict (`data` or `data_base64`); a malformed one raises InvalidJob."""
-    try:
-        return from_http({"content-type": STRUCTURED}, json.dumps(payload).encode("utf-8"))
-    except (GenericException, ValueError, TypeError) as err:
-        raise InvalidJob(f"not a valid CloudEvent: {err}") from None
-
-
-def read_event_file(path: Path) -> CloudEvent:
-    """The CloudEvent saved in `path`."""
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise InvalidJob(f"cannot read {path}: {err.strerror}") from None
-    except ValueError as err:
-        raise InvalidJob(f"{path} is not JSON: {err}") from None
-    if not isinstance(payload, dict):
-        raise InvalidJob(f"{path} holds a JSON {type(payload).__name__}, not a CloudEvent object")
-    return load_event(payload)
+from function.messages import event_from_dict, event_from_message, event_json, job_from_event, read_event_file
 
 
 def read_dead_letter(client: redis.Redis, queue_key: str, index: int, max_message_bytes: int) -> CloudEvent:
@@ -94,7 +47,7 @@ def read_dead_letter(client: redis.Redis, queue_key: str, index: int, max_messag
     if not isinstance(entry, dict):
         raise InvalidJob(f"dead-letter entry {index} is a JSON {type(entry).__name__}, not an object")
     if isinstance(entry.get("event"), dict):
-        return load_event(entry["event"])
+        return event_from_dict(entry["event"])
     if isinstance(entry.get("message"), str):
         return event_from_message(entry["message"], max_message_bytes)
     raise InvalidJob(f"dead-letter entry {index} has neither 'event' nor 'message'")
@@ -114,7 +67,7 @@ def post(event: CloudEvent, url: str, mode: str, timeout_s: float) -> requests.R
 
 def run_here(event: CloudEvent, settings: Settings) -> dict[str, Any]:
     """Run `event` through the worker in this process (loads the model)."""
-    from function.core import Worker  # the worker imports this module to save events
+    from function.core import Worker  # deferred: only a local run loads torch and demucs
 
     return Worker(settings).handle(event)
 
@@ -125,13 +78,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("event", nargs="?", type=Path, help="structured CloudEvent JSON file")
     parser.add_argument("--from-dead-letter", nargs="?", type=int, const=-1, default=None, metavar="INDEX",
                         help="take the event from dead-letter entry INDEX (default -1, the newest)")
-    parser.add_argument("--url", default=os.environ.get("REPLAY_URL"),
+    parser.add_argument("--url", default=None,
                         help="POST the event to this server instead of running it here (env REPLAY_URL)")
-    parser.add_argument("--mode", choices=("binary", "structured"), default=os.environ.get("REPLAY_MODE", "binary"),
+    parser.add_argument("--mode", choices=("binary", "structured"), default=None,
                         help="HTTP content mode with --url (env REPLAY_MODE, default binary)")
-    parser.add_argument("--timeout-s", type=float, default=float(os.environ.get("REPLAY_TIMEOUT_S", "900")),
+    parser.add_argument("--timeout-s", type=float, default=None,
                         help="HTTP timeout with --url (env REPLAY_TIMEOUT_S, default 900)")
-    parser.add_argument("--dry-run", action="store_true", default=os.environ.get("REPLAY_DRY_RUN") == "1",
+    parser.add_argument("--dry-run", action="store_true", default=None,
                         help="validate only: parse the event and print the Job (env REPLAY_DRY_RUN=1)")
     parser.add_argument("--new-id", action="store_true", help="give the replayed event a fresh id")
     parser.add_argument("--print-event", action="store_true", help="print the event before replaying it")
@@ -152,11 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"stemworker-replay: {err}", file=sys.stderr)
         return 2
+    url = args.url if args.url is not None else settings.replay_url
+    mode = args.mode or settings.replay_mode
+    timeout_s = args.timeout_s if args.timeout_s is not None else settings.replay_timeout_s
+    dry_run = args.dry_run or settings.replay_dry_run
     try:
         if args.event is not None:
             event = read_event_file(args.event)
         else:
-            client = redis.Redis.from_url(settings.redis_connection_url, socket_timeout=settings.redis_timeout_s)
+            client = redis_client(settings)
             event = read_dead_letter(client, settings.queue_key, args.from_dead_letter, settings.max_message_bytes)
     except (InvalidJob, redis.RedisError) as err:
         print(f"stemworker-replay: {err}", file=sys.stderr)
@@ -165,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         event = with_new_id(event)
     if args.print_event:
         print(event_json(event))
-    if args.dry_run:
+    if dry_run:
         try:
             job = job_from_event(event, settings)
         except InvalidJob as err:
@@ -173,11 +130,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         _print_json({"valid": True, "job": asdict(job)})
         return 0
-    if args.url:
+    if url:
         try:
-            response = post(event, args.url, args.mode, args.timeout_s)
+            response = post(event, url, mode, timeout_s)
         except requests.RequestException as err:
-            print(f"stemworker-replay: POST {args.url} failed: {type(err).__name__}: {err}", file=sys.stderr)
+            print(f"stemworker-replay: POST {url} failed: {type(err).__name__}: {err}", file=sys.stderr)
             return 1
         ce_headers = {k.lower(): v for k, v in response.headers.items() if k.lower().startswith("ce-")}
         print(f"HTTP {response.status_code} {ce_headers.get('ce-type', '')}".rstrip())

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from enum import StrEnum
 
 import redis
 
+from function.clock import now_iso
 from function.errors import Transient
 from function.keys import LOG_MAX_LINES
 
@@ -28,10 +28,6 @@ class State(StrEnum):
     FAILED = "failed"
 
 
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
-
-
 class EventLog:
     """The shared `logging` list. Best effort: a Redis failure here is reported on stderr, never raised,
     so a log line can not fail a job (the status hash is what must be written)."""
@@ -42,7 +38,7 @@ class EventLog:
         self._prefix = f"{host or socket.gethostname()}.worker"
 
     def _push(self, level: str, message: str) -> None:
-        getattr(log, "debug" if level == "debug" else "error" if level == "error" else "info")(message)
+        (log.error if level == "error" else log.info)(message)
         try:
             with self._client.pipeline(transaction=False) as pipe:
                 pipe.lpush(self._key, f"{self._prefix}.{level}:{message}")
@@ -53,9 +49,6 @@ class EventLog:
 
     def info(self, message: str) -> None:
         self._push("info", message)
-
-    def debug(self, message: str) -> None:
-        self._push("debug", message)
 
     def error(self, message: str) -> None:
         self._push("error", message)

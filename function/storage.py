@@ -11,30 +11,12 @@ from minio import Minio
 from minio.commonconfig import CopySource
 from minio.error import MinioException, S3Error, ServerError
 
-from function.config import Settings
 from function.errors import Transient, UnprocessableInput
 
 MISSING_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchObject"}
 CHUNK_BYTES = 1 << 20
 
 CONTENT_TYPES = {"mp3": "audio/mpeg", "wav": "audio/wav", "flac": "audio/flac"}
-
-
-def make_client(settings: Settings) -> Minio:
-    """A minio client whose every call is bounded in time and retried a few times on 5xx."""
-    http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=5.0, read=settings.s3_timeout_s),
-        retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
-        maxsize=8,
-    )
-    return Minio(
-        settings.s3_endpoint,
-        access_key=settings.minio_access_key.get_secret_value(),
-        secret_key=settings.minio_secret_key.get_secret_value(),
-        secure=settings.s3_secure,
-        region=settings.minio_region,
-        http_client=http,
-    )
 
 
 def _transient(action: str, err: Exception) -> Transient:

@@ -5,7 +5,7 @@ Runs at image build time only, with the image's own venv:
     python scripts/bake_models.py --dest /opt/stemworker/models --models htdemucs [--source DIR]
 
 Each model is loaded with demucs' own loader (`demucs.pretrained.get_model`): from `--source` when that
-folder holds models (an offline build, e.g. one written by `python -m function.model_repo`), otherwise
+folder holds models (an offline build, e.g. one written by `python -m workbench.model_repo`), otherwise
 from the HuggingFace hub / demucs' remote repo (needs the internet; caches go to HF_HOME / TORCH_HOME,
 which the Dockerfile points at a throw-away folder). Every model is then written to `--dest` in the
 local-repo layout (`<signature>.th` packages plus a `<name>.yaml` bag) and loaded back from there, so

@@ -36,7 +36,7 @@ usage: scripts/build-image.sh [options]
   --models a,b                     [MODELS]             models to bake, default: htdemucs
   --default-model NAME             [DEMUCS_MODEL]       default: the first of --models
   --model-source DIR               [MODEL_SOURCE]       bake this local DEMUCS model repo instead of downloading
-  --generate-models                [GENERATE_MODELS=1]  write random-weight models (python -m function.model_repo)
+  --generate-models                [GENERATE_MODELS=1]  write random-weight models (python -m workbench.model_repo)
                                                         into the build dir and bake those (offline builds)
   --torch-spec SPEC                [TORCH_SPEC]         default: the Dockerfile's torch==2.13.0
   --torch-index URL                [TORCH_INDEX]        default: the Dockerfile's CPU index; '' = pip's own index.
@@ -152,7 +152,7 @@ if [ "$generate_models" = 1 ]; then
     IFS=, read -r -a names <<<"$models"
     for name in "${names[@]}"; do model_args+=(--model "$name"); done
     log "generating random-weight models ${models} into $model_source"
-    (cd "$context" && "$host_python" -m function.model_repo "$model_source" "${model_args[@]}" >/dev/null)
+    (cd "$context" && "$host_python" -m workbench.model_repo "$model_source" "${model_args[@]}" >/dev/null)
 fi
 
 args=(--tag "$tag" --file "$context/Dockerfile"

@@ -10,4 +10,4 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import function, redislit
   .venv/bin/pip install -q torch==2.13.0
   .venv/bin/pip install -q -e '.[services]'
 fi
-exec .venv/bin/python -m function.demo "$@"
+exec .venv/bin/python -m workbench.demo "$@"

@@ -29,14 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis
 
-from function import sample_song
+from function.clients import s3_client
 from function.config import FORMATS, STEMS, Settings, load_settings
 from function.errors import ConfigError, InvalidJob, Transient
 from function.keys import status_key
-from function.messages import event_from_message, new_event, validate_id
+from function.messages import event_from_message, new_event, require_job_id
 from function.replay import event_json
 from function.status import State, StatusRecord
-from function.storage import ObjectStore, input_key, make_client
+from function.storage import ObjectStore, input_key
+from workbench import sample_song
 
 FORMS = ("bare", "json", "cloudevent")
 FINAL = {State.DONE.value, State.FAILED.value}
@@ -111,7 +112,7 @@ def message_for(job_id: str, args: argparse.Namespace) -> str:
 
 def upload(settings: Settings, song: bytes, ids: list[str]) -> None:
     """Put the song under the first id's key, then copy it server-side to every other id's key."""
-    store = ObjectStore(make_client(settings))
+    store = ObjectStore(s3_client(settings))
     store.ensure_bucket(settings.input_bucket)
     first = input_key(settings.input_key, ids[0])
     store.put_bytes(settings.input_bucket, first, song, "audio/mpeg")
@@ -161,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
         song = args.song.read_bytes() if args.song else sample_song.song_mp3(seconds=args.seconds)
-        base = validate_id(args.id or hashlib.sha256(song).hexdigest()[:16])
-        ids = [base] if args.count == 1 else [validate_id(f"{base}-{n}") for n in range(args.count)]
+        base = require_job_id(args.id or hashlib.sha256(song).hexdigest()[:16])
+        ids = [base] if args.count == 1 else [require_job_id(f"{base}-{n}") for n in range(args.count)]
         messages = [message_for(job_id, args) for job_id in ids]
         events = [event_from_message(message, settings.max_message_bytes) for message in messages]
     except (ConfigError, InvalidJob, OSError) as err:

@@ -1,6 +1,6 @@
 """Smoke-test a built stemworker image: one job in through Redis, four stems out in S3, a webhook back.
 
-Starts a real Redis and S3 (SeaweedFS) on loopback with `function.local_services`, uploads a generated
+Starts a real Redis and S3 (SeaweedFS) on loopback with `workbench.local_services`, uploads a generated
 3 s song, pushes one job message on `toWorker`, runs the image's job runner once, then checks the exit
 code, the job's status hash, the stems in the output bucket, the `logging` lines and the webhook.
 
@@ -41,8 +41,8 @@ from minio import Minio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from function import sample_song
-from function.local_services import LocalServices, free_port
+from workbench import sample_song
+from workbench.local_services import LocalServices, free_port
 
 JOB_TIMEOUT_S = 600
 STEMS = ("bass", "drums", "other", "vocals")

@@ -19,12 +19,12 @@ import pytest
 import redis
 from support import settings_env
 
-from function import sample_song
+from function.clients import s3_client
 from function.config import Settings, load_settings
 from function.core import Worker
-from function.local_services import LocalServices
-from function.model_repo import TINY_KWARGS, write_model
-from function.storage import make_client
+from workbench import sample_song
+from workbench.local_services import LocalServices
+from workbench.model_repo import TINY_KWARGS, write_model
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +75,7 @@ def make_settings(services: LocalServices, model_repo: Path, tmp_path: Path):
         return load_settings(**values)
 
     yield build
-    client = make_client(build())
+    client = s3_client(build())
     for bucket in (f"in-{suffix}", f"out-{suffix}"):
         if client.bucket_exists(bucket):  # frees the bucket's SeaweedFS volumes for later tests
             client.remove_bucket(bucket)
@@ -109,7 +109,7 @@ def song() -> bytes:
 @pytest.fixture
 def upload(settings: Settings):
     """Put bytes into the input bucket under the key the worker reads for `job_id`."""
-    client = make_client(settings)
+    client = s3_client(settings)
     if not client.bucket_exists(settings.input_bucket):
         client.make_bucket(settings.input_bucket)
 
@@ -123,7 +123,7 @@ def upload(settings: Settings):
 
 @pytest.fixture
 def s3(settings: Settings):
-    return make_client(settings)
+    return s3_client(settings)
 
 
 @dataclass

@@ -30,7 +30,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def runner_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment that makes `python -m function.job` (or any child process) use `settings`."""
+    """The environment that makes `python -m function.runner` (or any child process) use `settings`."""
     return {**os.environ, "PYTHONPATH": str(REPO_ROOT), **settings_env(settings), **extra}
 
 

@@ -1,4 +1,4 @@
-"""Chaos: the ScaledJob emulator runs 20 real jobs through `python -m function.job` pods against the real
+"""Chaos: the ScaledJob emulator runs 20 real jobs through `python -m function.runner` pods against the real
 Redis and S3 and the tiny model, while this test SIGKILLs pods mid-job, SIGTERMs others, and kills the pod
 of one poison message every time it runs. In the end every message is done or dead-lettered with a reason,
 nothing is lost or left in the processing list, and every done job's stems are all there and decodable.
@@ -25,9 +25,10 @@ import psutil
 import pytest
 import soundfile
 
-from function import sample_song
+from function.clients import s3_client
 from function.keys import dead_key, processing_key
-from function.storage import ObjectStore, make_client
+from function.storage import ObjectStore
+from workbench import sample_song
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBS = 20
@@ -114,7 +115,7 @@ def strike(redis_client, scaler: psutil.Process, workdir: Path, chaos: Chaos) ->
 
 
 def test_jobs_survive_killed_and_stopped_pods(settings, redis_client, model_repo, services, tmp_path):
-    client = make_client(settings)
+    client = s3_client(settings)
     store = ObjectStore(client)
     store.ensure_bucket(settings.input_bucket)
     store.put_bytes(settings.input_bucket, "song.mp3", sample_song.song_mp3(seconds=2.0), "audio/mpeg")
@@ -143,7 +144,7 @@ def test_jobs_survive_killed_and_stopped_pods(settings, redis_client, model_repo
     }
     workdir = tmp_path / "scaler"
     summary_path = tmp_path / "summary.json"
-    command = [sys.executable, "-m", "function.scaler", "--workdir", str(workdir), "--summary-json",
+    command = [sys.executable, "-m", "workbench.emulator", "--workdir", str(workdir), "--summary-json",
                str(summary_path), "--polling-interval", "0.5", "--max-replicas", "3", "--reap-interval", "3",
                "--max-seconds", str(DEADLINE_S - 30), *(f"--env={k}={v}" for k, v in env.items())]
     output = tmp_path / "scaler.out"

@@ -67,7 +67,7 @@ def final_stage() -> list[tuple[str, str]]:
 def test_default_target_is_the_job_runner_and_http_serves_functions_framework() -> None:
     last = max(stage for stage, _, _ in instructions())
     assert last == stage_of("job"), "the last stage (docker build's default target) must be the job runner"
-    for name, entrypoint in (("job", ["python", "-m", "function.job"]), ("http", ["functions-framework"])):
+    for name, entrypoint in (("job", ["python", "-m", "function.runner"]), ("http", ["functions-framework"])):
         items = stage_items(stage_of(name))
         assert items[0] == ("FROM", f"runtime AS {name}")
         assert [json.loads(args) for keyword, args in items if keyword == "ENTRYPOINT"] == [entrypoint]
@@ -177,7 +177,7 @@ def test_runs_as_the_manifests_non_root_user() -> None:
 def test_entrypoint_and_temp_dir() -> None:
     final = final_stage()
     entrypoints = [args for keyword, args in final if keyword == "ENTRYPOINT"]
-    assert entrypoints and json.loads(entrypoints[-1]) == ["python", "-m", "function.job"]
+    assert entrypoints and json.loads(entrypoints[-1]) == ["python", "-m", "function.runner"]
     env = env_values(final)
     assert env["TMPDIR"] == "/tmp"
     assert env["HOME"].startswith(env["TMPDIR"]), "HOME must be under TMPDIR: the root fs is read-only"

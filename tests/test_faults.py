@@ -24,11 +24,11 @@ import pytest
 import redis
 from support import REPO_ROOT, runner_env, wait_for
 
-from function import sample_song
+from function.clients import s3_client
 from function.config import Settings, load_settings
-from function.job import Outcome, Runner
-from function.local_services import LocalServices
-from function.storage import make_client
+from function.runner import Outcome, Runner
+from workbench import sample_song
+from workbench.local_services import LocalServices
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def fault_settings(own_services: LocalServices, model_repo: Path) -> Settings:
 
 
 def put_song(settings: Settings, job_id: str, data: bytes) -> None:
-    client = make_client(settings)
+    client = s3_client(settings)
     if not client.bucket_exists(settings.input_bucket):
         client.make_bucket(settings.input_bucket)
     client.put_object(settings.input_bucket, f"{job_id}.mp3", io.BytesIO(data), len(data))
@@ -66,12 +66,12 @@ def state(client: redis.Redis, job_id: str) -> str | None:
 
 
 def stems_present(settings: Settings, job_id: str) -> list[str]:
-    client = make_client(settings)
+    client = s3_client(settings)
     return sorted(o.object_name for o in client.list_objects(settings.output_bucket, prefix=f"{job_id}-"))
 
 
 def runner_process(settings: Settings, **extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "function.job"], env=runner_env(settings, **extra), cwd=REPO_ROOT,
+    return subprocess.Popen([sys.executable, "-m", "function.runner"], env=runner_env(settings, **extra), cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -152,7 +152,7 @@ def test_full_temp_disk_requeues_with_a_clear_reason(fault_settings, song, limit
     client = redis.Redis.from_url(fault_settings.redis_connection_url)
     put_song(fault_settings, "disk", song)
     client.rpush("toWorker", "disk")
-    process = subprocess.Popen([sys.executable, "-m", "function.job"], env=runner_env(fault_settings), cwd=REPO_ROOT,
+    process = subprocess.Popen([sys.executable, "-m", "function.runner"], env=runner_env(fault_settings), cwd=REPO_ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                preexec_fn=file_size_limit(limit_bytes))
     output = process.communicate(timeout=120)[0].decode()

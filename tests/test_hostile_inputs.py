@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import soundfile
 
-from function import sample_song
 from function.core import Worker
 from function.errors import InvalidJob, StemworkerError, UnprocessableInput
-from function.job import Outcome, Runner
 from function.keys import dead_key
 from function.messages import event_from_message
+from function.runner import Outcome, Runner
+from workbench import sample_song
 
 
 @dataclass(frozen=True)

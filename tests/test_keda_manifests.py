@@ -210,4 +210,4 @@ def test_scaledjob_settings_the_design_relies_on():
     reaper = load("reaper-cronjob.yaml")["spec"]
     assert reaper["schedule"] == "* * * * *" and reaper["concurrencyPolicy"] == "Forbid"
     command = reaper["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert command == ["python", "-m", "function.job", "--reap"]
+    assert command == ["python", "-m", "function.runner", "--reap"]

@@ -23,8 +23,8 @@ from support import settings_env
 
 from function import core, replay
 from function.config import get_settings
-from function.local_services import free_port
 from function.messages import EVENT_COMPLETED, EVENT_FAILED, EVENT_REQUESTED
+from workbench.local_services import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "function" / "main.py"

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from function import replay
+from function import messages, replay
 from function.core import Worker
 from function.errors import UnprocessableInput
-from function.job import Outcome, Runner
 from function.keys import dead_key
 from function.messages import event_from_message, new_event
+from function.runner import Outcome, Runner
 
 
 def status(redis_client, job_id: str) -> dict[str, str]:
@@ -79,7 +79,7 @@ def test_a_save_failure_never_fails_the_job(make_settings, redis_client, upload,
 
 def test_dry_run_rejects_an_invalid_job_and_bad_files_exit_2(env, tmp_path, capsys):
     bad = tmp_path / "bad.json"
-    bad.write_text(replay.event_json(new_event({"id": "../../x"})))
+    bad.write_text(messages.event_json(new_event({"id": "../../x"})))
     assert replay.main([str(bad), "--dry-run"]) == 1
     assert "job id" in json.loads(capsys.readouterr().err)["error"]
     not_event = tmp_path / "not-event.json"
@@ -93,7 +93,7 @@ def test_dry_run_rejects_an_invalid_job_and_bad_files_exit_2(env, tmp_path, caps
 
 def test_unsafe_event_ids_never_become_paths(tmp_path):
     event = new_event("abc", event_id="../../etc/passwd")
-    path = replay.save_event(event, tmp_path)
+    path = messages.save_event(event, tmp_path)
     assert path.parent == tmp_path and ".." not in path.name
-    assert replay.read_event_file(path)["id"] == "../../etc/passwd"
-    assert Path(replay.event_file_name("ok-id_1")).stem == "ok-id_1"
+    assert messages.read_event_file(path)["id"] == "../../etc/passwd"
+    assert Path(messages.event_file_name("ok-id_1")).stem == "ok-id_1"

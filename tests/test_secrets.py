@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from function.config import load_settings, redact_url
+from function.config import load_settings
 from function.core import Worker
 from function.errors import ConfigError, Transient
-from function.job import Outcome, Runner, main
 from function.keys import dead_key
-from function.local_services import LocalServices, find_binary, free_port
 from function.messages import event_from_message
+from function.runner import Outcome, Runner, main
+from workbench.local_services import LocalServices, find_binary, free_port
 
 REDIS_PASSWORD = "redis-pw-Zq8v3Lk1"
 WRONG_PASSWORD = "wrong-pw-Yx7c2Hn4"
@@ -80,12 +80,6 @@ def dump(client: redis.Redis) -> str:
             parts.append(client.get(key).decode("utf-8", "replace"))
         parts.append(key.decode())
     return "\n".join(parts)
-
-
-def test_redact_url() -> None:
-    assert redact_url(f"redis://:{REDIS_PASSWORD}@cache:6379/0") == "redis://:***@cache:6379/0"
-    assert redact_url(f"rediss://app:{REDIS_PASSWORD}@cache/1") == "rediss://app:***@cache/1"
-    assert redact_url("redis://cache:6379/0") == "redis://cache:6379/0"
 
 
 def test_settings_never_show_secrets(services: LocalServices) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from function import replay
-from function.job import Outcome, Runner
+from function.runner import Outcome, Runner
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "send-request.py"
 

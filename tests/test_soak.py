@@ -23,10 +23,10 @@ import redis
 from minio.commonconfig import CopySource
 from support import REPO_ROOT, runner_env
 
-from function import sample_song
+from function.clients import s3_client
 from function.config import load_settings
-from function.local_services import LocalServices
-from function.storage import make_client
+from workbench import sample_song
+from workbench.local_services import LocalServices
 
 JOBS = 50
 DEADLINE_S = 420
@@ -45,7 +45,7 @@ def test_soak_50_jobs_two_runners_random_faults(soak_services, model_repo):
                              redis_timeout_s=2, s3_timeout_s=3, lease_seconds=2, orphan_grace_seconds=0.5,
                              claim_wait_seconds=1, max_attempts=6)
     client = redis.Redis.from_url(settings.redis_connection_url)
-    s3 = make_client(settings)
+    s3 = s3_client(settings)
     s3.make_bucket(settings.input_bucket)
     song = sample_song.song_mp3(seconds=1.5)
     s3.put_object(settings.input_bucket, "seed.mp3", io.BytesIO(song), len(song))
@@ -72,7 +72,7 @@ def test_soak_50_jobs_two_runners_random_faults(soak_services, model_repo):
         while time.monotonic() < deadline:
             runners = [r for r in runners if r.poll() is None]
             while len(runners) < 2:
-                runners.append(subprocess.Popen([sys.executable, "-m", "function.job"], env=env, cwd=REPO_ROOT,
+                runners.append(subprocess.Popen([sys.executable, "-m", "function.runner"], env=env, cwd=REPO_ROOT,
                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             done, dead = terminal()
             if len(done | dead) == JOBS and client.llen("toWorker:processing") == 0:

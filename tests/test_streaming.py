@@ -1,6 +1,7 @@
-"""The streaming separator (`separation.separate_to_files` + `audio.encode_file`) must give exactly what the
-in-memory path gives: the same stems bit for bit, the same progress, the same encoded bytes; and it must never
-hold a tensor with a stem axis longer than a chunk, whatever the song's length (issue 7)."""
+"""The streaming separator (`function/streaming.py`, through `separation.separate_to_files`, and
+`audio.encode_file`) must give exactly what demucs gives: the same stems bit for bit, the same progress, the
+same encoded bytes; and it must never hold a tensor with a stem axis longer than a chunk, whatever the song's
+length. It mirrors one demucs release: a different installed demucs fails here loudly."""
 
 from __future__ import annotations
 
@@ -8,16 +9,27 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
+import demucs
 import pytest
+import soundfile
 import torch
 from demucs.api import Separator
+from demucs.audio import prevent_clip, save_audio
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from function import audio, sample_song, separation
+from function import audio, separation, streaming
 from function.core import pick_stems
 from function.messages import Job
+from workbench import sample_song
 
 SAMPLERATE = 44100
+
+
+def test_installed_demucs_is_the_release_streaming_mirrors() -> None:
+    assert demucs.__version__ == streaming.DEMUCS_VERSION, (
+        f"function/streaming.py mirrors demucs {streaming.DEMUCS_VERSION}'s apply_model, but demucs "
+        f"{demucs.__version__} is installed: re-check stream_apply_model against the new apply_model, then "
+        "update DEMUCS_VERSION and the pin in pyproject.toml")
 
 
 def read_back(stem: audio.StemFile) -> torch.Tensor:
@@ -44,7 +56,9 @@ def test_streamed_stems_are_bit_identical_to_demucs(model_repo: Path, tmp_path: 
     assert list(files) == list(expected)
     for name, stem in files.items():
         assert stem.frames == wav.shape[-1]
-        assert torch.equal(read_back(stem), expected[name]), name
+        assert torch.equal(read_back(stem), expected[name]), (
+            f"stem {name} streamed differs from demucs {demucs.__version__}'s separate_tensor; "
+            f"function/streaming.py mirrors demucs {streaming.DEMUCS_VERSION}")
     assert streamed == in_memory and len(streamed) > 1
 
 
@@ -86,9 +100,14 @@ def test_encoded_files_are_byte_identical(tmp_path: Path, suffix: str, seconds: 
     for span in spans(wav, iter([1, 4097, 100_000] * 100)):  # uneven spans, across the encoders' chunks
         stem.append(span)
     stem.close()
-    audio.encode(wav, tmp_path / f"memory.{suffix}", SAMPLERATE, 320, 2)
+    expected = tmp_path / f"whole.{suffix}"
+    if suffix == "flac":  # demucs shells out to ffmpeg for flac; the reference is libsndfile on the whole stem
+        frames = prevent_clip(wav, mode="rescale").clamp(-1, 1).t().contiguous().numpy()
+        soundfile.write(str(expected), frames, SAMPLERATE, format="FLAC", subtype="PCM_16")
+    else:
+        save_audio(wav, str(expected), SAMPLERATE, bitrate=320, preset=2)
     audio.encode_file(stem, tmp_path / f"streamed.{suffix}", SAMPLERATE, 320, 2)
-    assert (tmp_path / f"streamed.{suffix}").read_bytes() == (tmp_path / f"memory.{suffix}").read_bytes()
+    assert (tmp_path / f"streamed.{suffix}").read_bytes() == expected.read_bytes()
 
 
 class _LargestPerSample(TorchDispatchMode):

@@ -12,9 +12,9 @@ import pytest
 from support import REPO_ROOT, wait_for
 from support import runner_env as support_env
 
-from function import sample_song
-from function.job import Outcome, Runner, main
 from function.queue import WorkQueue
+from function.runner import Outcome, Runner, main
+from workbench import sample_song
 
 
 def state_of(redis_client, job_id: str) -> str | None:
@@ -151,7 +151,7 @@ def runner_env(settings, **extra: str) -> dict[str, str]:
 
 
 def start_runner(env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "function.job"], env=env, cwd=REPO_ROOT,
+    return subprocess.Popen([sys.executable, "-m", "function.runner"], env=env, cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -197,7 +197,7 @@ def test_kill_9_mid_job_is_rescued_by_the_next_runner(settings, upload, long_son
 
 
 def main_reap(env: dict[str, str]) -> int:
-    return subprocess.run([sys.executable, "-m", "function.job", "--reap"], env=env, cwd=REPO_ROOT,
+    return subprocess.run([sys.executable, "-m", "function.runner", "--reap"], env=env, cwd=REPO_ROOT,
                           capture_output=True, timeout=60).returncode
 
 

@@ -6,7 +6,7 @@ path (`<signature>.th` packages plus a `<name>.yaml` bag), with seeded random we
 - `htdemucs`: the full architecture of the default pretrained model (same compute), for benchmarks.
 Random weights give meaningless stems but exactly the real cost and the real code path.
 
-    python -m function.model_repo DIR [--model tiny|htdemucs ...]
+    python -m workbench.model_repo DIR [--model tiny|htdemucs ...]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The one-shot job runner a KEDA ScaledJob pod runs: claim one message, run it through `handle`, exit.
 
-    python -m function.job [--max-messages N] [--reap] [--check]
+    python -m function.runner [--max-messages N] [--reap] [--check]
 
 Outcomes: done -> the message leaves the processing list; permanent error (bad input) -> dead-letter list
 `<queue>:dead`; transient error (Redis/S3 down, crash) -> back to the head of the queue until MAX_ATTEMPTS,
@@ -30,11 +30,13 @@ from typing import Any
 
 from cloudevents.conversion import to_dict
 
+from function.clock import now_iso
 from function.config import Settings, get_settings, load_settings
 from function.core import ATTEMPT_ATTRIBUTE, Worker
-from function.errors import ConfigError, Interrupted, InvalidJob, StemworkerError, Transient
-from function.messages import event_from_message, valid_id_of
-from function.queue import Claim, WorkQueue, now_iso
+from function.errors import ConfigError, Interrupted, InvalidJob, RedisUnavailable, StemworkerError, Transient
+from function.logs import configure_logging
+from function.messages import event_from_message, job_id_or_none
+from function.queue import Claim, WorkQueue
 from function.status import State
 
 log = logging.getLogger("stemworker.job")
@@ -130,7 +132,7 @@ class Runner:
             self.events.error(f"malformed message dead-lettered: {err}")
             return self._dead_letter(claim, None, err, started)
         event[ATTEMPT_ATTRIBUTE] = str(claim.attempts)
-        job_id = valid_id_of(event)
+        job_id = job_id_or_none(event)
         if claim.attempts > self.settings.max_attempts:
             err = Transient(f"gave up after {claim.attempts - 1} attempts: the worker died or was stopped "
                             "while processing this message each time")
@@ -193,6 +195,16 @@ class Runner:
 
 
 
+def redis_hint(err: Transient, settings: Settings) -> str:
+    """A pointer to the settings to check when Redis could not be reached."""
+    if not isinstance(err, RedisUnavailable):
+        return ""
+    where = ("REDIS_URL" if settings.redis_url is not None
+             else f"REDIS_HOST={settings.redis_host} REDIS_PORT={settings.redis_port}")
+    return (f" Is Redis running where the settings say ({where})? "
+            "Set REDIS_URL, or REDIS_HOST and REDIS_PORT.")
+
+
 def check(settings: Settings) -> list[str]:
     """Readiness problems (empty when Redis and S3 answer)."""
     problems = []
@@ -209,11 +221,11 @@ def check(settings: Settings) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="stemworker-job", description=__doc__,
+    parser = argparse.ArgumentParser(prog="stemworker-runner", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--max-messages", type=int, default=int(os.environ.get("MAX_MESSAGES", "1")),
+    parser.add_argument("--max-messages", type=int, default=None,
                         help="messages to process before exiting (env MAX_MESSAGES, default 1)")
-    parser.add_argument("--reap", action="store_true", default=os.environ.get("REAP_ONLY") == "1",
+    parser.add_argument("--reap", action="store_true", default=None,
                         help="only requeue messages whose worker died, then exit (env REAP_ONLY=1)")
     parser.add_argument("--check", action="store_true", help="check Redis and S3, exit 0 when both answer")
     return parser.parse_args(argv)
@@ -221,13 +233,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = get_settings() if argv is None else load_settings()
     except ConfigError as err:
-        print(f"stemworker-job: {err}", file=sys.stderr)
+        print(f"stemworker-runner: {err}", file=sys.stderr)
         return 2
+    configure_logging(settings)
+    max_messages = args.max_messages if args.max_messages is not None else settings.max_messages
+    reap_only = args.reap or settings.reap_only
     if args.check:
         problems = check(settings)
         print("ok" if not problems else "; ".join(problems))
@@ -235,10 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(settings)
     runner.install_signal_handlers()
     try:
-        if args.reap:
+        if reap_only:
             print(f"requeued {runner.reap()}")
             return 0
-        for _ in range(max(1, args.max_messages)):
+        for _ in range(max(1, max_messages)):
             if runner.stopping:
                 break
             result = runner.run_once()
@@ -250,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             if result.outcome in (Outcome.EMPTY, Outcome.INTERRUPTED):
                 break
     except Transient as err:
-        log.error("infrastructure failure, exiting 1 (the message stays in the queue or processing list): %s", err)
+        log.error("infrastructure failure, exiting 1: %s. No message was lost: a claimed message stays in the "
+                  "queue or the processing list.%s", err, redis_hint(err, settings))
         return 1
     return 0
 

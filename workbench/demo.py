@@ -1,6 +1,6 @@
 """The main job on an embedded default: separate one song end to end on this machine.
 
-    python -m function.demo [SONG] [--out stems/] [--model htdemucs] [--seconds 10]
+    python -m workbench.demo [SONG] [--out stems/] [--model htdemucs] [--seconds 10]
 
 Starts a real Redis and a real S3 (SeaweedFS) on loopback, uploads the song (a generated clip when none is
 given), pushes a job message on `toWorker` as the REST tier does, runs it through the job runner and
@@ -21,13 +21,13 @@ import threading
 import time
 from pathlib import Path
 
-from function import sample_song
+from function.clients import s3_client
 from function.config import load_settings
 from function.errors import StemworkerError
-from function.job import Outcome, Runner
-from function.local_services import LocalServices
-from function.model_repo import MODELS, write_model
-from function.storage import make_client
+from function.runner import Outcome, Runner
+from workbench import sample_song
+from workbench.local_services import LocalServices
+from workbench.model_repo import MODELS, write_model
 
 
 def follow(runner: Runner, job_id: str, done: threading.Event) -> None:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     with LocalServices() as services:
         settings = load_settings(**{k.lower(): v for k, v in services.env().items()},
                                  demucs_model=args.model, demucs_repo=repo, claim_wait_seconds=5)
-        client = make_client(settings)
+        client = s3_client(settings)
         if not client.bucket_exists(settings.input_bucket):
             client.make_bucket(settings.input_bucket)
         key = settings.input_key.format(id=job_id)

@@ -1,11 +1,11 @@
 """A local emulator of KEDA's ScaledJob for `keda/`: the same scaling decisions, with subprocesses as pods.
 
-    python -m function.scaler [--manifests keda] [--polling-interval S] [--max-replicas N] [--reap-interval S]
+    python -m workbench.emulator [--manifests keda] [--polling-interval S] [--max-replicas N] [--reap-interval S]
                               [--env KEY=VALUE ...] [--no-until-empty] [--max-seconds S] [--workdir DIR]
 
 It reads the ScaledJob, its ConfigMaps and the reaper CronJob from the kustomization in `--manifests`, then
 every pollingInterval reads the length of the trigger's Redis list and creates as many Jobs as KEDA would
-(`function.scaler_strategy.decide`). Each Job runs one pod: the container's command (`python -m function.job`)
+(`workbench.scaling.decide`). Each Job runs one pod: the container's command (`python -m function.runner`)
 as a subprocess. Like Kubernetes it:
 - gives each pod the container's environment: the ConfigMaps of `envFrom`, then literal `env` values; Secrets
   are not read (they hold placeholders) - credentials come from this process's environment, which overlays
@@ -48,11 +48,11 @@ import yaml
 from function.config import Settings, load_settings
 from function.errors import ConfigError
 from function.queue import WorkQueue
-from function.scaler_strategy import Decision, ScalingStrategy, decide
+from workbench.scaling import Decision, ScalingStrategy, decide
 
-# A pod has claimed its message once it printed this (function.job logs it right after the claim).
+# A pod has claimed its message once it printed this (function.runner logs it right after the claim).
 CLAIM_MARKER = re.compile(r"claimed job (\S+)")
-# function.job's last line: the outcome of its message.
+# function.runner's last line: the outcome of its message.
 OUTCOME_MARKER = re.compile(r"outcome (\S+) job=(\S+)")
 
 # Kubernetes / KEDA defaults for fields the manifest leaves out.
@@ -494,7 +494,7 @@ def _int_env(name: str) -> int | None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m function.scaler", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m workbench.emulator", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifests", type=Path, default=Path(os.environ.get("SCALER_MANIFESTS", "keda")),
                         help="folder with kustomization.yaml (env SCALER_MANIFESTS, default keda)")

@@ -1,7 +1,7 @@
 """The ScaledJob emulator: KEDA's scaling math checked against hand-worked cases, the manifest reading, and
 one short run with real pods against the real Redis.
 
-Each expected number below is worked by hand from KEDA's formulas (see `function.scaler_strategy`):
+Each expected number below is worked by hand from KEDA's formulas (see `workbench.scaling`):
 maxScale = ceil(min(L / listLength, maxReplicaCount)), scaleTo = ceil(L), create = min(scaleTo, effective).
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from function.scaler import cron_interval_s, load_manifests
-from function.scaler_strategy import ScalingStrategy, decide, max_scale
+from workbench.emulator import cron_interval_s, load_manifests
+from workbench.scaling import ScalingStrategy, decide, max_scale
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,7 +131,7 @@ def test_manifests_are_read_as_keda_would():
     assert spec.strategy.name == "accurate"
     assert spec.strategy.pending_pod_conditions == ("PodScheduled", "Ready")
     assert spec.list_length == 1 and spec.list_name == "toWorker"
-    assert spec.pod.command == ("python", "-m", "function.job")
+    assert spec.pod.command == ("python", "-m", "function.runner")
     # The pods' queue is the list KEDA counts.
     assert spec.pod.env["QUEUE_KEY"] == spec.list_name
     # Secrets are not in the pod env the emulator builds from the manifest.
@@ -150,7 +150,7 @@ def run_scaler(services, tmp_path: Path, *args: str, timeout_s: float = 120) -> 
     summary = tmp_path / "summary.json"
     env_args = [f"--env={name}={value}" for name, value in services.env().items()]
     completed = subprocess.run(
-        [sys.executable, "-m", "function.scaler", "--workdir", str(tmp_path / "work"), "--summary-json",
+        [sys.executable, "-m", "workbench.emulator", "--workdir", str(tmp_path / "work"), "--summary-json",
          str(summary), "--polling-interval", "0.3", "--max-seconds", str(timeout_s - 30), *env_args, *args],
         cwd=ROOT, capture_output=True, text=True, timeout=timeout_s,
     )

@@ -1,4 +1,6 @@
-"""The HTTP surface's translations: request -> CloudEvent, and result or error -> reply CloudEvent + status.
+"""The HTTP <-> CloudEvent codec of the HTTP surface: result or error -> reply CloudEvent + status and headers.
+
+Requests are parsed by `messages.event_from_request`, the one parser.
 
 Every answer to a job request is itself a CloudEvent in binary mode (ce-* headers, JSON body), so a Knative
 Broker can route the reply: `io.stemworker.separation.completed` carries the result,
@@ -10,15 +12,13 @@ InvalidJob 400, UnprocessableInput 422, Transient (and Busy) 503, anything else 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
 from cloudevents.conversion import to_binary
-from cloudevents.exceptions import GenericException
-from cloudevents.http import CloudEvent, from_http
+from cloudevents.http import CloudEvent
 
-from function.errors import InvalidJob, StemworkerError, Transient
-from function.messages import EVENT_COMPLETED, EVENT_FAILED, safe_event_id
+from function.errors import StemworkerError, Transient
+from function.messages import EVENT_COMPLETED, EVENT_FAILED
 
 REPLY_SOURCE = "urn:stemworker:worker"
 # Extension attribute naming the request event a reply answers.
@@ -29,23 +29,6 @@ RETRY_AFTER_S = 10
 
 class Busy(Transient):
     """This process is already separating a song; the request was not started and may be sent again."""
-
-
-def event_from_request(headers: Mapping[str, str], body: bytes, max_bytes: int) -> CloudEvent:
-    """The CloudEvent of an HTTP request in binary or structured mode; anything else raises InvalidJob."""
-    if len(body) > max_bytes:
-        raise InvalidJob(f"request body is {len(body)} bytes, over MAX_MESSAGE_BYTES={max_bytes}")
-    try:
-        event = from_http(dict(headers.items()), body)
-    except (GenericException, ValueError, TypeError) as err:
-        raise InvalidJob(f"not a CloudEvent (binary ce-* headers or application/cloudevents+json): {err}") from None
-    for name in ("id", "source", "type"):
-        if not str(event.get(name) or "").strip():
-            raise InvalidJob(f"CloudEvent attribute {name!r} must be a non-empty string")
-    # The id is logged and echoed in the reply's headers: refuse one that could break a line or a header.
-    if safe_event_id(event) is None:
-        raise InvalidJob("CloudEvent attribute 'id' must be 1-256 printable ASCII characters without spaces")
-    return event
 
 
 def http_status(err: Exception) -> int:
