@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # stemworker: the DEMUCS separation worker. Build it with scripts/build-image.sh (Docker, Podman or Buildah);
-# docs/readme/image.md explains every argument below.
+# docs/image.md explains every argument below.
 #
 # Works on any Debian-like base with Python 3.11 and the venv module: the official python image
 # (python in /usr/local/bin) or a Debian bookworm rootfs with python3 + python3-venv (python in /usr/bin).

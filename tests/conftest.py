@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.server
 import io
 import json
+import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,6 +26,21 @@ from function.core import Worker
 from workbench import sample_song
 from workbench.local_services import LocalServices
 from workbench.model_repo import TINY_KWARGS, write_model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def child_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every child process (job runners, emulated pods) keeps its temp files under pytest's own temp root, so a
+    runner a test SIGKILLs mid-job (its per-job temp dir never removed, as in a real pod whose emptyDir goes
+    with it) leaves nothing in the system temp dir; pytest rotates its root."""
+    path = tmp_path_factory.mktemp("child-tmp")
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = previous
 
 
 @pytest.fixture(scope="session")
