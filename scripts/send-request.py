@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis
 
-from function.clients import s3_client
+from function.clients import redis_client, s3_client
 from function.config import FORMATS, STEMS, Settings, load_settings
 from function.errors import ConfigError, InvalidJob, Transient
 from function.keys import status_key
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, InvalidJob, OSError) as err:
         print(f"send-request: {err}", file=sys.stderr)
         return 2
-    client = redis.Redis.from_url(settings.redis_connection_url, socket_timeout=settings.redis_timeout_s)
+    client = redis_client(settings)
     try:
         if not args.no_upload:
             upload(settings, song, ids)

@@ -44,7 +44,10 @@ from typing import Any
 
 import redis
 import yaml
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from function.clients import redis_client
 from function.config import Settings, load_settings
 from function.errors import ConfigError
 from function.queue import WorkQueue
@@ -203,7 +206,7 @@ class Pod:
 
 
 @dataclass
-class Job:
+class KubeJob:
     """One Kubernetes Job: its pods (one at a time) and how often they failed."""
 
     name: str
@@ -299,8 +302,8 @@ class Scaler:
         if settings.queue_key != spec.list_name:
             raise ConfigError(f"the pods' QUEUE_KEY {settings.queue_key!r} is not the trigger's listName "
                               f"{spec.list_name!r}: KEDA would count one list while pods take from another")
-        self.redis = redis.Redis.from_url(settings.redis_connection_url, socket_timeout=10)
-        self.jobs: list[Job] = []
+        self.redis = redis_client(settings)
+        self.jobs: list[KubeJob] = []
         self.tally = Tally()
         self._reap_process: subprocess.Popen | None = None
         self._next_reap = 0.0
@@ -349,13 +352,13 @@ class Scaler:
         self.tally.outcomes[pod.outcome or ("killed" if code < 0 else f"exit {code}")] += 1
         release_volumes(pod)
 
-    def _start_pod(self, job: Job) -> None:
+    def _start_pod(self, job: KubeJob) -> None:
         job.pods.append(self.pods.start(f"{job.name}-{len(job.pods)}"))
         self.tally.pods += 1
 
     def create_jobs(self, count: int) -> None:
         for _ in range(count):
-            job = Job(name=f"{self.spec.name}-{len(self.jobs):04d}")
+            job = KubeJob(name=f"{self.spec.name}-{len(self.jobs):04d}")
             self.jobs.append(job)
             self.tally.jobs += 1
             self._start_pod(job)
@@ -483,38 +486,47 @@ def _env_pair(raw: str) -> tuple[str, str]:
     return name, value
 
 
-def _float_env(name: str) -> float | None:
-    raw = os.environ.get(name)
-    return float(raw) if raw else None
+class EmulatorSettings(BaseSettings):
+    """The emulator's own knobs, each also a flag: `SCALER_<NAME>` in the environment."""
 
+    model_config = SettingsConfigDict(env_prefix="SCALER_", frozen=True, extra="ignore")
 
-def _int_env(name: str) -> int | None:
-    raw = os.environ.get(name)
-    return int(raw) if raw else None
+    manifests: Path = Path("keda")
+    polling_interval: float | None = Field(None, gt=0)
+    max_replicas: int | None = Field(None, ge=0)
+    reap_interval: float | None = Field(None, gt=0)
+    until_empty: bool = True
+    max_seconds: float | None = Field(None, gt=0)
+    workdir: Path | None = None
+    summary_json: Path | None = None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    try:
+        env = EmulatorSettings()
+    except ValidationError as err:
+        raise SystemExit(f"scaler: invalid SCALER_* setting: {err}") from None
     parser = argparse.ArgumentParser(prog="python -m workbench.emulator", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--manifests", type=Path, default=Path(os.environ.get("SCALER_MANIFESTS", "keda")),
+    parser.add_argument("--manifests", type=Path, default=env.manifests,
                         help="folder with kustomization.yaml (env SCALER_MANIFESTS, default keda)")
-    parser.add_argument("--polling-interval", type=float, default=_float_env("SCALER_POLLING_INTERVAL"),
+    parser.add_argument("--polling-interval", type=float, default=env.polling_interval,
                         help="seconds between polls (env SCALER_POLLING_INTERVAL, default: the manifest's)")
-    parser.add_argument("--max-replicas", type=int, default=_int_env("SCALER_MAX_REPLICAS"),
+    parser.add_argument("--max-replicas", type=int, default=env.max_replicas,
                         help="override maxReplicaCount (env SCALER_MAX_REPLICAS)")
-    parser.add_argument("--reap-interval", type=float, default=_float_env("SCALER_REAP_INTERVAL"),
+    parser.add_argument("--reap-interval", type=float, default=env.reap_interval,
                         help="seconds between reaper runs (env SCALER_REAP_INTERVAL, default: the CronJob's)")
     parser.add_argument("--env", type=_env_pair, action="append", default=[],
                         help="KEY=VALUE for every pod, over the manifest and this environment (repeatable)")
     parser.add_argument("--until-empty", action=argparse.BooleanOptionalAction,
-                        default=os.environ.get("SCALER_UNTIL_EMPTY", "1") != "0",
+                        default=env.until_empty,
                         help="exit once queue, processing list and Jobs are empty (env SCALER_UNTIL_EMPTY, "
                              "default on)")
-    parser.add_argument("--max-seconds", type=float, default=_float_env("SCALER_MAX_SECONDS"),
+    parser.add_argument("--max-seconds", type=float, default=env.max_seconds,
                         help="stop (SIGTERM the pods) after this long (env SCALER_MAX_SECONDS)")
-    parser.add_argument("--workdir", type=Path, default=os.environ.get("SCALER_WORKDIR"),
+    parser.add_argument("--workdir", type=Path, default=env.workdir,
                         help="where pod folders and logs go (env SCALER_WORKDIR, default: a new temp folder)")
-    parser.add_argument("--summary-json", type=Path, default=os.environ.get("SCALER_SUMMARY_JSON"),
+    parser.add_argument("--summary-json", type=Path, default=env.summary_json,
                         help="also write the summary as JSON here (env SCALER_SUMMARY_JSON)")
     return parser.parse_args(argv)
 
