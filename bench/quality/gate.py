@@ -73,8 +73,9 @@ def runner(separator: Separator, autocast: torch.dtype | None) -> Separate:
 
 
 def int8_separator(base: Separator) -> tuple[Separator, int, list[str]]:
-    """A copy of `base` whose nn.Linear layers (the transformer's feed-forward and attention projections)
-    are dynamically quantized to int8; returns it, how many layers were swapped and torch's warnings (its
+    """A copy of `base` whose nn.Linear layers are dynamically quantized to int8: in HTDemucs the transformer's
+    feed-forward layers (nn.MultiheadAttention's projections are skipped: in_proj is a bare parameter, out_proj
+    a NonDynamicallyQuantizableLinear). Returns it, how many layers were swapped and torch's warnings (its
     quantized tensors are deprecated: that belongs in the report, not on stderr)."""
     quantized = copy.copy(base)  # Separator's settings; its model is replaced below, not shared
     with warnings.catch_warnings(record=True) as caught:
@@ -82,7 +83,7 @@ def int8_separator(base: Separator) -> tuple[Separator, int, list[str]]:
         model = torch.ao.quantization.quantize_dynamic(copy.deepcopy(base._model), {torch.nn.Linear},
                                                        dtype=torch.qint8)
     quantized._model = model  # Separator has no public setter; the worker reads these fields too
-    swapped = sum(1 for module in model.modules() if type(module).__module__.startswith("torch.ao.nn.quantized"))
+    swapped = sum(1 for module in model.modules() if isinstance(module, torch.ao.nn.quantized.dynamic.Linear))
     messages = sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0]}" for w in caught})
     return quantized, swapped, messages
 
