@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis
 
-from function.config import FORMATS, STEMS, load_settings
+from function.config import FORMATS, STEMS, Settings, load_settings
 from function.errors import ConfigError, InvalidJob, Transient
 from function.messages import event_from_message, event_json, require_job_id
 from function.storage import input_key
@@ -86,6 +86,12 @@ def options_of(args: argparse.Namespace) -> flood.JobOptions:
                             two_stems=args.two_stems, format=args.format)
 
 
+def follow(client: redis.Redis, settings: Settings, ids: list[str], timeout_s: float) -> int:
+    """Print each state change of the jobs until all are done or failed, or the deadline passes; 0 when all
+    are done."""
+    return 0 if flood.follow(client, settings, ids, timeout_s).done == len(ids) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -115,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f" .. {ids[-1]}" if len(ids) > 1 else ""), file=sys.stderr)
         if not args.wait:
             return 0
-        result = flood.follow(client, settings, ids, args.timeout_s)
-        return 0 if result.done == len(ids) else 1
+        return follow(client, settings, ids, args.timeout_s)
     except (Transient, redis.RedisError) as err:
         print(f"send-request: {type(err).__name__}: {err}", file=sys.stderr)
         return 1

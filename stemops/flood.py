@@ -100,8 +100,9 @@ class FollowResult:
 
 
 def follow(client: redis.Redis, settings: Settings, ids: list[str], timeout_s: float,
-           out: TextIO = sys.stderr) -> FollowResult:
-    """Print each state change of the jobs to `out` until all are done or failed, or the deadline passes."""
+           out: TextIO | None = None) -> FollowResult:
+    """Print each state change of the jobs to `out` (stderr) until all are done or failed, or the deadline passes."""
+    out = out or sys.stderr
     started = time.monotonic()
     seen: dict[str, tuple[str, str]] = {}
     states: list[str] = []
