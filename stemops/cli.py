@@ -48,6 +48,7 @@ from stemops.stats import gather
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
+PIPE_WIDTH = 160
 
 
 class OpsError(Exception):
@@ -64,7 +65,7 @@ class Ops:
 
     _settings: Settings | None = None
     _client: redis.Redis | None = None
-    console: Console = field(default_factory=Console)
+    console: Console = field(default_factory=lambda: terminal_console())
 
     @property
     def settings(self) -> Settings:
@@ -80,6 +81,12 @@ class Ops:
         if self._client is None:
             self._client = redis_client(self.settings)
         return self._client
+
+
+def terminal_console() -> Console:
+    """The terminal's width on a terminal; a wide line (no wrapped table) when the output goes to a pipe or a file."""
+    console = Console()
+    return console if console.is_terminal else Console(width=PIPE_WIDTH)
 
 
 def redacted(url: str) -> str:
@@ -155,7 +162,7 @@ def jobs(ops: Ops, state: str | None, limit: int, as_json: bool) -> int:
     if as_json:
         emit_json([row.as_dict() for row in rows])
     else:
-        ops.console.print(render.jobs_view(rows))
+        ops.console.print(render.jobs_view(rows, ops.console.width))
     return 0
 
 
@@ -235,7 +242,7 @@ def dead_list(ops: Ops, limit: int, as_json: bool) -> int:
     if as_json:
         emit_json({"total": total, "entries": [{"index": x.index, **x.entry} for x in letters]})
     else:
-        ops.console.print(render.dead_view(total, letters))
+        ops.console.print(render.dead_view(total, letters, ops.console.width))
     return 0
 
 

@@ -6,6 +6,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from rich import box
 from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
@@ -26,14 +27,17 @@ def seconds(value: float | None, digits: int = 2) -> str:
 
 
 def ago(at: float | None, now: float | None = None) -> str:
+    """How long ago, in the largest sensible unit: `42s`, `17m`, `3.5h`, `2.0d`."""
     if at is None:
         return "-"
     delta = max(0.0, (now or time.time()) - at)
     if delta < 120:
-        return f"{delta:.0f} s ago"
+        return f"{delta:.0f}s"
     if delta < 7200:
-        return f"{delta / 60:.0f} min ago"
-    return f"{delta / 3600:.1f} h ago"
+        return f"{delta / 60:.0f}m"
+    if delta < 172800:
+        return f"{delta / 3600:.1f}h"
+    return f"{delta / 86400:.1f}d"
 
 
 def clip(text: str | None, width: int = ERROR_WIDTH) -> str:
@@ -61,31 +65,43 @@ def stats_view(stats: Stats) -> Table:
     return table
 
 
-def jobs_view(rows: list[JobRow]) -> Table:
-    table = Table(title=f"{len(rows)} recent job(s), newest first", title_justify="left")
-    for name, justify in (("id", "left"), ("state", "left"), ("progress", "right"), ("model", "left"),
-                          ("audio", "right"), ("time", "right"), ("tries", "right"), ("updated", "right"),
-                          ("error", "left")):
-        table.add_column(name, justify=justify, overflow="fold" if name == "id" else "ellipsis")
-    now = time.time()
-    for row in rows:
-        table.add_row(row.id, state_text(row.state), "-" if row.progress is None else f"{row.progress}%",
-                      row.model or "-", seconds(row.audio_seconds, 1), seconds(row.seconds),
-                      "-" if row.attempts is None else str(row.attempts), ago(row.updated_at, now), clip(row.error))
+def _fitted(table: Table, header: list[tuple[str, str]], cells: list[list[str | Text]], width: int) -> Table:
+    """Every column keeps its longest cell whole; the last one (an error) gets the width that is left
+    (at least 8), ellipsized. `width` is the console's."""
+    used = 0
+    for index, (name, justify) in enumerate(header[:-1]):
+        widest = max([len(name)] + [len(str(row[index])) for row in cells])
+        table.add_column(name, justify=justify, no_wrap=True, width=widest)  # type: ignore[arg-type]
+        used += widest + 3  # a space of padding on each side and a blank column divider
+    table.add_column(header[-1][0], overflow="ellipsis", no_wrap=True, width=max(8, width - used - 2))
+    for row in cells:
+        table.add_row(*row)
     return table
 
 
-def dead_view(total: int, letters: list[DeadLetter]) -> Table:
+def jobs_view(rows: list[JobRow], width: int) -> Table:
+    now = time.time()
+    cells = [[row.id, state_text(row.state), "-" if row.progress is None else f"{row.progress}%", row.model or "-",
+              seconds(row.audio_seconds, 1), seconds(row.seconds), "-" if row.attempts is None else str(row.attempts),
+              ago(row.updated_at, now), clip(row.error)] for row in rows]
+    header = [("id", "left"), ("state", "left"), ("%", "right"), ("model", "left"), ("audio", "right"),
+              ("time", "right"), ("try", "right"), ("ago", "right"), ("error", "left")]
+    table = Table(title=f"{len(rows)} recent job(s), newest first", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    return _fitted(table, header, cells, width)
+
+
+def dead_view(total: int, letters: list[DeadLetter], width: int) -> Table:
     shown = f"{len(letters)} shown" if len(letters) < total else "all shown"
-    table = Table(title=f"{total} dead letter(s), oldest first ({shown})", title_justify="left")
-    for name in ("#", "failed", "job", "error type", "tries", "error"):
-        table.add_column(name, justify="right" if name in ("#", "tries") else "left")
     now = time.time()
-    for letter in letters:
-        entry = letter.entry
-        table.add_row(str(letter.index), ago(letter.failed_at, now), str(entry.get("job_id") or "-"),
-                      str(entry.get("error_type", "-")), str(entry.get("attempts", "-")), clip(entry.get("error")))
-    return table
+    cells = [[str(x.index), ago(x.failed_at, now), str(x.entry.get("job_id") or "-"),
+              str(x.entry.get("error_type", "-")), str(x.entry.get("attempts", "-")), clip(x.entry.get("error"))]
+             for x in letters]
+    header = [("#", "right"), ("ago", "right"), ("job", "left"), ("error type", "left"), ("try", "right"),
+              ("error", "left")]
+    table = Table(title=f"{total} dead letter(s), oldest first ({shown})", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    return _fitted(table, header, cells, width)
 
 
 def outputs_view(outputs: Mapping[str, Any]) -> Table:
