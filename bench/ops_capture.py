@@ -101,7 +101,7 @@ def main() -> int:
                 for window, title in (("stats", "stemworker stats --watch --interval 1"),
                                       ("watch", f"stemworker watch {watched}")):
                     text = screen(window)
-                    if significant(text) != last[window]:
+                    if text.strip() and significant(text) != last[window]:
                         last[window] = significant(text)
                         frames.append(f"---- t={time.monotonic() - started:6.1f} s  $ {title}\n{text}")
                 if summary.exists():
