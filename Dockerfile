@@ -38,6 +38,7 @@ RUN --mount=type=secret,id=pip.conf \
 WORKDIR /src
 COPY pyproject.toml README.md* ./
 COPY function ./function
+COPY stemops ./stemops
 # The project's runtime dependencies only (no extras), with the pins of pyproject.toml; the torch spec is
 # repeated so that resolving the project can never swap the torch build installed above.
 RUN --mount=type=secret,id=pip.conf \

@@ -114,6 +114,14 @@ class Settings(BaseSettings):
     queue_pop: Literal["left", "right"] = "left"
     orphan_grace_seconds: float = Field(10.0, ge=0)
 
+    # Operator records and tools (function/metrics.py, `stemworker`): the recent-jobs index keeps at most this
+    # many ids, none older than this (default: as long as a status hash lives).
+    recent_jobs_max: int = Field(10_000, ge=1)
+    recent_jobs_max_age_s: int = Field(keys.STATUS_TTL_S, gt=0)
+    exporter_port: int = Field(9090, ge=1, le=65535)
+    # The ScaledJob's maxReplicaCount, exported as a gauge so dashboards can draw running jobs against it.
+    scaledjob_max_replicas: int | None = Field(None, ge=1)
+
     # Replay (`python -m function.replay`; each flag overrides its variable)
     replay_url: str | None = None
     replay_mode: Literal["binary", "structured"] = "binary"

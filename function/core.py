@@ -24,6 +24,7 @@ from function.config import Settings, get_settings
 from function.errors import InvalidJob, StemworkerError, Transient, UnprocessableInput
 from function.keys import status_key
 from function.messages import Job, event_id_or_none, job_from_event, job_id_or_none, save_event
+from function.metrics import Recorder
 from function.status import EventLog, State, StatusRecord
 from function.storage import CONTENT_TYPES, ObjectStore, input_key, output_key
 
@@ -58,6 +59,7 @@ class Worker:
         self.redis = redis_client(settings)
         self.store = ObjectStore(s3_client(settings))
         self.events = EventLog(self.redis, settings.log_key)
+        self.metrics = Recorder(self.redis, settings)
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="stemworker")
 
     def status_for(self, job_id: str) -> StatusRecord:
@@ -67,7 +69,8 @@ class Worker:
         """Separate the song the event names; raises a StemworkerError subclass on failure."""
         started = time.monotonic()
         attempt = attempt_of(event)
-        self.events.info(f"received event {event_id_or_none(event) or '(invalid id)'} (attempt {attempt})")
+        self.events.info(f"received event {event_id_or_none(event) or '(invalid id)'} (attempt {attempt})",
+                         stage="received")
         if self.settings.save_events_dir is not None:
             try:
                 save_event(event, self.settings.save_events_dir)
@@ -80,6 +83,7 @@ class Worker:
             raise
         status = self.status_for(job.id)
         status.start(model=job.model, format=job.format, attempts=attempt, event_id=job.event_id)
+        self.metrics.job_started(job.id)
         try:
             result = self._separate(job, status, attempt, started)
         except StemworkerError as err:
@@ -95,14 +99,16 @@ class Worker:
 
     def _reject(self, event: CloudEvent, err: InvalidJob, attempt: int) -> None:
         job_id = job_id_or_none(event)
-        self.events.error(f"job {job_id or '(invalid id)'} rejected: {err}")
+        self.events.error(f"job {job_id or '(invalid id)'} rejected: {err}", stage="failed")
         if job_id is not None:
+            self.metrics.job_failed(job_id, None, err)
             self.status_for(job_id).start(state=State.FAILED, error=str(err), attempts=attempt,
                                           event_id=event_id_or_none(event), failed_at=now_iso())
 
     def _fail(self, job: Job, status: StatusRecord, err: StemworkerError, started: float) -> None:
         seconds = time.monotonic() - started
-        self.events.error(f"job {job.id}: failed after {seconds:.2f} s: {err}")
+        self.events.error(f"job {job.id}: failed after {seconds:.2f} s: {err}", stage="failed")
+        self.metrics.job_failed(job.id, job.model, err)
         try:
             status.update(State.FAILED, error=str(err), retryable=int(not err.permanent))
         except Transient as status_err:
@@ -114,7 +120,8 @@ class Worker:
         assert job.callback is not None
         outcome = deliver(job.callback, body, job.event_id, self.settings)
         line = f"job {job.id}: callback {outcome.reason} (attempts {outcome.attempts}, status {outcome.status})"
-        (self.events.info if outcome.delivered else self.events.error)(line)
+        (self.events.info if outcome.delivered else self.events.error)(line, stage="callback")
+        self.metrics.callback(outcome.delivered, outcome.reason)
         return {"delivered": outcome.delivered, "status": outcome.status, "reason": outcome.reason}
 
     def _separate(self, job: Job, status: StatusRecord, attempt: int, started: float) -> dict[str, Any]:
@@ -127,7 +134,8 @@ class Worker:
             tick = time.monotonic()
             size = self.store.download(s.input_bucket, source_key, Path(tmp) / "input", s.max_input_bytes)
             timings["download"] = time.monotonic() - tick
-            self.events.info(f"job {job.id}: downloaded {s.input_bucket}/{source_key} ({size} bytes)")
+            self.events.info(f"job {job.id}: downloaded {s.input_bucket}/{source_key} ({size} bytes)",
+                             stage="downloading")
             separator = model_loading.result()
             wanted = job.stems or ((job.two_stems,) if job.two_stems else ())
             missing = [name for name in wanted if name not in separator.model.sources]
@@ -141,7 +149,8 @@ class Worker:
             audio_seconds = wav.shape[-1] / separator.samplerate
             device = separation.resolve_device(s.demucs_device)
             status.update(State.SEPARATING, progress=0, device=device, audio_seconds=f"{audio_seconds:.3f}")
-            self.events.info(f"job {job.id}: separating {audio_seconds:.1f} s of audio with {job.model} on {device}")
+            self.events.info(f"job {job.id}: separating {audio_seconds:.1f} s of audio with {job.model} on {device}",
+                             stage="separating")
             tick = time.monotonic()
             # Stems go to raw files in the temp dir as they are separated: memory stays bounded by the song's
             # input, not 4 stems at full length (issue 7).
@@ -160,7 +169,8 @@ class Worker:
             timings["encode_upload"] = time.monotonic() - tick
         timings["total"] = time.monotonic() - started
         status.update(State.DONE, outputs=json.dumps(outputs), seconds=f"{timings['total']:.3f}")
-        self.events.info(f"job {job.id}: done in {timings['total']:.2f} s")
+        self.events.info(f"job {job.id}: done in {timings['total']:.2f} s", stage="done")
+        self.metrics.job_done(job.id, job.model, timings, audio_seconds)
         return {
             "id": job.id,
             "state": State.DONE.value,
@@ -192,7 +202,7 @@ class Worker:
             key = output_key(s.output_key, job.id, name, job.format, job.model)
             self.store.upload(s.output_bucket, key, path, CONTENT_TYPES[job.format])
             path.unlink()
-            self.events.info(f"job {job.id}: uploaded {stem} to {s.output_bucket}/{key}")
+            self.events.info(f"job {job.id}: uploaded {stem} to {s.output_bucket}/{key}", stage="uploading")
             return stem, {"bucket": s.output_bucket, "key": key}
 
         futures = [self._pool.submit(encode_and_upload, stem, raw) for stem, raw in stems.items()]

@@ -49,3 +49,19 @@ def orphans_key(queue_key: str) -> str:
 def status_key(template: str, job_id: str) -> str:
     """The status hash of one job; `job_id` must already be validated."""
     return template.format(id=job_id)
+
+
+# Operator records (function/metrics.py writes them at each job; stemops reads them). All bounded in size.
+def metrics_key(queue_key: str, name: str) -> str:
+    """Hash of one metric group (`counters`, `durations`, `rtf`): fixed fields incremented with HINCRBY."""
+    return f"{queue_key}:metrics:{name}"
+
+
+def recent_jobs_key(queue_key: str) -> str:
+    """Sorted set: job id -> Unix time of its latest start or end; trimmed by count and age."""
+    return f"{queue_key}:recent"
+
+
+def seen_key(queue_key: str) -> str:
+    """Sorted set: message digest -> Unix time an observer first saw it waiting in the queue (stemops)."""
+    return f"{queue_key}:seen"

@@ -5,8 +5,9 @@
 POST a CloudEvent, binary mode (ce-* headers) or structured mode (application/cloudevents+json), whose data
 is any job form the queue accepts. The answer is a binary-mode CloudEvent (see cloudevent_http.py): 200
 `separation.completed`, or `separation.failed` with 400 (malformed event or job), 422 (the input can never be
-separated), 503 (a dependency is down, or this process is busy) or 500. A GET on any path (Knative probes
-use /health/liveness and /health/readiness) answers 200 with {"status": "ok", "busy": ...}.
+separated), 503 (a dependency is down, or this process is busy) or 500. GET /metrics answers the Prometheus
+metrics recorded in Redis (function/metrics.py); a GET on any other path (Knative probes use /health/liveness
+and /health/readiness) answers 200 with {"status": "ok", "busy": ...}.
 
 It is an HTTP function (not `@cloud_event`, which always answers an empty 200) so that it controls the status
 and the reply event. One process keeps one Worker and loads each model once. Separations run one at a time:
@@ -32,7 +33,7 @@ import flask
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from function import cloudevent_http, messages
+from function import cloudevent_http, messages, metrics
 from function.config import get_settings
 from function.core import default_worker
 from function.errors import InvalidJob, StemworkerError
@@ -45,6 +46,7 @@ settings = get_settings()
 configure_logging(settings)
 worker = default_worker()
 _slot = threading.Semaphore(1)
+_metrics = metrics.registry_with(metrics.MetricsCollector(worker.redis, settings))
 
 
 def _answer(event: CloudEvent, status: int, extra: dict[str, str] | None = None) -> flask.Response:
@@ -62,6 +64,8 @@ def _health(path: str) -> flask.Response:
 @functions_framework.http
 def handle(request: flask.Request) -> flask.Response:
     """Run the job in the request's CloudEvent and answer with a reply CloudEvent."""
+    if request.method in ("GET", "HEAD") and request.path == "/metrics":  # before the catch-all health answer
+        return flask.Response(metrics.exposition(_metrics), mimetype=metrics.CONTENT_TYPE)
     if request.method in ("GET", "HEAD"):
         return _health(request.path)
     if request.method != "POST":

@@ -129,7 +129,7 @@ class Runner:
         try:
             event = event_from_message(claim.message, self.settings.max_message_bytes)
         except InvalidJob as err:
-            self.events.error(f"malformed message dead-lettered: {err}")
+            self.events.error(f"malformed message dead-lettered: {err}", stage="dead")
             return self._dead_letter(claim, None, err, started)
         event[ATTEMPT_ATTRIBUTE] = str(claim.attempts)
         job_id = job_id_or_none(event)
@@ -138,7 +138,7 @@ class Runner:
                             "while processing this message each time")
             return self._dead_letter(claim, event, err, started, job_id, mark_status=True)
         self.events.info(f"claimed job {job_id or '(invalid id)'} (attempt {claim.attempts}/"
-                         f"{self.settings.max_attempts})")
+                         f"{self.settings.max_attempts})", stage="claimed", job_id=job_id)
         heartbeat = Heartbeat(self.queue, claim)
         heartbeat.start()
         try:
@@ -151,8 +151,9 @@ class Runner:
             self._busy = False
             heartbeat.stop()
             self.queue.requeue(claim, count_attempt=False)
+            self.worker.metrics.message_outcome("interrupted", event)
             self.events.info(f"job {job_id}: interrupted ({err}); message requeued after "
-                             f"{time.monotonic() - started:.2f} s")
+                             f"{time.monotonic() - started:.2f} s", stage="interrupted")
             return Result(Outcome.INTERRUPTED, job_id, claim.attempts, str(err))
         except StemworkerError as err:
             self._busy = False
@@ -160,8 +161,10 @@ class Runner:
             if err.permanent or claim.attempts >= self.settings.max_attempts:
                 return self._dead_letter(claim, event, err, started, job_id, mark_status=not err.permanent)
             self.queue.requeue(claim)
+            self.worker.metrics.message_outcome("requeued", event)
             self.events.info(f"job {job_id}: requeued after a transient error, attempt {claim.attempts}/"
-                             f"{self.settings.max_attempts} ({time.monotonic() - started:.2f} s): {err}")
+                             f"{self.settings.max_attempts} ({time.monotonic() - started:.2f} s): {err}",
+                             stage="requeued")
             return Result(Outcome.REQUEUED, job_id, claim.attempts, str(err))
         heartbeat.stop()
         self.queue.complete(claim)
@@ -189,8 +192,9 @@ class Runner:
             except Transient as status_err:
                 log.warning("could not mark job %s failed: %s", job_id, status_err)
         self.queue.dead_letter(claim, entry)
+        self.worker.metrics.message_outcome("dead", event)
         self.events.error(f"job {job_id or '(invalid id)'}: dead-lettered after {claim.attempts} attempt(s) "
-                          f"({time.monotonic() - started:.2f} s): {err}")
+                          f"({time.monotonic() - started:.2f} s): {err}", stage="dead")
         return Result(Outcome.DEAD, job_id, claim.attempts, str(err))
 
 

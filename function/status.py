@@ -37,8 +37,10 @@ class EventLog:
         self._key = key
         self._prefix = f"{host or socket.gethostname()}.worker"
 
-    def _push(self, level: str, message: str) -> None:
-        (log.error if level == "error" else log.info)(message)
+    def _push(self, level: str, message: str, stage: str | None = None, job_id: str | None = None) -> None:
+        # stage and job_id become fields of LOG_FORMAT=json lines (function/logs.py); the list line is unchanged.
+        extra = {name: value for name, value in (("stage", stage), ("job_id", job_id)) if value is not None}
+        (log.error if level == "error" else log.info)(message, extra=extra)
         try:
             with self._client.pipeline(transaction=False) as pipe:
                 pipe.lpush(self._key, f"{self._prefix}.{level}:{message}")
@@ -47,11 +49,11 @@ class EventLog:
         except redis.RedisError as err:
             log.warning("could not write to the Redis log list %s: %s", self._key, err)
 
-    def info(self, message: str) -> None:
-        self._push("info", message)
+    def info(self, message: str, *, stage: str | None = None, job_id: str | None = None) -> None:
+        self._push("info", message, stage, job_id)
 
-    def error(self, message: str) -> None:
-        self._push("error", message)
+    def error(self, message: str, *, stage: str | None = None, job_id: str | None = None) -> None:
+        self._push("error", message, stage, job_id)
 
 
 class StatusRecord:

@@ -1,4 +1,5 @@
 """Send jobs the way the REST tier does: upload a song to the input bucket as `{id}.mp3`, push a message.
+The sample client; the shared part is stemops/flood.py, which `stemworker flood` runs too.
 
     python scripts/send-request.py --song my.mp3                 # one job, JSON message {"songhash": ...}
     python scripts/send-request.py --form bare                   # a bare id message, generated 3 s song
@@ -17,30 +18,24 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 # Run as a script from anywhere: the package lives in the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis
 
-from function.clients import redis_client, s3_client
+from function.clients import redis_client
 from function.config import FORMATS, STEMS, Settings, load_settings
 from function.errors import ConfigError, InvalidJob, Transient
-from function.keys import status_key
-from function.messages import event_from_message, new_event, require_job_id
-from function.replay import event_json
-from function.status import State, StatusRecord
-from function.storage import ObjectStore, input_key
+from function.messages import event_from_message, event_json, require_job_id
+from function.storage import input_key
+from stemops import flood
 from workbench import sample_song
 
-FORMS = ("bare", "json", "cloudevent")
-FINAL = {State.DONE.value, State.FAILED.value}
+FORMS = flood.FORMS
 
 
 def _env_flag(name: str) -> bool:
@@ -86,75 +81,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def job_body(job_id: str, args: argparse.Namespace) -> dict[str, Any]:
-    body: dict[str, Any] = {"songhash": job_id}
-    if args.model:
-        body["model"] = args.model
-    if args.callback:
-        body["callback"] = args.callback
-    if args.stems:
-        body["stems"] = [stem.strip() for stem in args.stems.split(",") if stem.strip()]
-    if args.two_stems:
-        body["two_stems"] = args.two_stems
-    if args.format:
-        body["format"] = args.format
-    return body
-
-
-def message_for(job_id: str, args: argparse.Namespace) -> str:
-    """The queue message of one job in the chosen form."""
-    if args.form == "bare":
-        return job_id
-    if args.form == "json":
-        return json.dumps(job_body(job_id, args))
-    return event_json(new_event(job_body(job_id, args)))
-
-
-def upload(settings: Settings, song: bytes, ids: list[str]) -> None:
-    """Put the song under the first id's key, then copy it server-side to every other id's key."""
-    store = ObjectStore(s3_client(settings))
-    store.ensure_bucket(settings.input_bucket)
-    first = input_key(settings.input_key, ids[0])
-    store.put_bytes(settings.input_bucket, first, song, "audio/mpeg")
-    for job_id in ids[1:]:
-        store.copy(settings.input_bucket, first, input_key(settings.input_key, job_id))
-
-
-def push(client: redis.Redis, settings: Settings, ids: list[str], messages: list[str]) -> None:
-    """Mark each job queued, then push every message in one round trip (at the tail the runner pops last)."""
-    for job_id in ids:
-        StatusRecord(client, status_key(settings.status_key, job_id), settings.status_ttl_s).start()
-    with client.pipeline(transaction=False) as pipe:
-        for message in messages:
-            if settings.queue_pop == "left":
-                pipe.rpush(settings.queue_key, message)
-            else:
-                pipe.lpush(settings.queue_key, message)
-        pipe.execute()
+def options_of(args: argparse.Namespace) -> flood.JobOptions:
+    stems = tuple(stem.strip() for stem in args.stems.split(",") if stem.strip()) if args.stems else None
+    return flood.JobOptions(form=args.form, model=args.model, callback=args.callback, stems=stems,
+                            two_stems=args.two_stems, format=args.format)
 
 
 def follow(client: redis.Redis, settings: Settings, ids: list[str], timeout_s: float) -> int:
-    """Print each state change of the jobs until all are done or failed, or the deadline passes."""
-    started = time.monotonic()
-    seen: dict[str, tuple[str, str]] = {}
-    while True:
-        for job_id in ids:
-            raw = client.hgetall(status_key(settings.status_key, job_id))
-            record = {k.decode(): v.decode() for k, v in raw.items()}
-            now = (record.get("state", "unknown"), record.get("progress", ""))
-            if seen.get(job_id) != now:
-                seen[job_id] = now
-                detail = record.get("error", "") if now[0] == State.FAILED.value else f"{now[1]}%"
-                print(f"{time.monotonic() - started:7.2f} s  {job_id}: {now[0]} {detail}", file=sys.stderr)
-        states = [state for state, _ in seen.values()]
-        if all(state in FINAL for state in states) or time.monotonic() - started > timeout_s:
-            break
-        time.sleep(0.25)
-    done, failed = states.count(State.DONE.value), states.count(State.FAILED.value)
-    unfinished = len(ids) - done - failed
-    print(f"{done} done, {failed} failed, {unfinished} unfinished after {time.monotonic() - started:.2f} s",
-          file=sys.stderr)
-    return 0 if done == len(ids) else 1
+    """Print each state change of the jobs until all are done or failed, or the deadline passes; 0 when all
+    are done."""
+    return 0 if flood.follow(client, settings, ids, timeout_s).done == len(ids) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         song = args.song.read_bytes() if args.song else sample_song.song_mp3(seconds=args.seconds)
         base = require_job_id(args.id or hashlib.sha256(song).hexdigest()[:16])
-        ids = [base] if args.count == 1 else [require_job_id(f"{base}-{n}") for n in range(args.count)]
-        messages = [message_for(job_id, args) for job_id in ids]
+        ids = [require_job_id(job_id) for job_id in flood.job_ids(base, args.count)]
+        options = options_of(args)
+        messages = [flood.message_for(job_id, options) for job_id in ids]
         events = [event_from_message(message, settings.max_message_bytes) for message in messages]
     except (ConfigError, InvalidJob, OSError) as err:
         print(f"send-request: {err}", file=sys.stderr)
@@ -172,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     client = redis_client(settings)
     try:
         if not args.no_upload:
-            upload(settings, song, ids)
+            flood.upload(settings, song, ids)
             print(f"uploaded {len(song)} bytes to {settings.input_bucket}/{input_key(settings.input_key, ids[0])}"
                   + (f" and copied it to {len(ids) - 1} more key(s)" if len(ids) > 1 else ""), file=sys.stderr)
         if args.print_event:
@@ -180,10 +117,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(event_json(event), flush=True)
         if args.no_push:
             return 0
-        push(client, settings, ids, messages)
+        flood.push(client, settings, ids, messages)
         print(f"pushed {len(ids)} {args.form} message(s) onto {settings.queue_key}: {ids[0]}"
               + (f" .. {ids[-1]}" if len(ids) > 1 else ""), file=sys.stderr)
-        return follow(client, settings, ids, args.timeout_s) if args.wait else 0
+        if not args.wait:
+            return 0
+        return follow(client, settings, ids, args.timeout_s)
     except (Transient, redis.RedisError) as err:
         print(f"send-request: {type(err).__name__}: {err}", file=sys.stderr)
         return 1

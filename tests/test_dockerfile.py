@@ -216,7 +216,7 @@ def test_dockerignore_keeps_everything_but_the_package_out() -> None:
     rules = [line for line in lines if line and not line.startswith("#")]
     assert rules[0] == "*", ".dockerignore must start by excluding everything"
     included = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
-    assert included == {"pyproject.toml", "README.md", "function", "scripts/bake_models.py"}
+    assert included == {"pyproject.toml", "README.md", "function", "stemops", "scripts/bake_models.py"}
     for copied in re.findall(r"^COPY (?!--from)(.+) \S+$", DOCKERFILE.read_text(), re.M):
         for source in copied.split():
             assert source.rstrip("*") in included, f"COPY {source} is excluded by .dockerignore"

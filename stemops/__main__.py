@@ -1,0 +1,5 @@
+"""`python -m stemops ...` is the `stemworker` command."""
+
+from stemops.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""How `stemworker` shows things on a terminal (rich); every command prints JSON instead with --json."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from rich import box
+from rich.console import Group
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from function.status import State
+from stemops.deadletters import DeadLetter
+from stemops.recent import JobRow
+from stemops.stats import Stats
+
+STATE_STYLES = {State.DONE.value: "green", State.FAILED.value: "red", State.QUEUED.value: "dim",
+                State.DOWNLOADING.value: "cyan", State.SEPARATING.value: "cyan", State.UPLOADING.value: "cyan"}
+ERROR_WIDTH = 60
+
+
+def seconds(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f} s"
+
+
+def ago(at: float | None, now: float | None = None) -> str:
+    """How long ago, in the largest sensible unit: `42s`, `17m`, `3.5h`, `2.0d`."""
+    if at is None:
+        return "-"
+    delta = max(0.0, (now or time.time()) - at)
+    if delta < 120:
+        return f"{delta:.0f}s"
+    if delta < 7200:
+        return f"{delta / 60:.0f}m"
+    if delta < 172800:
+        return f"{delta / 3600:.1f}h"
+    return f"{delta / 86400:.1f}d"
+
+
+def clip(text: str | None, width: int = ERROR_WIDTH) -> str:
+    if not text:
+        return ""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def state_text(state: str) -> Text:
+    return Text(state, style=STATE_STYLES.get(state, "yellow"))
+
+
+def stats_view(stats: Stats) -> Table:
+    stamp = time.strftime("%H:%M:%S", time.localtime(stats.at))
+    table = Table(title=f"stemworker · queue {escape(stats.queue)} · {stamp}", show_header=False, box=None,
+                  title_justify="left", padding=(0, 2))
+    for _ in range(4):
+        table.add_column()
+    table.add_row("waiting", str(stats.waiting), "oldest waiting", seconds(stats.oldest_waiting_s, 1))
+    table.add_row("processing", str(stats.processing), "running (leases)", str(stats.running))
+    table.add_row("dead letters", Text(str(stats.dead), style="red" if stats.dead else ""), "", "")
+    table.add_row("last hour", f"done {stats.done_last_hour}", f"failed {stats.failed_last_hour}",
+                  f"median job {seconds(stats.median_job_s_last_hour)}")
+    return table
+
+
+def _fitted(table: Table, header: list[tuple[str, str]], cells: list[list[str | Text]], width: int) -> Table:
+    """Every column keeps its longest cell whole; the last one (an error) gets the width that is left
+    (at least 8), ellipsized. `width` is the console's."""
+    used = 0
+    for index, (name, justify) in enumerate(header[:-1]):
+        widest = max([len(name)] + [len(str(row[index])) for row in cells])
+        table.add_column(name, justify=justify, no_wrap=True, width=widest)  # type: ignore[arg-type]
+        used += widest + 3  # a space of padding on each side and a blank column divider
+    table.add_column(header[-1][0], overflow="ellipsis", no_wrap=True, width=max(8, width - used - 2))
+    for row in cells:
+        table.add_row(*row)
+    return table
+
+
+def jobs_view(rows: list[JobRow], width: int) -> Table:
+    now = time.time()
+    cells = [[row.id, state_text(row.state), "-" if row.progress is None else f"{row.progress}%", row.model or "-",
+              seconds(row.audio_seconds, 1), seconds(row.seconds), "-" if row.attempts is None else str(row.attempts),
+              ago(row.updated_at, now), clip(row.error)] for row in rows]
+    header = [("id", "left"), ("state", "left"), ("%", "right"), ("model", "left"), ("audio", "right"),
+              ("time", "right"), ("try", "right"), ("ago", "right"), ("error", "left")]
+    table = Table(title=f"{len(rows)} recent job(s), newest first", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    return _fitted(table, header, cells, width)
+
+
+def dead_view(total: int, letters: list[DeadLetter], width: int) -> Table:
+    shown = f"{len(letters)} shown" if len(letters) < total else "all shown"
+    now = time.time()
+    cells = [[str(x.index), ago(x.failed_at, now), str(x.entry.get("job_id") or "-"),
+              str(x.entry.get("error_type", "-")), str(x.entry.get("attempts", "-")), clip(x.entry.get("error"))]
+             for x in letters]
+    header = [("#", "right"), ("ago", "right"), ("job", "left"), ("error type", "left"), ("try", "right"),
+              ("error", "left")]
+    table = Table(title=f"{total} dead letter(s), oldest first ({shown})", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    return _fitted(table, header, cells, width)
+
+
+def outputs_view(outputs: Mapping[str, Any]) -> Table:
+    table = Table(title="stems", title_justify="left", box=None)
+    table.add_column("stem")
+    table.add_column("where")
+    for stem, where in outputs.items():
+        table.add_row(stem, f"{where.get('bucket')}/{where.get('key')}" if isinstance(where, dict) else str(where))
+    return table
+
+
+def group(*parts: Any) -> Group:
+    return Group(*parts)
