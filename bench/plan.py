@@ -73,6 +73,8 @@ def print_summary(scenario: Scenario, summary: dict) -> None:
     if node is not None and node.pods_per_node:
         print(f"nodes {node.name}: {node.pods_per_node} pods/node, start {node.start_s:g} s, "
               f"${node.price_per_hour:g}/h, scale-down after {node.scale_down_s:g} s empty")
+    if summary["unserved"]:
+        print(f"WARNING: {summary['unserved']:,} messages were never served (the fleet stopped scaling)")
     print(f"latency push->done (after {summary['warmup_s']:g} s warm-up): p50 {summary['p50_s']:.1f} s, "
           f"p95 {summary['p95_s']:.1f} s, p99 {summary['p99_s']:.1f} s; drained {summary['drain_s']:.0f} s after "
           f"the first push")
@@ -121,10 +123,11 @@ def table_text(args: argparse.Namespace) -> tuple[str, list[dict]]:
     compared = [s for name in names for s in tables.comparison_scenarios(bases[name], args.drain_messages, (1, "0.5"))]
     summaries = tables.run_all(plan + compared, args.jobs)
     text = ["### Planning table", "", tables.planning_markdown(plan, summaries[:len(plan)])]
+    per_kind = len(compared) // len(names)
     for index, name in enumerate(names):
-        chunk = slice(len(plan) + index * 5, len(plan) + (index + 1) * 5)
+        rows = slice(index * per_kind, (index + 1) * per_kind)
         text += [f"### Strategies and drain mode: {name}, constant load at the mean, no cache hits", "",
-                 tables.comparison_markdown(compared[chunk], summaries[chunk])]
+                 tables.comparison_markdown(compared[rows], summaries[len(plan):][rows])]
     records = [{"scenario": s.describe(), "summary": m.to_dict()} for s, m in
                zip(plan + compared, summaries, strict=True)]
     return "\n".join(text), records

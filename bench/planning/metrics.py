@@ -19,6 +19,7 @@ class Summary:
     node-hours and `cost` cover the whole run."""
 
     songs: int
+    unserved: int
     warmup_s: float
     p50_s: float
     p95_s: float
@@ -51,6 +52,15 @@ def _time_mean(t: np.ndarray, values: np.ndarray) -> float:
     return float(np.sum(values[:-1] * widths) / np.sum(widths))
 
 
+def _percentiles(values: np.ndarray) -> list[float]:
+    """p50, p95, p99; with unserved (infinite) values present, the nearest higher rank, as interpolating
+    between two infinities is undefined."""
+    if not len(values):
+        return [math.nan] * 3
+    method = "higher" if np.isinf(values).any() else "linear"
+    return np.percentile(values, [50, 95, 99], method=method).tolist()
+
+
 def _window_node_seconds(spans: list[tuple[float, float]], start: float) -> float:
     return sum(max(0.0, gone - max(begun, start)) for begun, gone in spans)
 
@@ -58,8 +68,10 @@ def _window_node_seconds(spans: list[tuple[float, float]], start: float) -> floa
 def summarize(result: SimResult, profile: CostProfile, node: NodeKind | None, warmup_s: float = 0.0) -> Summary:
     """Reduce a run; `cost` is None without nodes (pods_per_node 0), where there is nothing to bill."""
     after = result.arrivals >= warmup_s
-    latencies = result.latencies[after] if after.any() else result.latencies
-    p50, p95, p99 = (np.percentile(latencies, [50, 95, 99]).tolist() if len(latencies) else [math.nan] * 3)
+    # A message never served has an infinite latency, so it lands in the top percentiles instead of vanishing.
+    all_latencies = np.nan_to_num(result.latencies, nan=np.inf)
+    latencies = all_latencies[after] if after.any() else all_latencies
+    p50, p95, p99 = _percentiles(latencies)
     tl = result.timeline
     t = np.asarray(tl.t)
     rows = t >= warmup_s if (t >= warmup_s).any() else np.ones(len(t), dtype=bool)
@@ -75,11 +87,12 @@ def summarize(result: SimResult, profile: CostProfile, node: NodeKind | None, wa
     first = float(result.arrivals[0]) if songs else 0.0
     return Summary(
         songs=songs,
+        unserved=int(np.isnan(result.done_at).sum()),
         warmup_s=warmup_s,
         p50_s=p50,
         p95_s=p95,
         p99_s=p99,
-        drain_s=float(np.nanmax(result.done_at)) - first if songs else 0.0,
+        drain_s=float(np.max(np.nan_to_num(result.done_at, nan=np.inf))) - first if songs else 0.0,
         peak_queue=int(queue.max()) if len(queue) else 0,
         peak_pods=int(pods.max()) if len(pods) else 0,
         mean_pods=_time_mean(t[rows], pods),

@@ -1,8 +1,11 @@
 """The node pool under the pods: bin-packing onto ready nodes, a node per overflow, scale-down of empty nodes.
 
-Pods go to the fullest ready node with room (like a MostAllocated scheduler score), so load concentrates and
-empty nodes can be removed; pods that fit nowhere wait, and a node is requested when the waiting pods outgrow
-what the booting nodes will hold (as cluster-autoscaler does for unschedulable pods).
+Pods go to the fullest ready node with room (like a MostAllocated scheduler score), ties to the node that
+held a pod most recently, so load concentrates and idle nodes stay idle long enough to be removed (the
+kube-scheduler breaks ties at random, which spreads pods over idle nodes and keeps more of them alive).
+Pods that fit nowhere wait, and a node is requested when the waiting pods outgrow what the booting nodes
+will hold, as cluster-autoscaler does for unschedulable pods. Only empty nodes are removed: a running
+separation is never evicted to consolidate.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ class NodePool:
         self.created: list[float] = []
         self.removed: list[float | None] = []
         self.empty_since: list[float] = []
-        # Ready nodes that still have room, keyed by how many pods they hold.
-        self._room: list[set[int]] = [set() for _ in range(self.capacity)]
+        # Ready nodes that still have room, by how many pods they hold; each an insertion-ordered dict, so
+        # popitem() hands out the node filed last.
+        self._room: list[dict[int, None]] = [{} for _ in range(self.capacity)]
         self.waiting: deque[int] = deque()
         self.booting = 0
         self.alive = 0
@@ -48,14 +52,14 @@ class NodePool:
     def _take_room(self) -> int | None:
         for count in range(self.capacity - 1, -1, -1):
             if self._room[count]:
-                return self._room[count].pop()
+                return self._room[count].popitem()[0]
         return None
 
     def _file(self, node: int, now: float) -> None:
         """Put a ready node back among those with room, and start its idle clock when it is empty."""
         count = self.pods[node]
         if count < self.capacity:
-            self._room[count].add(node)
+            self._room[count][node] = None
         if count == 0:
             self.empty_since[node] = now
             self._schedule_idle(now + self.kind.scale_down_s, node, now)
@@ -91,7 +95,7 @@ class NodePool:
         """A pod on `node` ended: a waiting pod takes its place, or the node gets the room back."""
         count = self.pods[node]
         if count < self.capacity:
-            self._room[count].discard(node)
+            self._room[count].pop(node, None)
         self.pods[node] -= 1
         if self.waiting:
             self._bind(self.waiting.popleft(), node, now)
@@ -101,7 +105,7 @@ class NodePool:
         """Remove the node if it has stayed empty since `stamp` (a pod bound since then restarts the clock)."""
         if self.removed[node] is not None or self.pods[node] or self.empty_since[node] != stamp:
             return
-        self._room[0].discard(node)
+        self._room[0].pop(node, None)
         self.removed[node] = now
         self.alive -= 1
         self.node_seconds += now - self.created[node]

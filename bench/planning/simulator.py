@@ -23,6 +23,8 @@ from bench.planning.workload import Workload
 # Event kinds, also the order of events at the same instant: work that ends frees pods and nodes before
 # anything new is placed, and a poll sees everything that happened at its instant.
 DONE, CLAIM, EXIT, NODE_READY, NODE_IDLE, READY, POLL = range(7)
+# A run whose queue is not empty a month after the last push is not a plan; stop polling it.
+GIVE_UP_AFTER_S = 30 * 86_400.0
 
 
 @dataclass
@@ -62,7 +64,8 @@ class SimResult:
     @property
     def idle_pod_seconds(self) -> float:
         """Pod time spent blocked on an empty list (CLAIM_WAIT_SECONDS before giving up)."""
-        return self.pod_seconds - self.cold_pod_seconds - self.busy_pod_seconds
+        # A difference of sums: clamp the float rounding that would print as -0 when no pod ever waited.
+        return max(0.0, self.pod_seconds - self.cold_pod_seconds - self.busy_pod_seconds)
 
 
 class Simulation:
@@ -201,8 +204,17 @@ class Simulation:
         row.pods.append(self.running)
         row.pending.append(self.pending)
         row.nodes.append(self.pool.alive if self.pool is not None else 0)
-        if self.head < self.n or self.finished < self.n:
+        if self._keep_polling(now, decision.create):
             self._push(now + fleet.polling_interval_s, POLL, 0)
+
+    def _keep_polling(self, now: float, created: int) -> bool:
+        """Poll until every message is done, unless the fleet is stuck: pushes are over, no pod is left and KEDA
+        creates none (e.g. `custom` deducting more than the queue holds), or a month has passed since."""
+        if self.finished >= self.n:
+            return False
+        last_push = self.arrivals[-1] if self.n else 0.0
+        stuck = now >= last_push and created == 0 and self.running == 0
+        return not stuck and now < last_push + GIVE_UP_AFTER_S
 
     def run(self) -> SimResult:
         self._push(self.poll_offset_s, POLL, 0)
