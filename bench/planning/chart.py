@@ -17,7 +17,7 @@ def write_png(path: Path, timeline: Timeline, title: str) -> None:
     fig, (queue, pods, nodes) = plt.subplots(3, 1, figsize=(11, 7.5), sharex=True)
     queue.plot(hours, timeline.queue, color="#4c72b0", linewidth=0.8)
     queue.set_ylabel("queued messages")
-    pods.plot(hours, timeline.pods, color="#dd8452", linewidth=0.8, label="running (unfinished Jobs)")
+    pods.plot(hours, timeline.pods, color="#dd8452", linewidth=0.8, label="running (unfinished Jobs), after each poll")
     pods.fill_between(hours, timeline.pending, color="#dd8452", alpha=0.3, linewidth=0, label="pending")
     pods.set_ylabel("pods")
     pods.legend(loc="upper right", fontsize="small")

@@ -31,7 +31,9 @@ def add_common(parser: argparse.ArgumentParser, table_defaults: bool = False) ->
     fleet.add_argument("--running-job-percentage", help="custom strategy, a float as a string")
     load = parser.add_argument_group("load")
     load.add_argument("--songs-per-day", type=float, default=1_000_000, help="mean arrival rate (default 1,000,000)")
-    load.add_argument("--hours", type=float, default=24.0, help="simulated time (default 24)")
+    load.add_argument("--hours", type=float, default=25.0 if table_defaults else 24.0,
+                      help="simulated time" + (" (default 25: one day after the warm-up)" if table_defaults
+                                               else " (default 24)"))
     load.add_argument("--peak-ratio", type=float, default=1.5 if table_defaults else 1.0,
                       help="diurnal peak/mean, 1 = constant" + (" (default 1.5)" if table_defaults else ""))
     load.add_argument("--arrivals", choices=("poisson", "uniform"), default="poisson")
@@ -41,7 +43,8 @@ def add_common(parser: argparse.ArgumentParser, table_defaults: bool = False) ->
     load.add_argument("--hit-s", type=float, default=DEFAULT_HIT_S, help="seconds a cache hit takes")
     load.add_argument("--seed", type=int, default=1)
     load.add_argument("--warmup-s", type=float, default=3600.0 if table_defaults else 0.0,
-                      help="leave the first seconds out of latency and fleet-size figures")
+                      help="leave the first seconds out of latency, fleet-size and cost-per-song figures"
+                           + (" (default 3600)" if table_defaults else ""))
     cost = parser.add_argument_group("cost")
     cost.add_argument("--node-kind", default="cpu2", help="profile and node kind to simulate (default cpu2)")
     cost.add_argument("--profile", action="append", default=[], metavar="NAME=PATH[@VARIANT]",

@@ -15,8 +15,9 @@ from bench.planning.simulator import SimResult
 @dataclass(frozen=True)
 class Summary:
     """What a plan reports. Latencies, fleet sizes and the cost per song leave out the first `warmup_s`: a fleet
-    that starts empty under full load overshoots once, and its extra nodes take a while to empty. Pod-hours,
-    node-hours and `cost` cover the whole run."""
+    that starts empty under full load overshoots once, and its extra nodes take a while to empty. Peaks are
+    taken at the polls (the only instants pods and nodes are added); means are pod- and node-seconds from the
+    warm-up to the last push over that time. Pod-hours, node-hours and `cost` cover the whole run."""
 
     songs: int
     unserved: int
@@ -44,14 +45,6 @@ class Summary:
         return asdict(self)
 
 
-def _time_mean(t: np.ndarray, values: np.ndarray) -> float:
-    """Time-weighted mean of a step function sampled at each poll."""
-    if len(t) < 2:
-        return float(values[0]) if len(values) else 0.0
-    widths = np.diff(t)
-    return float(np.sum(values[:-1] * widths) / np.sum(widths))
-
-
 def _percentiles(values: np.ndarray) -> list[float]:
     """p50, p95, p99; with unserved (infinite) values present, the nearest higher rank, as interpolating
     between two infinities is undefined."""
@@ -61,8 +54,9 @@ def _percentiles(values: np.ndarray) -> list[float]:
     return np.percentile(values, [50, 95, 99], method=method).tolist()
 
 
-def _window_node_seconds(spans: list[tuple[float, float]], start: float) -> float:
-    return sum(max(0.0, gone - max(begun, start)) for begun, gone in spans)
+def _overlap(spans: list[tuple[float, float]], start: float, end: float = math.inf) -> float:
+    """Seconds of the spans that fall inside [start, end]."""
+    return sum(max(0.0, min(gone, end) - max(begun, start)) for begun, gone in spans)
 
 
 def summarize(result: SimResult, profile: CostProfile, node: NodeKind | None, warmup_s: float = 0.0) -> Summary:
@@ -80,9 +74,10 @@ def summarize(result: SimResult, profile: CostProfile, node: NodeKind | None, wa
     billed = node is not None and node.pods_per_node > 0
     cost = node_hours * node.price_per_hour if billed and node is not None else None
     songs = len(result.arrivals)
+    window_s = result.window[1] - result.window[0]
     window_songs = int(after.sum()) if after.any() else songs
     window_start = warmup_s if after.any() else float("-inf")
-    window_cost = (_window_node_seconds(result.node_spans, window_start) / 3600 * node.price_per_hour
+    window_cost = (_overlap(result.node_spans, window_start) / 3600 * node.price_per_hour
                    if billed and node is not None else None)
     first = float(result.arrivals[0]) if songs else 0.0
     return Summary(
@@ -95,9 +90,9 @@ def summarize(result: SimResult, profile: CostProfile, node: NodeKind | None, wa
         drain_s=float(np.max(np.nan_to_num(result.done_at, nan=np.inf))) - first if songs else 0.0,
         peak_queue=int(queue.max()) if len(queue) else 0,
         peak_pods=int(pods.max()) if len(pods) else 0,
-        mean_pods=_time_mean(t[rows], pods),
+        mean_pods=result.window_pod_seconds / window_s if window_s > 0 else 0.0,
         peak_nodes=int(nodes.max()) if len(nodes) else 0,
-        mean_nodes=_time_mean(t[rows], nodes),
+        mean_nodes=_overlap(result.node_spans, *result.window) / window_s if window_s > 0 else 0.0,
         peak_pod_memory_gib=(int(pods.max()) if len(pods) else 0) * profile.memory_mib / 1024,
         pods_started=result.pods_started,
         pod_hours=result.pod_seconds / 3600,

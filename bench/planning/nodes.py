@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 from bench.planning.profiles import NodeKind
 
-# (time, node id, empty-since stamp) -> schedules the check of an empty node for removal.
-ScheduleIdle = Callable[[float, int, float], None]
+# (time, node id) -> schedules the check of an empty node for removal.
+ScheduleIdle = Callable[[float, int], None]
 ScheduleReady = Callable[[float, int], None]
 StartPod = Callable[[int, int, float], None]  # (pod, node, now)
 
@@ -35,6 +35,8 @@ class NodePool:
         self.created: list[float] = []
         self.removed: list[float | None] = []
         self.empty_since: list[float] = []
+        # At most one removal check is queued per node: a busy node gets its next one when it empties again.
+        self.check_queued: list[bool] = []
         # Ready nodes that still have room, by how many pods they hold; each an insertion-ordered dict, so
         # popitem() hands out the node filed last.
         self._room: list[dict[int, None]] = [{} for _ in range(self.capacity)]
@@ -62,7 +64,9 @@ class NodePool:
             self._room[count][node] = None
         if count == 0:
             self.empty_since[node] = now
-            self._schedule_idle(now + self.kind.scale_down_s, node, now)
+            if not self.check_queued[node]:
+                self.check_queued[node] = True
+                self._schedule_idle(now + self.kind.scale_down_s, node)
 
     def place(self, pod: int, now: float) -> None:
         node = self._take_room()
@@ -80,6 +84,7 @@ class NodePool:
         self.created.append(now)
         self.removed.append(None)
         self.empty_since.append(float("inf"))
+        self.check_queued.append(False)
         self.booting += 1
         self.alive += 1
         self.peak_alive = max(self.peak_alive, self.alive)
@@ -101,9 +106,15 @@ class NodePool:
             self._bind(self.waiting.popleft(), node, now)
         self._file(node, now)
 
-    def idle_check(self, node: int, stamp: float, now: float) -> None:
-        """Remove the node if it has stayed empty since `stamp` (a pod bound since then restarts the clock)."""
-        if self.removed[node] is not None or self.pods[node] or self.empty_since[node] != stamp:
+    def idle_check(self, node: int, now: float) -> None:
+        """Remove the node once it has been empty for scale_down_s; if it emptied again later, check again then."""
+        self.check_queued[node] = False
+        if self.removed[node] is not None or self.pods[node]:
+            return
+        due = self.empty_since[node] + self.kind.scale_down_s
+        if due > now:
+            self.check_queued[node] = True
+            self._schedule_idle(due, node)
             return
         self._room[0].pop(node, None)
         self.removed[node] = now

@@ -70,5 +70,6 @@ def run(scenario: Scenario) -> tuple[SimResult, Summary]:
     audio = scenario.songs.sample(len(arrivals), songs_rng)
     workload = build_workload(arrivals, audio, scenario.profile.seconds_per_audio_s, scenario.hit_rate,
                               scenario.hit_s, hits_rng)
-    result = Simulation(workload, scenario.fleet, scenario.profile, scenario.node).run()
+    result = Simulation(workload, scenario.fleet, scenario.profile, scenario.node,
+                        window_start_s=scenario.warmup_s).run()
     return result, summarize(result, scenario.profile, scenario.node, scenario.warmup_s)

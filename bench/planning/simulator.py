@@ -50,6 +50,8 @@ class SimResult:
     pod_seconds: float
     cold_pod_seconds: float
     busy_pod_seconds: float
+    window: tuple[float, float]
+    window_pod_seconds: float
     node_seconds: float
     node_spans: list[tuple[float, float]]
     nodes_started: int
@@ -72,7 +74,7 @@ class Simulation:
     """One run; `run()` returns the SimResult. `nodes=None` or pods_per_node 0: pods start at once, no cost."""
 
     def __init__(self, workload: Workload, fleet: FleetSpec, profile: CostProfile, nodes: NodeKind | None,
-                 poll_offset_s: float = 0.0) -> None:
+                 poll_offset_s: float = 0.0, window_start_s: float = 0.0) -> None:
         self.fleet = fleet
         self.arrivals: list[float] = workload.arrivals.tolist()
         self.work: list[float] = workload.work_s.tolist()
@@ -91,15 +93,19 @@ class Simulation:
         self.peak_pods = 0
         self.pods_started = 0
         self.pod_seconds = 0.0
+        # Pod time inside [window_start_s, last push], for the mean fleet size of a run past its warm-up.
+        self.window = (window_start_s, max(window_start_s, self.arrivals[-1] if self.n else 0.0))
+        self.window_pod_seconds = 0.0
         self.cold_pod_seconds = 0.0
         self.busy_pod_seconds = 0.0
         self.now = 0.0
-        # Per pod: node (-1: none), container start, messages served, model loaded, still pending.
+        # Per pod slot: node (-1: none), container start, messages served, model loaded, still pending.
         self.pod_node: list[int] = []
         self.pod_start: list[float] = []
         self.pod_served: list[int] = []
         self.pod_loaded: list[bool] = []
         self.pod_pending: list[bool] = []
+        self._free_slots: list[int] = []
         self.timeline = Timeline([], [], [], [], [])
         self._events: list[tuple[float, int, int, int, float]] = []
         self._seq = 0
@@ -115,20 +121,29 @@ class Simulation:
     def _schedule_node_ready(self, at: float, node: int) -> None:
         self._push(at, NODE_READY, node)
 
-    def _schedule_idle(self, at: float, node: int, stamp: float) -> None:
-        self._push(at, NODE_IDLE, node, stamp)
+    def _schedule_idle(self, at: float, node: int) -> None:
+        self._push(at, NODE_IDLE, node)
 
     # ----- pods
     def _create_pod(self, now: float) -> None:
-        pod = len(self.pod_node)
-        self.pod_node.append(-1)
-        self.pod_start.append(float("nan"))
-        self.pod_served.append(0)
-        self.pod_loaded.append(False)
-        self.pod_pending.append(True)
+        # Pod slots are reused once their pod has exited: the lists stay as long as the peak fleet.
+        if self._free_slots:
+            pod = self._free_slots.pop()
+            self.pod_node[pod] = -1
+            self.pod_served[pod] = 0
+            self.pod_loaded[pod] = False
+            self.pod_pending[pod] = True
+        else:
+            pod = len(self.pod_node)
+            self.pod_node.append(-1)
+            self.pod_start.append(0.0)
+            self.pod_served.append(0)
+            self.pod_loaded.append(False)
+            self.pod_pending.append(True)
         self.running += 1
         self.pending += 1
-        self.peak_pods = max(self.peak_pods, self.running)
+        if self.running > self.peak_pods:
+            self.peak_pods = self.running
         if self.pool is None:
             self._start_pod(pod, -1, now)
         else:
@@ -186,9 +201,12 @@ class Simulation:
     def _exit(self, pod: int, now: float) -> None:
         self.running -= 1
         self._unpend(pod)
-        self.pod_seconds += now - self.pod_start[pod]
+        started = self.pod_start[pod]
+        self.pod_seconds += now - started
+        self.window_pod_seconds += max(0.0, min(now, self.window[1]) - max(started, self.window[0]))
         if self.pool is not None:
             self.pool.release(self.pod_node[pod], now)
+        self._free_slots.append(pod)
 
     # ----- KEDA
     def _poll(self, now: float) -> None:
@@ -236,7 +254,7 @@ class Simulation:
             elif kind == NODE_READY and pool is not None:
                 pool.node_ready(a, now)
             elif kind == NODE_IDLE and pool is not None:
-                pool.idle_check(a, b, now)
+                pool.idle_check(a, now)
         return self._result(now)
 
     def _result(self, end: float) -> SimResult:
@@ -246,6 +264,8 @@ class Simulation:
             claimed_at=np.asarray(self.claimed_at),
             done_at=np.asarray(self.done_at),
             timeline=self.timeline,
+            window=self.window,
+            window_pod_seconds=self.window_pod_seconds,
             pods_started=self.pods_started,
             pod_seconds=self.pod_seconds,
             cold_pod_seconds=self.cold_pod_seconds,
