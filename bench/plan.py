@@ -29,6 +29,7 @@ from bench.planning.chart import write_png  # noqa: E402
 from bench.planning.cli_args import add_common, build_scenario, node_kinds, profile_set  # noqa: E402
 from bench.planning.metrics import timeline_dict  # noqa: E402
 from bench.planning.scenario import Scenario, run  # noqa: E402
+from bench.planning.workload import RateProfile  # noqa: E402
 
 COMMANDS = ("simulate", "compare", "table", "validate")
 TABLE_BEGIN = "<!-- plan-table:begin -->"
@@ -120,7 +121,10 @@ def table_text(args: argparse.Namespace) -> tuple[str, list[dict]]:
     kinds, nodes = profile_set(args), node_kinds(args)
     bases = {name: build_scenario(args, kinds[name], nodes[name], label=name) for name in names}
     plan = tables.planning_scenarios(bases, args.peak_ratio, [float(h) for h in args.hit_rates.split(",")])
-    compared = [s for name in names for s in tables.comparison_scenarios(bases[name], args.drain_messages, (1, "0.5"))]
+    # The comparisons run at a constant mean load without hits, whatever the table's own load is.
+    steady = {name: base.but(rate=RateProfile(base.rate.mean_per_s, base.rate.duration_s), hit_rate=0.0)
+              for name, base in bases.items()}
+    compared = [s for name in names for s in tables.comparison_scenarios(steady[name], args.drain_messages, (1, "0.5"))]
     summaries = tables.run_all(plan + compared, args.jobs)
     text = ["### Planning table", "", tables.planning_markdown(plan, summaries[:len(plan)])]
     per_kind = len(compared) // len(names)

@@ -45,8 +45,8 @@ def planning_markdown(scenarios: Sequence[Scenario], summaries: Sequence[Summary
     ]
     for scenario, s in zip(scenarios, summaries, strict=True):
         name, load, hits = scenario.label.split("|")
-        days = scenario.rate.duration_s / 86_400
-        per_day = None if s.cost is None else s.cost / days
+        per_1000 = s.cost_per_1000_songs
+        per_day = None if per_1000 is None else per_1000 * scenario.rate.mean_per_s * 86_400 / 1000
         lines.append(
             f"| {name} | {load} | {hits} | {s.peak_pods:,} | {s.mean_pods:,.0f} | {s.peak_nodes:,} | "
             f"{s.mean_nodes:,.0f} | {s.p50_s:,.0f} s | {s.p95_s:,.0f} s | {s.cold_start_pod_hours:,.0f} | "
