@@ -83,8 +83,11 @@ def print_summary(scenario: Scenario, summary: dict) -> None:
           f"{summary['peak_nodes']:,} mean {summary['mean_nodes']:,.1f}; queue peak {summary['peak_queue']:,}; "
           f"pod memory at peak {summary['peak_pod_memory_gib']:,.0f} GiB")
     print(f"pod-hours: {summary['pod_hours']:,.1f} total = {summary['busy_pod_hours']:,.1f} working + "
-          f"{summary['cold_start_pod_hours']:,.1f} cold start + {summary['idle_pod_hours']:,.1f} waiting on an empty "
-          f"list; {summary['pods_started']:,} pods")
+          f"{summary['cold_start_pod_hours']:,.1f} cold start ({summary['cold_start_pod_seconds']:,.0f} pod-seconds) + "
+          f"{summary['idle_pod_hours']:,.1f} waiting on an empty list; {summary['pods_started']:,} pods")
+    if summary["peak_pods"] >= fleet.strategy.max_replica_count:
+        print(f"NOTE: the fleet reached maxReplicaCount {fleet.strategy.max_replica_count}; raise --max-replicas to "
+              "see what the load needs")
     cost = summary["cost"]
     if cost is not None:
         print(f"cost: {summary['node_hours']:,.1f} node-hours = ${cost:,.2f} for the whole run; "

@@ -34,6 +34,7 @@ class Summary:
     peak_pod_memory_gib: float
     pods_started: int
     pod_hours: float
+    cold_start_pod_seconds: float
     cold_start_pod_hours: float
     idle_pod_hours: float
     busy_pod_hours: float
@@ -96,6 +97,7 @@ def summarize(result: SimResult, profile: CostProfile, node: NodeKind | None, wa
         peak_pod_memory_gib=(int(pods.max()) if len(pods) else 0) * profile.memory_mib / 1024,
         pods_started=result.pods_started,
         pod_hours=result.pod_seconds / 3600,
+        cold_start_pod_seconds=result.cold_pod_seconds,
         cold_start_pod_hours=result.cold_pod_seconds / 3600,
         idle_pod_hours=result.idle_pod_seconds / 3600,
         busy_pod_hours=result.busy_pod_seconds / 3600,
