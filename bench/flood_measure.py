@@ -10,7 +10,7 @@ so whatever pushes the flood must record it (any tool writing that JSON-lines sh
 
 `collect` joins, for every pushed id:
 - the job's status hash: `received_at` (its pod claimed it) and `done_at`, ISO times in UTC;
-- the emulator's stdout (`python -m function.scaler ... > SCALER.log`): its header gives the strategy,
+- the emulator's stdout (`python -m workbench.emulator ... > SCALER.log`): its header gives the strategy,
   maxReplicaCount, listLength and pollingInterval it ran with, and each poll line `[  12.3 s] ... created=+N`
   when it created Jobs, in seconds after the emulator started (`--scaler-started-at`, e.g. from
   `date +%s.%N` just before starting it);

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from function.scaler_strategy import STRATEGIES, Decision, ScalingStrategy, decide
+from workbench.scaling import STRATEGIES, Decision, ScalingStrategy, decide
 
 __all__ = ["STRATEGIES", "Decision", "FleetSpec", "ScalingStrategy", "decide", "fleet_from_manifests"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 MIB = 1024 * 1024
-# Interpreter start, imports and the BLMOVE of a cold `python -m function.job`: 1.75-2.50 s measured
+# Interpreter start, imports and the BLMOVE of a cold `python -m function.runner`: 1.75-2.50 s measured
 # (README, "How it scales"). The rest of a cold start (model load, first pass) comes after the claim.
 DEFAULT_START_TO_CLAIM_S = 2.5
 
