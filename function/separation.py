@@ -10,11 +10,13 @@ import contextlib
 import logging
 import math
 import os
+import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import demucs.apply
 import torch
 from demucs.api import Separator
 
@@ -138,14 +140,47 @@ def autocast_for(precision: str, device: str) -> contextlib.AbstractContextManag
     return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
+def seed_of(input_sha256: str) -> int:
+    """The random seed of a separation of the input with this SHA-256 (hex): its first 64 bits."""
+    return int(input_sha256[:16], 16)
+
+
+# The modules whose `random.randint` draws the offset of each shift: demucs' apply_model and its streaming mirror.
+SHIFT_DRAWERS = (demucs.apply, streaming)
+
+
+@contextlib.contextmanager
+def seeded_random(seed: int | None) -> Iterator[None]:
+    """Draw the shift offsets of the separations in the block from `random.Random(seed)`.
+
+    demucs draws each shift's offset with the module-level `random.randint` (apply_model, and streaming.py the
+    same way), so with shifts >= 1 two separations of one file differ. For the block, those modules' `random`
+    is a private `Random(seed)`: the draws are exactly demucs' after `random.seed(seed)`, and no other thread's
+    use of `random` (a callback's backoff jitter) can move them. Held under `separation_lock`. None changes nothing.
+    """
+    if seed is None:
+        yield
+        return
+    rng = random.Random(seed)
+    saved = [module.random for module in SHIFT_DRAWERS]
+    for module in SHIFT_DRAWERS:
+        module.random = rng  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for module, original in zip(SHIFT_DRAWERS, saved, strict=True):
+            module.random = original  # type: ignore[attr-defined]
+
+
 def separate(separator: Separator, wav: torch.Tensor, shifts: int, on_progress: ProgressFn,
-             precision: str = "fp32") -> dict[str, torch.Tensor]:
+             precision: str = "fp32", seed: int | None = None) -> dict[str, torch.Tensor]:
     """Split `wav` ([channels, samples] at the model's rate) into the model's stems; `precision` other than
-    fp32 runs the model under autocast (the stems stay float32)."""
+    fp32 runs the model under autocast (the stems stay float32). `seed` seeds the random shifts (see
+    `seeded_random`), so the same input and seed always give the same stems."""
     if wav.shape[-1] < 1:
         raise UnprocessableInput("input audio has no samples")
     device = str(separator._device)
-    with separation_lock, torch.inference_mode(), autocast_for(precision, device):
+    with separation_lock, torch.inference_mode(), autocast_for(precision, device), seeded_random(seed):
         separator.update_parameter(callback=_Progress(on_progress, shifts), callback_arg={})
         _, stems = separator.separate_tensor(wav)
     return {name: stem.float() for name, stem in stems.items()} if precision != "fp32" else stems
@@ -156,11 +191,11 @@ StemPicker = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 def separate_to_files(separator: Separator, wav: torch.Tensor, shifts: int, on_progress: ProgressFn,
                       directory: Path, pick: StemPicker | None = None,
-                      precision: str = "fp32") -> dict[str, audio.StemFile]:
+                      precision: str = "fp32", seed: int | None = None) -> dict[str, audio.StemFile]:
     """Separate `wav` ([channels, samples]) into closed `StemFile`s under `directory`, one per stem that
     `pick` returns (it gets the model's stems and returns the ones to keep, e.g. `core.pick_stems`; all of
-    them when None). The samples are exactly those of `separate` (then `pick`), and progress is reported
-    the same way.
+    them when None). The samples are exactly those of `separate` (then `pick`) with the same `seed`, and
+    progress is reported the same way.
 
     For one model, shifts <= 1 and split=True (the default configuration) the song is streamed: apply_model's
     chunks are run in order and each finished span goes to the files, so memory does not grow with the song's
@@ -180,10 +215,10 @@ def separate_to_files(separator: Separator, wav: torch.Tensor, shifts: int, on_p
     model = streaming.streamable_model(separator)
     try:
         if model is None:
-            sink(separate(separator, wav, shifts, on_progress, precision=precision))
+            sink(separate(separator, wav, shifts, on_progress, precision=precision, seed=seed))
         else:
             device = str(separator._device)
-            with separation_lock, torch.inference_mode(), autocast_for(precision, device):
+            with separation_lock, torch.inference_mode(), autocast_for(precision, device), seeded_random(seed):
                 separator.update_parameter(callback=_Progress(on_progress, shifts), callback_arg={})
                 streaming.stream_apply_model(separator, model, wav, sink)
     finally:
