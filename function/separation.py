@@ -11,12 +11,12 @@ import logging
 import math
 import os
 import random
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import demucs.apply
 import torch
 from demucs.api import Separator
 
@@ -145,31 +145,40 @@ def seed_of(input_sha256: str) -> int:
     return int(input_sha256[:16], 16)
 
 
-# The modules whose `random.randint` draws the offset of each shift: demucs' apply_model and its streaming mirror.
-SHIFT_DRAWERS = (demucs.apply, streaming)
+def random_users() -> list[object]:
+    """The loaded modules that draw from Python's module-level `random` while separating: demucs' apply_model
+    (the offset of each shift), its transformer (`random.randrange` for the positional embedding, on every chunk)
+    and streaming.py, which mirrors apply_model's draw. Found by their `random` attribute, so a demucs module that
+    starts drawing is covered too."""
+    found: list[object] = [streaming]
+    for name, module in list(sys.modules.items()):
+        if (name == "demucs" or name.startswith("demucs.")) and getattr(module, "random", None) is random:
+            found.append(module)
+    return found
 
 
 @contextlib.contextmanager
 def seeded_random(seed: int | None) -> Iterator[None]:
-    """Draw the shift offsets of the separations in the block from `random.Random(seed)`.
+    """Draw DEMUCS' random numbers in the block from `random.Random(seed)`.
 
-    demucs draws each shift's offset with the module-level `random.randint` (apply_model, and streaming.py the
-    same way), so with shifts >= 1 two separations of one file differ. For the block, those modules' `random`
-    is a private `Random(seed)`: the draws are exactly demucs' after `random.seed(seed)`, and no other thread's
-    use of `random` (a callback's backoff jitter) can move them. Held under `separation_lock`. None changes nothing.
+    demucs draws each shift's offset with the module-level `random.randint`, so with shifts >= 1 two separations
+    of one file differ. For the block, the `random` of every module in `random_users()` is one private
+    `Random(seed)`: the draws are exactly those demucs makes after `random.seed(seed)`, Python's global `random`
+    is left as it was, and no other thread's use of it (a callback's backoff jitter) can move the draws. Held under
+    `separation_lock`, so two separations never share the generator. None changes nothing.
     """
     if seed is None:
         yield
         return
     rng = random.Random(seed)
-    saved = [module.random for module in SHIFT_DRAWERS]
-    for module in SHIFT_DRAWERS:
+    modules = random_users()
+    for module in modules:
         module.random = rng  # type: ignore[attr-defined]
     try:
         yield
     finally:
-        for module, original in zip(SHIFT_DRAWERS, saved, strict=True):
-            module.random = original  # type: ignore[attr-defined]
+        for module in modules:
+            module.random = random  # type: ignore[attr-defined]
 
 
 def separate(separator: Separator, wav: torch.Tensor, shifts: int, on_progress: ProgressFn,
