@@ -2,13 +2,18 @@
 
     python scripts/send-request.py --song my.mp3                 # one job, JSON message {"songhash": ...}
     python scripts/send-request.py --form bare                   # a bare id message, generated 3 s song
-    python scripts/send-request.py --count 20 --wait             # 20 distinct jobs, then follow them to the end
+    python scripts/send-request.py --count 20 --wait             # 20 jobs of one song, then follow them to the end
+    python scripts/send-request.py --count 20 --distinct         # 20 jobs, each a different (dithered) copy
     python scripts/send-request.py --print-event --no-push > ev.json   # upload only; ev.json is ready to replay
     python scripts/send-request.py --no-upload --id gone         # a job whose input is missing (fails for good)
 
 The worker's environment variables say where Redis and S3 are (REDIS_URL, MINIO_ENDPOINT, MINIO_ACCESS_KEY,
 MINIO_SECRET_KEY, INPUT_BUCKET, QUEUE_KEY, ...). `--count N` uploads the song once and makes N-1 server-side
-copies (S3 copy_object), one per job id. Each job's status hash is set to `queued` before its message is pushed.
+copies (S3 copy_object), one per job id: identical bytes, so the worker's result cache separates it once and
+serves the rest (a measure of hits and single flight). `--count N --distinct` uploads N different files instead,
+each the song with its own seeded +-1 LSB dither, re-encoded: inaudible, but no two share a cache key, so N
+jobs are N separations (a measure of separation capacity); every run draws new dither. docs/cache.md.
+Each job's status hash is set to `queued` before its message is pushed.
 Human-readable lines go to stderr; stdout holds only the events of `--print-event`, one JSON object per line.
 Exit codes: 0 pushed (with --wait: every job done); 1 a job failed or the --wait deadline passed; 2 bad options.
 """
@@ -19,7 +24,9 @@ import argparse
 import hashlib
 import json
 import os
+import secrets
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -67,6 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--format", choices=FORMATS, default=env("JOB_FORMAT"), help="stem format (env JOB_FORMAT)")
     parser.add_argument("--count", type=int, default=int(env("COUNT", "1")),
                         help="number of distinct jobs to push (env COUNT, default 1)")
+    parser.add_argument("--distinct", action="store_true", default=_env_flag("DISTINCT"),
+                        help="make each of the --count copies different audio (a seeded +-1 LSB dither), so the "
+                             "result cache serves none of them from another (env DISTINCT=1)")
     parser.add_argument("--wait", action="store_true", default=_env_flag("WAIT"),
                         help="follow the jobs' status hashes until each is done or failed (env WAIT=1)")
     parser.add_argument("--timeout-s", type=float, default=float(env("WAIT_TIMEOUT_S", "900")),
@@ -110,10 +120,40 @@ def message_for(job_id: str, args: argparse.Namespace) -> str:
     return event_json(new_event(job_body(job_id, args)))
 
 
-def upload(settings: Settings, song: bytes, ids: list[str]) -> None:
-    """Put the song under the first id's key, then copy it server-side to every other id's key."""
+def distinct_copies(song: bytes, count: int, nonce: int) -> list[bytes]:
+    """`count` MP3s of `song` whose bytes all differ: each is the decoded song plus a +-1 LSB (16-bit) dither
+    seeded by (`nonce`, its index), re-encoded at 320 kbps. They sound the same and cost the same to separate (the
+    re-encode adds LAME's ~25 ms of delay), but each has its own SHA-256, so the result cache serves none."""
+    import numpy as np
+    import sphn
+
+    with tempfile.NamedTemporaryFile(suffix=".audio") as source:
+        source.write(song)
+        source.flush()
+        wav, rate = sphn.read(source.name)
+    copies: list[bytes] = []
+    seen = {hashlib.sha256(song).digest()}
+    for index in range(count):
+        for attempt in range(8):  # a dither MP3 quantises away entirely is all but impossible; bounded anyway
+            rng = np.random.default_rng([nonce, index, attempt])
+            lsb = rng.integers(-1, 2, size=wav.shape).astype(np.float32) / 32767
+            data = sample_song.mp3_bytes(np.clip(wav + lsb, -1, 1), int(rate), bitrate=320)
+            if hashlib.sha256(data).digest() not in seen:
+                break
+        seen.add(hashlib.sha256(data).digest())
+        copies.append(data)
+    return copies
+
+
+def upload(settings: Settings, song: bytes, ids: list[str], distinct: bool = False) -> None:
+    """Put the song under the first id's key, then copy it server-side to every other id's key; with `distinct`,
+    put a different dithered copy under every id's key instead."""
     store = ObjectStore(s3_client(settings))
     store.ensure_bucket(settings.input_bucket)
+    if distinct:
+        for job_id, data in zip(ids, distinct_copies(song, len(ids), secrets.randbits(64)), strict=True):
+            store.put_bytes(settings.input_bucket, input_key(settings.input_key, job_id), data, "audio/mpeg")
+        return
     first = input_key(settings.input_key, ids[0])
     store.put_bytes(settings.input_bucket, first, song, "audio/mpeg")
     for job_id in ids[1:]:
@@ -171,7 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     client = redis.Redis.from_url(settings.redis_connection_url, socket_timeout=settings.redis_timeout_s)
     try:
-        if not args.no_upload:
+        if not args.no_upload and args.distinct:
+            upload(settings, song, ids, distinct=True)
+            print(f"uploaded {len(ids)} distinct dithered copies of the song to {settings.input_bucket}/"
+                  f"{input_key(settings.input_key, ids[0])} ..", file=sys.stderr)
+        elif not args.no_upload:
             upload(settings, song, ids)
             print(f"uploaded {len(song)} bytes to {settings.input_bucket}/{input_key(settings.input_key, ids[0])}"
                   + (f" and copied it to {len(ids) - 1} more key(s)" if len(ids) > 1 else ""), file=sys.stderr)
