@@ -107,9 +107,9 @@ class ObjectStore:
 
     def copy(self, bucket: str, source_key: str, dest_key: str, dest_bucket: str | None = None,
              match_etag: str | None = None) -> bool:
-        """Server-side copy of `bucket/source_key` to `dest_bucket/dest_key` (`dest_bucket` defaults to `bucket`; no
-        data passes through the worker). Returns False, copying nothing, when the source is gone or its ETag is no
-        longer `match_etag`."""
+        """Server-side copy of `bucket/source_key` to `dest_bucket/dest_key` (`dest_bucket`, which must exist, defaults
+        to `bucket`; no data passes through the worker). Returns False, copying nothing, when the source is gone or
+        its ETag is no longer `match_etag`."""
         where = f"{bucket}/{source_key}"
         try:
             self._client.copy_object(dest_bucket or bucket, dest_key,

@@ -21,7 +21,9 @@ from support import REPO_ROOT, runner_env, wait_for
 
 from function import keys, separation
 from function.cache import KeyParts, ResultCache, key_parts, model_fingerprint
+from function.config import load_settings
 from function.core import Worker
+from function.errors import ConfigError
 from function.messages import event_from_message, job_from_event
 from function.status import EventLog
 from function.storage import ObjectStore
@@ -73,6 +75,21 @@ def test_download_hashes_the_bytes_as_it_writes_them(settings, upload, clip, s3,
                                     settings.max_input_bytes, sha)
     assert size == len(clip) and (tmp_path / "input").read_bytes() == clip
     assert sha.hexdigest() == hashlib.sha256(clip).hexdigest()
+
+
+def test_copy_across_buckets_only_while_the_source_is_unchanged(settings, s3):
+    store = ObjectStore(s3)
+    source, dest = settings.input_bucket, settings.output_bucket
+    store.ensure_bucket(source)
+    store.ensure_bucket(dest)
+    store.put_bytes(source, "src.mp3", b"recorded stem", "audio/mpeg")
+    size, etag = store.stat(source, "src.mp3")
+    assert size == len(b"recorded stem") and etag
+    assert store.copy(source, "src.mp3", "dst.mp3", dest_bucket=dest, match_etag=etag)
+    assert s3.get_object(dest, "dst.mp3").read() == b"recorded stem"
+    assert not store.copy(source, "src.mp3", "changed.mp3", dest_bucket=dest, match_etag="0" * 32)
+    assert not store.copy(source, "gone.mp3", "gone.mp3", dest_bucket=dest)
+    assert store.stat(source, "gone.mp3") is None and store.stat(dest, "changed.mp3") is None
 
 
 # ----- hit and miss
@@ -334,6 +351,7 @@ import sys, time
 from function import separation
 from function.config import load_settings
 from function.core import Worker
+from function.errors import ConfigError
 from function.messages import event_from_message
 
 def stall(*args, **kwargs):
@@ -451,3 +469,20 @@ def test_a_rerun_of_the_same_job_is_served_from_its_own_entry(worker, upload, cl
     record = status(redis_client, "rerun")
     assert record["cached"] == "1" and record["cached_from"] == "rerun" and again["cached"] is True
     assert separations(redis_client) == ["rerun"] and stem_bytes(s3, again["stems"]) == first
+
+
+# ----- settings
+
+
+def test_settings_read_on_off_and_name_a_bad_value(monkeypatch):
+    defaults = load_settings()
+    assert defaults.result_cache is True and defaults.result_cache_ttl_s == 30 * 24 * 3600
+    assert (defaults.result_cache_max_entries, defaults.result_cache_wait_s, defaults.result_cache_lock_s) == (
+        100_000, 600.0, 30.0)
+    monkeypatch.setenv("RESULT_CACHE", "off")
+    assert load_settings().result_cache is False
+    monkeypatch.setenv("RESULT_CACHE", "on")
+    assert load_settings().result_cache is True
+    monkeypatch.setenv("RESULT_CACHE_MAX_ENTRIES", "0")
+    with pytest.raises(ConfigError, match="RESULT_CACHE_MAX_ENTRIES"):
+        load_settings()
