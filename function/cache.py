@@ -369,8 +369,9 @@ class ResultCache:
             return Flight(None, job.id)
         try:
             parts = key_parts(job, self.settings, input_sha256, device)
-        except OSError as err:
-            self.events.error(f"job {job.id}: result cache skipped: cannot read model {job.model}'s files: {err}")
+        except (OSError, yaml.YAMLError, AttributeError, TypeError) as err:  # loading the model will say more
+            self.events.error(f"job {job.id}: result cache skipped: cannot read model {job.model}'s files: "
+                              f"{type(err).__name__}: {err}")
             return Flight(None, job.id)
         if parts is None:
             self.events.info(f"job {job.id}: result cache skipped: the weights of model {job.model} cannot be "

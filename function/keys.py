@@ -58,7 +58,7 @@ def status_key(template: str, job_id: str) -> str:
 
 
 def cache_index_key() -> str:
-    """Sorted set: cache key -> Redis time (s) of its last record or hit; the oldest are trimmed first."""
+    """Sorted set: cache key -> Redis time (µs) of its last record or hit; the oldest are trimmed first."""
     return f"{RESULT_CACHE_PREFIX}:index"
 
 
