@@ -128,6 +128,15 @@ class Settings(BaseSettings):
     replay_timeout_s: float = Field(900.0, gt=0)
     replay_dry_run: bool = False
 
+    # Result cache (docs/cache.md): a repeated input with the same settings is served from the first job's stems.
+    result_cache: bool = True  # RESULT_CACHE=on|off
+    result_cache_ttl_s: int = Field(keys.RESULT_CACHE_TTL_S, gt=0)
+    result_cache_max_entries: int = Field(keys.RESULT_CACHE_MAX_ENTRIES, ge=1)
+    # How long a job waits for an identical job that is separating the same input before separating it too.
+    result_cache_wait_s: float = Field(600.0, ge=0)
+    # TTL of the single-flight lock, renewed every third of it: a dead owner's waiters take over after this long.
+    result_cache_lock_s: float = Field(30.0, ge=0.5)
+
     # Callback
     callback_timeout_s: float = Field(10.0, gt=0)
     callback_private: Literal["allow", "deny"] = "allow"

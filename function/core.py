@@ -6,6 +6,8 @@ model (and the clients) are the only things kept between calls in one process.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import tempfile
 import time
@@ -17,6 +19,7 @@ import torch
 from cloudevents.http import CloudEvent
 
 from function import audio, separation
+from function.cache import ResultCache, finish_hit
 from function.callback import deliver
 from function.clients import redis_client, s3_client
 from function.clock import now_iso
@@ -60,6 +63,7 @@ class Worker:
         self.store = ObjectStore(s3_client(settings))
         self.events = EventLog(self.redis, settings.log_key)
         self.metrics = Recorder(self.redis, settings)
+        self.cache = ResultCache(self.redis, self.store, self.events, settings)
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="stemworker")
 
     def status_for(self, job_id: str) -> StatusRecord:
@@ -129,13 +133,22 @@ class Worker:
         timings: dict[str, float] = {}
         model_loading = self._pool.submit(separation.get_separator, job.model, s)
         source_key = input_key(s.input_key, job.id)
-        with tempfile.TemporaryDirectory(prefix=f"stemworker-{job.id}-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"stemworker-{job.id}-") as tmp, contextlib.ExitStack() as cleanup:
             status.update(State.DOWNLOADING)
             tick = time.monotonic()
-            size = self.store.download(s.input_bucket, source_key, Path(tmp) / "input", s.max_input_bytes)
+            sha256 = hashlib.sha256()  # fed as the input streams in: the cache key and the seed cost no extra read
+            size = self.store.download(s.input_bucket, source_key, Path(tmp) / "input", s.max_input_bytes, sha256)
             timings["download"] = time.monotonic() - tick
             self.events.info(f"job {job.id}: downloaded {s.input_bucket}/{source_key} ({size} bytes)",
                              stage="downloading")
+            device = separation.resolve_device(s.demucs_device)
+            tick = time.monotonic()
+            flight = cleanup.enter_context(self.cache.begin(job, sha256.hexdigest(), device, status))
+            timings["cache"] = time.monotonic() - tick
+            if flight.hit is not None:
+                result = finish_hit(flight.hit, job, status, self.events, attempt, started, timings)
+                self.metrics.job_done(job.id, job.model, timings, flight.hit.entry.audio_seconds)
+                return result
             separator = model_loading.result()
             wanted = job.stems or ((job.two_stems,) if job.two_stems else ())
             missing = [name for name in wanted if name not in separator.model.sources]
@@ -147,7 +160,6 @@ class Worker:
             (Path(tmp) / "input").unlink()
             timings["decode"] = time.monotonic() - tick
             audio_seconds = wav.shape[-1] / separator.samplerate
-            device = separation.resolve_device(s.demucs_device)
             status.update(State.SEPARATING, progress=0, device=device, audio_seconds=f"{audio_seconds:.3f}")
             self.events.info(f"job {job.id}: separating {audio_seconds:.1f} s of audio with {job.model} on {device}",
                              stage="separating")
@@ -158,6 +170,7 @@ class Worker:
                 stems = separation.separate_to_files(
                     separator, wav, s.demucs_shifts, lambda p: status.update(progress=p), Path(tmp),
                     pick=lambda separated: pick_stems(separated, job), precision=s.demucs_precision,
+                    seed=separation.seed_of(sha256.hexdigest()),
                 )
             except OSError as err:
                 raise Transient(f"cannot write separated stems to the temp dir: {err}") from None
@@ -167,6 +180,7 @@ class Worker:
             tick = time.monotonic()
             outputs = self._store_stems(job, stems, Path(tmp), separator.samplerate)
             timings["encode_upload"] = time.monotonic() - tick
+            flight.record(outputs, audio_seconds, device)  # before the lock is released: waiters find it
         timings["total"] = time.monotonic() - started
         status.update(State.DONE, outputs=json.dumps(outputs), seconds=f"{timings['total']:.3f}")
         self.events.info(f"job {job.id}: done in {timings['total']:.2f} s", stage="done")

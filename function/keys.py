@@ -14,6 +14,12 @@ STATUS_TTL_S = 7 * 24 * 3600
 # The `logging` list is trimmed to this many newest lines so it cannot grow without bound.
 LOG_MAX_LINES = 100_000
 
+# Result cache (function/cache.py): how long an entry is kept after its last use (30 days), and how many are kept.
+RESULT_CACHE_TTL_S = 30 * 24 * 3600
+RESULT_CACHE_MAX_ENTRIES = 100_000
+# Prefix of every result cache key; the cache key itself is a sha256 hex digest.
+RESULT_CACHE_PREFIX = "result-cache"
+
 
 def processing_key(queue_key: str) -> str:
     """List holding messages claimed by a runner and not yet finished."""
@@ -65,3 +71,23 @@ def recent_jobs_key(queue_key: str) -> str:
 def seen_key(queue_key: str) -> str:
     """Sorted set: message digest -> Unix time an observer first saw it waiting in the queue (stemops)."""
     return f"{queue_key}:seen"
+
+
+def cache_index_key() -> str:
+    """Sorted set: cache key -> Redis time (µs) of its last record or hit; the oldest are trimmed first."""
+    return f"{RESULT_CACHE_PREFIX}:index"
+
+
+def cache_entry_prefix() -> str:
+    """What `cache_entry_key` puts before the cache key (the trim script builds entry keys from index members)."""
+    return f"{RESULT_CACHE_PREFIX}:entry:"
+
+
+def cache_entry_key(cache_key: str) -> str:
+    """String with a TTL: the JSON entry of one cached result (the source job and its recorded stem objects)."""
+    return f"{cache_entry_prefix()}{cache_key}"
+
+
+def cache_lock_key(cache_key: str) -> str:
+    """Single-flight lock of one cache key: `<token> <job id>` of the job separating it, with a TTL it renews."""
+    return f"{RESULT_CACHE_PREFIX}:lock:{cache_key}"

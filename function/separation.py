@@ -10,8 +10,10 @@ import contextlib
 import logging
 import math
 import os
+import random
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,14 +140,56 @@ def autocast_for(precision: str, device: str) -> contextlib.AbstractContextManag
     return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
+def seed_of(input_sha256: str) -> int:
+    """The random seed of a separation of the input with this SHA-256 (hex): its first 64 bits."""
+    return int(input_sha256[:16], 16)
+
+
+def random_users() -> list[object]:
+    """The loaded modules that draw from Python's module-level `random` while separating: demucs' apply_model
+    (the offset of each shift), its transformer (`random.randrange` for the positional embedding, on every chunk)
+    and streaming.py, which mirrors apply_model's draw. Found by their `random` attribute, so a demucs module that
+    starts drawing is covered too."""
+    found: list[object] = [streaming]
+    for name, module in list(sys.modules.items()):
+        if (name == "demucs" or name.startswith("demucs.")) and getattr(module, "random", None) is random:
+            found.append(module)
+    return found
+
+
+@contextlib.contextmanager
+def seeded_random(seed: int | None) -> Iterator[None]:
+    """Draw DEMUCS' random numbers in the block from `random.Random(seed)`.
+
+    demucs draws each shift's offset with the module-level `random.randint`, so with shifts >= 1 two separations
+    of one file differ. For the block, the `random` of every module in `random_users()` is one private
+    `Random(seed)`: the draws are exactly those demucs makes after `random.seed(seed)`, Python's global `random`
+    is left as it was, and no other thread's use of it (a callback's backoff jitter) can move the draws. Held under
+    `separation_lock`, so two separations never share the generator. None changes nothing.
+    """
+    if seed is None:
+        yield
+        return
+    rng = random.Random(seed)
+    modules = random_users()
+    for module in modules:
+        module.random = rng  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.random = random  # type: ignore[attr-defined]
+
+
 def separate(separator: Separator, wav: torch.Tensor, shifts: int, on_progress: ProgressFn,
-             precision: str = "fp32") -> dict[str, torch.Tensor]:
+             precision: str = "fp32", seed: int | None = None) -> dict[str, torch.Tensor]:
     """Split `wav` ([channels, samples] at the model's rate) into the model's stems; `precision` other than
-    fp32 runs the model under autocast (the stems stay float32)."""
+    fp32 runs the model under autocast (the stems stay float32). `seed` seeds the random shifts (see
+    `seeded_random`), so the same input and seed always give the same stems."""
     if wav.shape[-1] < 1:
         raise UnprocessableInput("input audio has no samples")
     device = str(separator._device)
-    with separation_lock, torch.inference_mode(), autocast_for(precision, device):
+    with separation_lock, torch.inference_mode(), autocast_for(precision, device), seeded_random(seed):
         separator.update_parameter(callback=_Progress(on_progress, shifts), callback_arg={})
         _, stems = separator.separate_tensor(wav)
     return {name: stem.float() for name, stem in stems.items()} if precision != "fp32" else stems
@@ -156,11 +200,11 @@ StemPicker = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 def separate_to_files(separator: Separator, wav: torch.Tensor, shifts: int, on_progress: ProgressFn,
                       directory: Path, pick: StemPicker | None = None,
-                      precision: str = "fp32") -> dict[str, audio.StemFile]:
+                      precision: str = "fp32", seed: int | None = None) -> dict[str, audio.StemFile]:
     """Separate `wav` ([channels, samples]) into closed `StemFile`s under `directory`, one per stem that
     `pick` returns (it gets the model's stems and returns the ones to keep, e.g. `core.pick_stems`; all of
-    them when None). The samples are exactly those of `separate` (then `pick`), and progress is reported
-    the same way.
+    them when None). The samples are exactly those of `separate` (then `pick`) with the same `seed`, and
+    progress is reported the same way.
 
     For one model, shifts <= 1 and split=True (the default configuration) the song is streamed: apply_model's
     chunks are run in order and each finished span goes to the files, so memory does not grow with the song's
@@ -180,10 +224,10 @@ def separate_to_files(separator: Separator, wav: torch.Tensor, shifts: int, on_p
     model = streaming.streamable_model(separator)
     try:
         if model is None:
-            sink(separate(separator, wav, shifts, on_progress, precision=precision))
+            sink(separate(separator, wav, shifts, on_progress, precision=precision, seed=seed))
         else:
             device = str(separator._device)
-            with separation_lock, torch.inference_mode(), autocast_for(precision, device):
+            with separation_lock, torch.inference_mode(), autocast_for(precision, device), seeded_random(seed):
                 separator.update_parameter(callback=_Progress(on_progress, shifts), callback_arg={})
                 streaming.stream_apply_model(separator, model, wav, sink)
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import threading
 from pathlib import Path
+from typing import Protocol
 
 import urllib3
 from minio import Minio
@@ -19,6 +20,12 @@ CHUNK_BYTES = 1 << 20
 CONTENT_TYPES = {"mp3": "audio/mpeg", "wav": "audio/wav", "flac": "audio/flac"}
 
 
+class Hasher(Protocol):
+    """What `download` feeds every chunk to (a `hashlib` object)."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+
 def _transient(action: str, err: Exception) -> Transient:
     return Transient(f"object store unavailable while {action}: {type(err).__name__}: {err}")
 
@@ -31,8 +38,9 @@ class ObjectStore:
         self._known_buckets: set[str] = set()
         self._lock = threading.Lock()
 
-    def download(self, bucket: str, key: str, dest: Path, max_bytes: int) -> int:
-        """Write object `bucket/key` to `dest` and return its size; refuses objects over `max_bytes`."""
+    def download(self, bucket: str, key: str, dest: Path, max_bytes: int, hasher: Hasher | None = None) -> int:
+        """Write object `bucket/key` to `dest` and return its size; refuses objects over `max_bytes`.
+        `hasher` (e.g. `hashlib.sha256()`) is fed every chunk as it is written: the digest costs no extra read."""
         where = f"{bucket}/{key}"
         try:
             size = self._client.stat_object(bucket, key).size or 0
@@ -42,7 +50,7 @@ class ObjectStore:
                 raise UnprocessableInput(f"input {where} is empty (0 bytes)")
             response = self._client.get_object(bucket, key)
             try:
-                written = self._stream_to(response, dest, max_bytes, where)
+                written = self._stream_to(response, dest, max_bytes, where, hasher)
             finally:
                 response.close()
                 response.release_conn()
@@ -55,7 +63,8 @@ class ObjectStore:
         return written
 
     @staticmethod
-    def _stream_to(response: urllib3.BaseHTTPResponse, dest: Path, max_bytes: int, where: str) -> int:
+    def _stream_to(response: urllib3.BaseHTTPResponse, dest: Path, max_bytes: int, where: str,
+                   hasher: Hasher | None = None) -> int:
         written = 0
         try:
             with dest.open("wb") as out:
@@ -64,6 +73,8 @@ class ObjectStore:
                     if written > max_bytes:
                         raise UnprocessableInput(f"input {where} grew past MAX_INPUT_BYTES={max_bytes}")
                     out.write(chunk)
+                    if hasher is not None:
+                        hasher.update(chunk)
         except OSError as err:
             raise Transient(f"cannot write the input to the temp dir: {err}") from None
         return written
@@ -94,12 +105,34 @@ class ObjectStore:
         except OSError as err:
             raise Transient(f"cannot read stem file {source.name}: {err}") from None
 
-    def copy(self, bucket: str, source_key: str, dest_key: str) -> None:
-        """Server-side copy inside one bucket (no data passes through the worker)."""
+    def copy(self, bucket: str, source_key: str, dest_key: str, dest_bucket: str | None = None,
+             match_etag: str | None = None) -> bool:
+        """Server-side copy of `bucket/source_key` to `dest_bucket/dest_key` (`dest_bucket`, which must exist, defaults
+        to `bucket`; no data passes through the worker). Returns False, copying nothing, when the source is gone or
+        its ETag is no longer `match_etag`."""
+        where = f"{bucket}/{source_key}"
         try:
-            self._client.copy_object(bucket, dest_key, CopySource(bucket, source_key))
+            self._client.copy_object(dest_bucket or bucket, dest_key,
+                                     CopySource(bucket, source_key, match_etag=match_etag))
+        except S3Error as err:
+            if err.code in MISSING_CODES or err.code == "PreconditionFailed":
+                return False
+            raise _transient(f"copying {where}", err) from None
         except (MinioException, urllib3.exceptions.HTTPError) as err:
-            raise _transient(f"copying {bucket}/{source_key}", err) from None
+            raise _transient(f"copying {where}", err) from None
+        return True
+
+    def stat(self, bucket: str, key: str) -> tuple[int, str] | None:
+        """(size in bytes, ETag) of object `bucket/key`, or None when it does not exist."""
+        try:
+            info = self._client.stat_object(bucket, key)
+        except S3Error as err:
+            if err.code in MISSING_CODES:
+                return None
+            raise _transient(f"reading {bucket}/{key}", err) from None
+        except (MinioException, ServerError, urllib3.exceptions.HTTPError) as err:
+            raise _transient(f"reading {bucket}/{key}", err) from None
+        return int(info.size or 0), str(info.etag or "")
 
     def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
         """Upload a small in-memory object."""

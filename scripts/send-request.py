@@ -3,13 +3,18 @@ The sample client; the shared part is stemops/flood.py, which `stemworker flood`
 
     python scripts/send-request.py --song my.mp3                 # one job, JSON message {"songhash": ...}
     python scripts/send-request.py --form bare                   # a bare id message, generated 3 s song
-    python scripts/send-request.py --count 20 --wait             # 20 distinct jobs, then follow them to the end
+    python scripts/send-request.py --count 20 --wait             # 20 jobs of one song, then follow them to the end
+    python scripts/send-request.py --count 20 --distinct         # 20 jobs, each a different (dithered) copy
     python scripts/send-request.py --print-event --no-push > ev.json   # upload only; ev.json is ready to replay
     python scripts/send-request.py --no-upload --id gone         # a job whose input is missing (fails for good)
 
 The worker's environment variables say where Redis and S3 are (REDIS_URL, MINIO_ENDPOINT, MINIO_ACCESS_KEY,
 MINIO_SECRET_KEY, INPUT_BUCKET, QUEUE_KEY, ...). `--count N` uploads the song once and makes N-1 server-side
-copies (S3 copy_object), one per job id. Each job's status hash is set to `queued` before its message is pushed.
+copies (S3 copy_object), one per job id: identical bytes, so the worker's result cache separates it once and
+serves the rest (a measure of hits and single flight). `--count N --distinct` uploads N different files instead,
+each the song with its own seeded +-1 LSB dither, re-encoded: inaudible, but no two share a cache key, so N
+jobs are N separations (a measure of separation capacity); every run draws new dither. docs/cache.md.
+Each job's status hash is set to `queued` before its message is pushed.
 Human-readable lines go to stderr; stdout holds only the events of `--print-event`, one JSON object per line.
 Exit codes: 0 pushed (with --wait: every job done); 1 a job failed or the --wait deadline passed; 2 bad options.
 """
@@ -62,6 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--format", choices=FORMATS, default=env("JOB_FORMAT"), help="stem format (env JOB_FORMAT)")
     parser.add_argument("--count", type=int, default=int(env("COUNT", "1")),
                         help="number of distinct jobs to push (env COUNT, default 1)")
+    parser.add_argument("--distinct", action="store_true", default=_env_flag("DISTINCT"),
+                        help="make each of the --count copies different audio (a seeded +-1 LSB dither), so the "
+                             "result cache serves none of them from another (env DISTINCT=1)")
     parser.add_argument("--wait", action="store_true", default=_env_flag("WAIT"),
                         help="follow the jobs' status hashes until each is done or failed (env WAIT=1)")
     parser.add_argument("--timeout-s", type=float, default=float(env("WAIT_TIMEOUT_S", "900")),
@@ -108,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     client = redis_client(settings)
     try:
-        if not args.no_upload:
+        if not args.no_upload and args.distinct:
+            flood.upload(settings, song, ids, distinct=True)
+            print(f"uploaded {len(ids)} distinct dithered copies of the song to {settings.input_bucket}/"
+                  f"{input_key(settings.input_key, ids[0])} ..", file=sys.stderr)
+        elif not args.no_upload:
             flood.upload(settings, song, ids)
             print(f"uploaded {len(song)} bytes to {settings.input_bucket}/{input_key(settings.input_key, ids[0])}"
                   + (f" and copied it to {len(ids) - 1} more key(s)" if len(ids) > 1 else ""), file=sys.stderr)

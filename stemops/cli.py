@@ -319,13 +319,15 @@ def dead_purge(ops: Ops, older_than: str | None, yes: bool, as_json: bool) -> in
 @click.option("--two-stems", type=click.Choice(STEMS), help="one stem and the rest mixed")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), help="stem format")
 @click.option("--callback", help="webhook URL")
+@click.option("--distinct", is_flag=True,
+              help="upload a different (inaudibly dithered) copy per job, so the result cache serves none of them")
 @click.option("--wait", is_flag=True, help="follow the jobs until each is done or failed")
 @click.option("--timeout-s", type=click.FloatRange(min=0), default=900.0, show_default=True, help="--wait deadline")
 @json_option
 @click.pass_obj
 def flood_command(ops: Ops, count: int, song: Path | None, seconds: float, base_id: str | None, form: str,
                   model: str | None, stems: str | None, two_stems: str | None, fmt: str | None,
-                  callback: str | None, wait: bool, timeout_s: float, as_json: bool) -> int:
+                  callback: str | None, distinct: bool, wait: bool, timeout_s: float, as_json: bool) -> int:
     """Load test: upload one song, copy it server-side to COUNT job ids, mark them queued and push their
     messages (as scripts/send-request.py --count does); --wait follows them to the end."""
     options = flood.JobOptions(form=form, model=model, callback=callback, two_stems=two_stems, format=fmt,
@@ -341,7 +343,7 @@ def flood_command(ops: Ops, count: int, song: Path | None, seconds: float, base_
     except InvalidJob as err:
         raise OpsError(str(err), EXIT_USAGE) from None
     data = song.read_bytes() if song is not None else generated_song(seconds)
-    flood.upload(settings, data, ids)
+    flood.upload(settings, data, ids, distinct=distinct)
     flood.push(ops.redis, settings, ids, messages)
     summary: dict[str, Any] = {"queue": settings.queue_key, "pushed": len(ids), "ids": ids, "song_bytes": len(data)}
     if not as_json:

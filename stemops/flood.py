@@ -4,13 +4,19 @@ share it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+import lameenc
+import numpy as np
 import redis
+import sphn
 
 from function.clients import s3_client
 from function.config import Settings
@@ -68,10 +74,49 @@ def job_ids(base: str, count: int) -> list[str]:
     return [base] if count == 1 else [f"{base}-{n}" for n in range(count)]
 
 
-def upload(settings: Settings, song: bytes, ids: list[str]) -> None:
-    """Put the song under the first id's key, then copy it server-side to every other id's key."""
+def _mp3(wav: np.ndarray, samplerate: int) -> bytes:
+    """[channels, samples] float32 in [-1, 1] as a 320 kb/s MP3."""
+    encoder = lameenc.Encoder()
+    encoder.set_bit_rate(320)
+    encoder.set_in_sample_rate(samplerate)
+    encoder.set_channels(wav.shape[0])
+    encoder.set_quality(2)
+    encoder.silence()
+    pcm = (np.clip(wav, -1, 1) * 32767).astype("<i2").T.tobytes()
+    return bytes(encoder.encode(pcm) + encoder.flush())
+
+
+def distinct_copies(song: bytes, count: int, nonce: int) -> list[bytes]:
+    """`count` MP3s of `song` whose bytes all differ: each is the decoded song plus a +-1 LSB (16-bit) dither
+    seeded by (`nonce`, its index), re-encoded at 320 kb/s. They sound the same and cost the same to separate,
+    but each has its own SHA-256, so the result cache serves none of them."""
+    with tempfile.NamedTemporaryFile(suffix=".audio") as source:
+        source.write(song)
+        source.flush()
+        wav, rate = sphn.read(source.name)
+    copies: list[bytes] = []
+    seen = {hashlib.sha256(song).digest()}
+    for index in range(count):
+        for attempt in range(8):  # a dither that quantises away entirely is all but impossible; bounded anyway
+            rng = np.random.default_rng([nonce, index, attempt])
+            lsb = rng.integers(-1, 2, size=wav.shape).astype(np.float32) / 32767
+            data = _mp3(wav + lsb, int(rate))
+            if hashlib.sha256(data).digest() not in seen:
+                break
+        seen.add(hashlib.sha256(data).digest())
+        copies.append(data)
+    return copies
+
+
+def upload(settings: Settings, song: bytes, ids: list[str], distinct: bool = False) -> None:
+    """Put the song under the first id's key, then copy it server-side to every other id's key; with `distinct`,
+    a different dithered copy under every id's key instead (so a flood measures separations, not cache hits)."""
     store = ObjectStore(s3_client(settings))
     store.ensure_bucket(settings.input_bucket)
+    if distinct:
+        for job_id, data in zip(ids, distinct_copies(song, len(ids), secrets.randbits(64)), strict=True):
+            store.put_bytes(settings.input_bucket, input_key(settings.input_key, job_id), data, "audio/mpeg")
+        return
     first = input_key(settings.input_key, ids[0])
     store.put_bytes(settings.input_bucket, first, song, "audio/mpeg")
     for job_id in ids[1:]:

@@ -141,6 +141,8 @@ def test_jobs_survive_killed_and_stopped_pods(settings, redis_client, model_repo
         "LEASE_SECONDS": "4",
         "ORPHAN_GRACE_SECONDS": "1",
         "CLAIM_WAIT_SECONDS": "1",
+        # Every job must really separate, so pods are struck mid-job: the result cache would serve the copies.
+        "RESULT_CACHE": "off",
     }
     workdir = tmp_path / "scaler"
     summary_path = tmp_path / "summary.json"

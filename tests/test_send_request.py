@@ -3,6 +3,7 @@ the jobs while a real job runner separates them, and events printed ready for re
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import threading
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from function import replay
+from function import audio, replay
 from function.runner import Outcome, Runner
+from workbench import sample_song
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "send-request.py"
 
@@ -103,6 +105,18 @@ def test_flood_copies_one_upload_and_wait_follows_a_real_runner(env, settings, r
         assert redis_client.hget(f"status:{job_id}", "state") == b"done"
         assert s3.stat_object(settings.output_bucket, f"{job_id}-vocals.mp3").size > 0
     assert outcomes.count(Outcome.DONE) == 3
+
+
+def test_distinct_flood_uploads_different_files_of_the_same_song(env, settings, redis_client, s3, tmp_path):
+    song = sample_song.song_mp3(seconds=2.0)
+    (tmp_path / "song.mp3").write_bytes(song)
+    assert send_request.main(["--song", str(tmp_path / "song.mp3"), "--count", "3", "--id", "dist", "--distinct",
+                              "--no-push"]) == 0
+    copies = [s3.get_object(settings.input_bucket, f"dist-{n}.mp3").read() for n in range(3)]
+    assert len({hashlib.sha256(data).digest() for data in [song, *copies]}) == 4
+    for n, data in enumerate(copies):
+        (tmp_path / f"{n}.mp3").write_bytes(data)
+        assert abs(audio.probe_duration_s(tmp_path / f"{n}.mp3") - 2.0) < 0.1
 
 
 def test_wait_reports_failures_and_the_deadline(env, settings, redis_client, s3, capsys):
