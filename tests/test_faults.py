@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from support import REPO_ROOT, runner_env, wait_for
+from support import REPO_ROOT, leases_expired, runner_env, wait_for
 
 from function.clients import s3_client
 from function.config import Settings, load_settings
@@ -76,7 +76,8 @@ def runner_process(settings: Settings, **extra: str) -> subprocess.Popen:
 
 
 def rescue(settings: Settings) -> None:
-    """What the reaper CronJob and the next pod do: reap (twice: mark, then requeue), then run the job."""
+    """What the reaper CronJob and the next pod do: reap (twice: an expired lease is requeued at once, a message
+    that never had one is marked, then requeued), then run the job."""
     runner = Runner(settings)
     runner.reap()
     runner.reap()
@@ -95,7 +96,7 @@ def test_redis_restart_mid_job_loses_nothing(fault_settings, own_services, long_
     assert process.returncode == 1, output  # infrastructure failed; the message must still be safe
     own_services.redis.start()
     assert client.lrange("toWorker:processing", 0, -1) == [b"rr1"]  # survived the restart (append-only file)
-    wait_for(lambda: not client.keys("toWorker:lease:*"), 10, "the lease to expire")
+    wait_for(lambda: leases_expired(client), 10, "the lease to expire")
     rescue(fault_settings)
     assert state(client, "rr1") == "done" and client.hget("status:rr1", "attempts") == b"2"
     assert len(stems_present(fault_settings, "rr1")) == 4
