@@ -7,6 +7,7 @@ ports, which the fault tests use to simulate outages. Nothing here is used by th
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
@@ -21,6 +22,9 @@ import redis
 
 S3_ACCESS_KEY = "stemworker-test"
 S3_SECRET_KEY = "stemworker-test-secret"
+# The readiness probe's bucket and object (see S3Server._serves_objects).
+READY_BUCKET = "stemworker-ready"
+READY_PROBE = b"stemworker readiness probe"
 
 
 class ServiceUnavailable(RuntimeError):
@@ -115,6 +119,7 @@ class S3Server:
     secret_key: str = S3_SECRET_KEY
     ports: dict[str, int] = field(default_factory=dict)
     process: subprocess.Popen | None = None
+    _probe_written: bool = False
 
     @property
     def endpoint(self) -> str:
@@ -138,16 +143,33 @@ class S3Server:
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
         self.process = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env,
                                         cwd=self.workdir)
+        _wait(self._serves_objects, "weed mini (S3)", 60, self.process, log)
+        return self
+
+    def _serves_objects(self) -> bool:
+        """A real round trip: write an object and read it back, and read the one written at the first start.
+        Listing buckets is not enough: after a restart the S3 API answers while the volume server has not yet
+        told the master its volumes, and object reads answer 500 ("volume not found") for a few seconds."""
+        import urllib3
         from minio import Minio
 
-        client = Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False)
-
-        def ready() -> bool:
-            client.list_buckets()
-            return True
-
-        _wait(ready, "weed mini (S3)", 60, self.process, log)
-        return self
+        client = Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False,
+                       http_client=urllib3.PoolManager(timeout=urllib3.Timeout(connect=1, read=3),
+                                                       retries=urllib3.Retry(total=0, raise_on_status=False)))
+        if not client.bucket_exists(READY_BUCKET):
+            client.make_bucket(READY_BUCKET)
+        keys = ["probe-first", "probe"] if self._probe_written else ["probe-first"]
+        client.put_object(READY_BUCKET, keys[-1], io.BytesIO(READY_PROBE), len(READY_PROBE))
+        for key in keys:
+            response = client.get_object(READY_BUCKET, key)
+            try:
+                if response.read() != READY_PROBE:
+                    return False
+            finally:
+                response.close()
+                response.release_conn()
+        self._probe_written = True
+        return True
 
     def stop(self) -> None:
         _stop(self.process)
