@@ -180,7 +180,8 @@ def test_poison_killed_on_every_run_counts_only_its_runs(make_settings, upload, 
     assert any(b"dead-lettered after 2 attempt(s)" in line for line in redis_client.lrange("logging", 0, -1))
 
 
-def test_runner_whose_lease_is_reaped_mid_job_lets_the_message_go(settings, upload, long_song, redis_client):
+def test_runner_whose_lease_is_reaped_mid_job_lets_the_message_go(make_settings, upload, long_song, redis_client):
+    settings = make_settings(demucs_model="micro")
     upload("fence1", long_song)
     redis_client.lpush("toWorker", "fence1")
     zombie = Runner(settings)

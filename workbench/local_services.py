@@ -130,7 +130,8 @@ class S3Server:
     def endpoint(self) -> str:
         return f"{self.host}:{self.ports['s3.port']}"
 
-    def start(self) -> S3Server:
+    def start(self, wait: bool = True) -> S3Server:
+        """Start `weed mini`; unless `wait` is False, return once it serves objects (see `wait_ready`)."""
         binary = find_binary("weed")
         names = ["master.port", "volume.port", "filer.port", "s3.port", "admin.port", "master.port.grpc",
                  "volume.port.grpc", "filer.port.grpc", "s3.port.grpc", "admin.port.grpc"]
@@ -148,8 +149,13 @@ class S3Server:
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
         self.process = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env,
                                         cwd=self.workdir)
-        _wait(self._serves_objects, "weed mini (S3)", 60, self.process, log)
+        if wait:
+            self.wait_ready()
         return self
+
+    def wait_ready(self) -> None:
+        assert self.process is not None
+        _wait(self._serves_objects, "weed mini (S3)", 60, self.process, self.workdir / "weed.log")
 
     def _serves_objects(self) -> bool:
         """A real round trip: write an object and read it back, and read the one written at the first start.
