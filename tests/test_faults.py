@@ -22,13 +22,14 @@ from pathlib import Path
 
 import pytest
 import redis
+from pydantic import SecretStr
 from support import REPO_ROOT, leases_expired, runner_env, wait_for
 
 from function.clients import s3_client
 from function.config import Settings, load_settings
 from function.runner import Outcome, Runner
 from workbench import sample_song
-from workbench.local_services import LocalServices
+from workbench.local_services import LocalServices, RedisServer
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +104,31 @@ def test_redis_restart_mid_job_loses_nothing(fault_settings, own_services, long_
     assert state(client, "rr1") == "done" and client.hget("status:rr1", "attempts") == b"2"
     assert len(stems_present(fault_settings, "rr1")) == 4
     assert client.llen("toWorker") == client.llen("toWorker:processing") == client.llen("toWorker:dead") == 0
+
+
+def test_redis_without_persistence_loses_the_list_and_fences_the_running_job(fault_settings, own_services, long_song,
+                                                                            tmp_path):
+    """What Redis promises without an append-only file: a restart loses everything in it, the queue included.
+    The runner in the middle of a job finds its lease gone and stops: no status written into the empty Redis."""
+    lossy = RedisServer(tmp_path, persistent=False).start()
+    try:
+        settings = fault_settings.model_copy(update={"redis_url": SecretStr(lossy.url)})
+        client = redis.Redis.from_url(lossy.url)
+        put_song(settings, "np1", long_song)
+        client.rpush("toWorker", "np1", "np2")
+        results = []
+        thread = threading.Thread(target=lambda: results.append(Runner(settings).run_once(wait_s=1)))
+        thread.start()
+        wait_for(lambda: state(client, "np1") == "separating", 60, "separation to start")
+        lossy.stop()
+        lossy.start()
+        thread.join(timeout=120)
+        assert [result.outcome for result in results] == [Outcome.LOST]
+        assert client.llen("toWorker") == 0  # np2 was never run: the list itself is lost
+        assert client.llen("toWorker:processing") == 0 and client.zcard("toWorker:leases") == 0
+        assert not client.exists("status:np1", "status:np2")
+    finally:
+        lossy.stop()
 
 
 def test_s3_restart_mid_job_requeues_then_completes(fault_settings, own_services, long_song):
