@@ -5,6 +5,7 @@
     python -m bench.fleet scale --faults   # the same, with kill -9 / SIGTERM, a Redis restart, a 10 s S3 outage
     python -m bench.fleet partition        # a runner in its own network namespace is cut off mid-job (a zombie)
     python -m bench.fleet no-persistence   # Redis restarted without persistence mid-run: what is lost
+    python -m bench.fleet s3-restart       # how long a restarted local S3 answers before it serves objects
 
 Each prints what it measured and `PASS` or `FAIL` per property, writes a JSON summary with `--out`, and exits 0
 only when every property holds. Results and how to read them: docs/reliability.md.

@@ -34,6 +34,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     partition.add_argument("--method", choices=("netns", "sigstop"), default="netns")
     partition.add_argument("--lease-seconds", type=int, default=4)
 
+    s3 = sub.add_parser("s3-restart", help="time how long a restarted local S3 takes to serve objects")
+    s3.add_argument("--restarts", type=int, default=12)
+
     lossy = sub.add_parser("no-persistence", help="restart a Redis without persistence mid-run")
     lossy.add_argument("--messages", type=int, default=200)
     lossy.add_argument("--runners", type=int, default=4)
@@ -56,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.fleet import partition
 
         return partition.run(args.method, args.lease_seconds, args.out)
+    if args.scenario == "s3-restart":
+        from bench.fleet import s3_restart
+
+        return s3_restart.run(args.restarts, args.out)
     from bench.fleet import no_persistence
 
     return no_persistence.run(args.messages, args.runners, args.out)
