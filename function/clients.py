@@ -16,11 +16,15 @@ from redis.retry import Retry
 from function.config import Settings
 
 REDIS_RETRIES = 3
-# urllib3 retries of one S3 request: 5xx answers and connection errors. backoff 0.5 s doubling, capped at
-# 4 s, gives a restarting store about 15 s before a request fails (then the job is requeued, not lost).
+# urllib3 retries of one S3 request: 5xx answers and connection errors. Sleeps of 0, 1, 2, 4, 4, 4 s (0.5 s
+# doubling, capped at 4 s) give a restarting store about 15 s before a request fails (then the job is requeued,
+# not lost). A SeaweedFS that has just restarted answers 500 ("volume not found") to object reads for up to 4.3 s
+# after its S3 API is back (measured, docs/reliability.md), so the budget is over three times that window.
 S3_RETRIES = 6
 S3_BACKOFF_S = 0.5
 S3_BACKOFF_MAX_S = 4.0
+# Up to this much random time is added to each sleep, so a fleet of pods does not retry in lockstep.
+S3_BACKOFF_JITTER_S = 0.5
 S3_CONNECT_TIMEOUT_S = 5.0
 
 
@@ -40,9 +44,11 @@ def s3_client(settings: Settings) -> Minio:
     """A minio client whose every call is bounded in time and retried on 5xx and dropped connections."""
     http = urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=S3_CONNECT_TIMEOUT_S, read=settings.s3_timeout_s),
+        # allowed_methods=None: 5xx answers to POST (multipart create and complete, used for stems over 5 MiB) are
+        # retried too, as the AWS SDKs retry every S3 operation; urllib3's default leaves POST out.
         retries=urllib3.Retry(total=S3_RETRIES, backoff_factor=S3_BACKOFF_S, backoff_max=S3_BACKOFF_MAX_S,
-                              status_forcelist=(500, 502, 503, 504),
-                              raise_on_status=False),
+                              backoff_jitter=S3_BACKOFF_JITTER_S, status_forcelist=(500, 502, 503, 504),
+                              allowed_methods=None, raise_on_status=False),
         maxsize=8,
     )
     return Minio(

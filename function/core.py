@@ -13,7 +13,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from cloudevents.http import CloudEvent
@@ -30,6 +30,9 @@ from function.messages import Job, event_id_or_none, job_from_event, job_id_or_n
 from function.metrics import Recorder
 from function.status import EventLog, State, StatusRecord
 from function.storage import CONTENT_TYPES, ObjectStore, input_key, output_key
+
+if TYPE_CHECKING:
+    from function.fencing import Fence
 
 ATTEMPT_ATTRIBUTE = "attempt"
 
@@ -65,9 +68,14 @@ class Worker:
         self.metrics = Recorder(self.redis, settings)
         self.cache = ResultCache(self.redis, self.store, self.events, settings)
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="stemworker")
+        # Set by the job runner while it holds a claim: status writes then need the claim's lease (fencing.py).
+        self.fence: Fence | None = None
 
     def status_for(self, job_id: str) -> StatusRecord:
-        return StatusRecord(self.redis, status_key(self.settings.status_key, job_id), self.settings.status_ttl_s)
+        key = status_key(self.settings.status_key, job_id)
+        if self.fence is not None:
+            return self.fence.status_record(self.redis, key, self.settings.status_ttl_s)
+        return StatusRecord(self.redis, key, self.settings.status_ttl_s)
 
     def handle(self, event: CloudEvent) -> dict[str, Any]:
         """Separate the song the event names; raises a StemworkerError subclass on failure."""

@@ -31,15 +31,14 @@ def dead_key(queue_key: str) -> str:
     return f"{queue_key}:dead"
 
 
-def lease_key(queue_key: str, digest: str, token: str) -> str:
-    """Lease of one claimed message (string key with a TTL, renewed by the runner's heartbeat).
-    `digest` names the message, `token` the runner, so identical messages claimed twice hold two leases."""
-    return f"{queue_key}:lease:{digest}:{token}"
+def leases_key(queue_key: str) -> str:
+    """Sorted set: runner token -> lease deadline (Redis time, unix seconds); renewed by the runner's heartbeat."""
+    return f"{queue_key}:leases"
 
 
-def lease_pattern(queue_key: str, digest: str) -> str:
-    """Glob matching every lease held on the message `digest` (a hex string, no glob characters)."""
-    return f"{queue_key}:lease:{digest}:*"
+def leased_key(queue_key: str) -> str:
+    """Hash: runner token -> the message its claim holds (so a reaper can requeue it when the lease expires)."""
+    return f"{queue_key}:leased"
 
 
 def attempts_key(queue_key: str) -> str:
@@ -48,7 +47,8 @@ def attempts_key(queue_key: str) -> str:
 
 
 def orphans_key(queue_key: str) -> str:
-    """Hash: message digest -> Redis time when a reaper first saw it in the processing list without a lease."""
+    """Hash: sha1 of a message -> Redis time when a reaper first saw more copies of it in the processing list than
+    leases on it (its claim's lease not written yet, or never: the runner died right after BLMOVE)."""
     return f"{queue_key}:orphans"
 
 

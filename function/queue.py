@@ -1,11 +1,16 @@
 """The Redis work queue: claim into a processing list, lease, complete, requeue, dead-letter and reap.
 
-A claimed message is never held only in memory: BLMOVE puts it in `<queue>:processing` atomically.
-Each claim holds a lease key `<queue>:lease:<digest>:<token>` with a TTL that the runner renews.
-A reaper puts a processing entry back at the head of the queue only when the message has fewer leases
-than copies in the processing list, and that deficit has lasted `orphan_grace_seconds` (so a runner
-between its claim and its first lease write is never robbed); the check and the move are one Lua script,
-so reapers running at once never requeue a message twice.
+A claimed message is never held only in memory: BLMOVE puts it in `<queue>:processing` atomically. Each claim then
+holds a lease: its runner token in the sorted set `<queue>:leases`, scored by its deadline, and the message it
+holds in the hash `<queue>:leased` (python-rq's StartedJobRegistry shape). The runner's heartbeat renews the
+deadline. A reaper (one Lua script, so reapers running at once never requeue a message twice) reads only those
+structures and the processing list, never the keyspace:
+- a lease past its deadline is dropped and one copy of its message goes back to the head of the queue;
+- a message with more copies in the processing list than leases on it is requeued once that deficit has lasted
+  `orphan_grace_s` (so a runner between its claim and its lease write is never robbed).
+Acks (done, requeue, dead-letter) are each one script that first checks the claim's token still holds a lease:
+a runner whose lease was reaped is fenced and writes nothing (`LeaseLost`). The scripts are in
+`function.queue_scripts`.
 """
 
 from __future__ import annotations
@@ -13,37 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import redis
 
-from function import keys
+from function import keys, queue_scripts
 from function.clock import now_iso
-from function.errors import RedisUnavailable
-
-REAP_ONE = """
-local n = 0
-for _, value in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  if value == ARGV[1] then n = n + 1 end
-end
-local leases = #redis.call('KEYS', ARGV[3])
-if n <= leases then
-  redis.call('HDEL', KEYS[3], ARGV[2])
-  return 0
-end
-local now = tonumber(redis.call('TIME')[1])
-local first = redis.call('HGET', KEYS[3], ARGV[2])
-if not first then
-  redis.call('HSET', KEYS[3], ARGV[2], now)
-  return 0
-end
-if now - tonumber(first) < tonumber(ARGV[4]) then return 0 end
-redis.call('LREM', KEYS[1], -1, ARGV[1])
-if ARGV[5] == 'left' then redis.call('LPUSH', KEYS[2], ARGV[1]) else redis.call('RPUSH', KEYS[2], ARGV[1]) end
-if n - 1 <= leases then redis.call('HDEL', KEYS[3], ARGV[2]) end
-return 1
-"""
+from function.errors import LeaseLost, RedisUnavailable
 
 
 def digest(message: bytes) -> str:
@@ -52,7 +35,7 @@ def digest(message: bytes) -> str:
 
 @dataclass
 class Claim:
-    """One message taken from the queue by this runner."""
+    """One message taken from the queue by this runner; `token` names its lease."""
 
     message: bytes
     attempts: int
@@ -65,7 +48,8 @@ class Claim:
 
 
 class WorkQueue:
-    """Queue operations for one queue key. Every method raises Transient when Redis fails."""
+    """Queue operations for one queue key. Every method raises Transient when Redis fails, and the methods that
+    write for a claim raise LeaseLost when the claim's lease is gone."""
 
     def __init__(self, client: redis.Redis, queue_key: str, pop: Literal["left", "right"] = "left",
                  lease_s: int = 120, orphan_grace_s: float = 10.0) -> None:
@@ -73,19 +57,23 @@ class WorkQueue:
         self.queue_key = queue_key
         self.processing_key = keys.processing_key(queue_key)
         self.dead_key = keys.dead_key(queue_key)
+        self.leases_key = keys.leases_key(queue_key)
+        self.leased_key = keys.leased_key(queue_key)
         self.attempts_key = keys.attempts_key(queue_key)
         self.orphans_key = keys.orphans_key(queue_key)
         self.pop = pop
         self.lease_s = lease_s
         self.orphan_grace_s = orphan_grace_s
-        self._reap_one = client.register_script(REAP_ONE)
-
-    def _head_push(self, pipe: Any, message: bytes) -> None:
-        """Put `message` where the next claim takes it from (the head of the queue)."""
-        (pipe.lpush if self.pop == "left" else pipe.rpush)(self.queue_key, message)
+        self._claim = client.register_script(queue_scripts.CLAIM)
+        self._renew = client.register_script(queue_scripts.RENEW)
+        self._finish_script = client.register_script(queue_scripts.FINISH)
+        self._write_hash = client.register_script(queue_scripts.WRITE_HASH_IF_LEASED)
+        self._reap = client.register_script(queue_scripts.REAP)
 
     def claim(self, wait_s: float) -> Claim | None:
-        """Move the next message into the processing list and lease it; None when the queue stays empty."""
+        """Move the next message into the processing list and lease it; None when the queue stays empty.
+        Raises LeaseLost when a reaper requeued the message before its lease was written (the lease write came
+        more than `orphan_grace_s` after the move, e.g. across a Redis outage): another runner will take it."""
         side = "LEFT" if self.pop == "left" else "RIGHT"
         try:
             if wait_s > 0:
@@ -94,78 +82,88 @@ class WorkQueue:
                 raw = self.client.lmove(self.queue_key, self.processing_key, side, "LEFT")
             if raw is None:
                 return None
-            message = bytes(raw)
-            claim = Claim(message=message, attempts=0, first_seen_at="")
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.set(keys.lease_key(self.queue_key, claim.digest, claim.token), "1", ex=self.lease_s)
-                pipe.hincrby(self.attempts_key, claim.digest, 1)
-                pipe.hsetnx(self.attempts_key, f"{claim.digest}:first_seen", now_iso())
-                pipe.hget(self.attempts_key, f"{claim.digest}:first_seen")
-                _, attempts, _, first_seen = pipe.execute()
+            claim = Claim(message=bytes(raw), attempts=0, first_seen_at="")
+            leased = self._claim(keys=[self.processing_key, self.leases_key, self.leased_key, self.attempts_key],
+                                 args=[claim.token, claim.message, claim.digest, self.lease_s, now_iso()])
         except redis.RedisError as err:
             raise RedisUnavailable(f"Redis unavailable while claiming from {self.queue_key}: {err}") from None
+        if leased is None:
+            raise LeaseLost(f"the message claimed from {self.queue_key} was requeued by a reaper before its lease "
+                            f"was written (more than ORPHAN_GRACE_SECONDS={self.orphan_grace_s:g} after the claim)")
+        attempts, first_seen = leased
         claim.attempts = int(attempts)
         claim.first_seen_at = first_seen.decode() if first_seen else now_iso()
         return claim
 
     def renew(self, claim: Claim) -> None:
-        """Extend the lease (heartbeat)."""
+        """Extend the lease (heartbeat); LeaseLost when it is gone."""
         try:
-            self.client.set(keys.lease_key(self.queue_key, claim.digest, claim.token), "1", ex=self.lease_s)
+            renewed = self._renew(keys=[self.leases_key], args=[claim.token, self.lease_s])
         except redis.RedisError as err:
             raise RedisUnavailable(f"Redis unavailable while renewing a lease: {err}") from None
+        if not renewed:
+            raise LeaseLost(f"lease {claim.token} on a message of {self.queue_key} was reaped: it was not renewed "
+                            f"for LEASE_SECONDS={self.lease_s}")
 
-    def _finish(self, claim: Claim, forget_attempts: bool, then: Any = None) -> None:
+    def holds(self, claim: Claim) -> bool:
+        """Whether the claim's lease is still held (a read, for reports; writes check it themselves)."""
         try:
-            with self.client.pipeline(transaction=True) as pipe:
-                if then is not None:
-                    then(pipe)
-                pipe.lrem(self.processing_key, -1, claim.message)
-                pipe.delete(keys.lease_key(self.queue_key, claim.digest, claim.token))
-                if forget_attempts:
-                    pipe.hdel(self.attempts_key, claim.digest, f"{claim.digest}:first_seen")
-                pipe.execute()
+            return self.client.zscore(self.leases_key, claim.token) is not None
+        except redis.RedisError as err:
+            raise RedisUnavailable(f"Redis unavailable while reading a lease: {err}") from None
+
+    def write_hash_if_leased(self, claim: Claim, key: str, mapping: Mapping[str, str], ttl_s: int,
+                             fresh: bool = False) -> None:
+        """HSET `mapping` into `key` (after deleting it when `fresh`) and set its TTL, in one script that first
+        checks the claim's lease; LeaseLost, with nothing written, when it is gone."""
+        args: list[Any] = [claim.token, ttl_s, int(fresh)]
+        for name, value in mapping.items():
+            args += [name, value]
+        try:
+            written = self._write_hash(keys=[key, self.leases_key], args=args)
+        except redis.RedisError as err:
+            raise RedisUnavailable(f"Redis unavailable while writing {key}: {err}") from None
+        if not written:
+            raise LeaseLost(f"not writing {key}: lease {claim.token} was reaped and the message handed to another "
+                            "runner")
+
+    def _finish(self, claim: Claim, outcome: Literal["done", "requeue", "dead"], give_back: bool = False,
+                entry: str = "") -> None:
+        try:
+            finished = self._finish_script(
+                keys=[self.processing_key, self.leases_key, self.leased_key, self.attempts_key, self.queue_key,
+                      self.dead_key],
+                args=[claim.token, claim.message, claim.digest, outcome, self.pop, int(give_back), entry],
+            )
         except redis.RedisError as err:
             raise RedisUnavailable(f"Redis unavailable while finishing a message: {err}") from None
+        if not finished:
+            raise LeaseLost(f"not acknowledging ({outcome}): lease {claim.token} was reaped and the message handed "
+                            "to another runner")
 
     def complete(self, claim: Claim) -> None:
         """The job is done: drop the message, its lease and its attempt count in one transaction."""
-        self._finish(claim, forget_attempts=True)
+        self._finish(claim, "done")
 
     def requeue(self, claim: Claim, count_attempt: bool = True) -> None:
         """Put the message back at the head of the queue; `count_attempt=False` gives the attempt back
         (an interrupted job is not the message's fault)."""
-
-        def push(pipe: Any) -> None:
-            self._head_push(pipe, claim.message)
-            if not count_attempt:
-                pipe.hincrby(self.attempts_key, claim.digest, -1)
-
-        self._finish(claim, forget_attempts=False, then=push)
+        self._finish(claim, "requeue", give_back=not count_attempt)
 
     def dead_letter(self, claim: Claim, entry: dict[str, Any]) -> None:
         """Append `entry` (JSON) to the dead-letter list and drop the message, in one transaction."""
-        body = json.dumps(entry, default=str)
-        self._finish(claim, forget_attempts=True, then=lambda pipe: pipe.rpush(self.dead_key, body))
+        self._finish(claim, "dead", entry=json.dumps(entry, default=str))
 
     def reap(self) -> int:
-        """Requeue processing entries whose lease is gone; returns how many were moved back."""
-        moved = 0
+        """Requeue the messages of expired leases, and processing entries that have had no lease for
+        `orphan_grace_s`; returns how many were moved back. One script: no KEYS, no SCAN."""
         try:
-            entries = self.client.lrange(self.processing_key, 0, -1)
-            for message in dict.fromkeys(bytes(e) for e in entries):
-                key_digest = digest(message)
-                for _ in range(entries.count(message)):
-                    if not self._reap_one(
-                        keys=[self.processing_key, self.queue_key, self.orphans_key],
-                        args=[message, key_digest, keys.lease_pattern(self.queue_key, key_digest),
-                              self.orphan_grace_s, self.pop],
-                    ):
-                        break
-                    moved += 1
+            moved = self._reap(keys=[self.processing_key, self.queue_key, self.leases_key, self.leased_key,
+                                     self.orphans_key],
+                               args=[self.orphan_grace_s, self.pop])
         except redis.RedisError as err:
             raise RedisUnavailable(f"Redis unavailable while reaping {self.processing_key}: {err}") from None
-        return moved
+        return int(moved)
 
     def lengths(self) -> tuple[int, int, int]:
         """(queued, processing, dead) read in one transaction, so a message moving between them is seen once."""

@@ -6,11 +6,13 @@ Outcomes: done -> the message leaves the processing list; permanent error (bad i
 `<queue>:dead`; transient error (Redis/S3 down, crash) -> back to the head of the queue until MAX_ATTEMPTS,
 then dead-letter; SIGTERM -> back to the head of the queue, exit 0. A pod that dies (OOM, eviction) stops
 renewing its lease and a reaper (every runner before it claims, and `--reap` from a CronJob) requeues it;
-a message that keeps killing pods is dead-lettered once its attempts pass MAX_ATTEMPTS.
+a message that keeps killing pods is dead-lettered once its attempts pass MAX_ATTEMPTS. A runner whose lease was
+reaped while it was cut off or paused is fenced: its acks and status writes are refused (LeaseLost), it lets the
+message go to the runner that has it now and moves on (outcome `lease-lost`).
 
-Exit codes: 0 when the message was handled (done or dead-lettered), requeued on SIGTERM, or the queue was
-empty; 1 when infrastructure failed (a transient error requeued the message, or Redis failed and the message
-is safe in the queue or the processing list); 2 for a configuration error.
+Exit codes: 0 when the message was handled (done or dead-lettered), requeued on SIGTERM, left to another runner
+after its lease was lost, or the queue was empty; 1 when infrastructure failed (a transient error requeued the
+message, or Redis failed and the message is safe in the queue or the processing list); 2 for a configuration error.
 
 In-process API: `Runner(settings).run_once(wait_s)` processes at most one message and returns an `Outcome`.
 """
@@ -33,7 +35,16 @@ from cloudevents.conversion import to_dict
 from function.clock import now_iso
 from function.config import Settings, get_settings, load_settings
 from function.core import ATTEMPT_ATTRIBUTE, Worker
-from function.errors import ConfigError, Interrupted, InvalidJob, RedisUnavailable, StemworkerError, Transient
+from function.errors import (
+    ConfigError,
+    Interrupted,
+    InvalidJob,
+    LeaseLost,
+    RedisUnavailable,
+    StemworkerError,
+    Transient,
+)
+from function.fencing import Fence
 from function.logs import configure_logging
 from function.messages import event_from_message, job_id_or_none
 from function.queue import Claim, WorkQueue
@@ -48,6 +59,7 @@ class Outcome(StrEnum):
     DEAD = "dead-lettered"
     REQUEUED = "requeued"
     INTERRUPTED = "interrupted"
+    LOST = "lease-lost"
 
 
 @dataclass
@@ -59,7 +71,8 @@ class Result:
 
 
 class Heartbeat(threading.Thread):
-    """Renews a claim's lease every third of its TTL until stopped; a failed renewal is logged and retried."""
+    """Renews a claim's lease every third of its TTL until stopped; a failed renewal is logged and retried, a
+    lease found reaped ends the renewals (the job's next status write or ack then fails with LeaseLost)."""
 
     def __init__(self, queue: WorkQueue, claim: Claim) -> None:
         super().__init__(name="lease-heartbeat", daemon=True)
@@ -72,6 +85,9 @@ class Heartbeat(threading.Thread):
         while not self._stop_event.wait(interval):
             try:
                 self._queue.renew(self._claim)
+            except LeaseLost as err:
+                log.error("%s", err)
+                return
             except Transient as err:
                 log.warning("lease renewal failed, will retry: %s", err)
 
@@ -118,11 +134,31 @@ class Runner:
             claim = self.queue.claim(wait)
         except Interrupted:
             return Result(Outcome.INTERRUPTED)
+        except LeaseLost as err:
+            self.events.error(f"claim lost: {err}")
+            return Result(Outcome.LOST, error=str(err))
         finally:
             self._busy = False
         if claim is None:
             return Result(Outcome.EMPTY)
-        return self._process(claim)
+        self.worker.fence = Fence(self.queue, claim)
+        try:
+            return self._process(claim)
+        except LeaseLost as err:
+            return self._lost(claim, err)
+        finally:
+            self.worker.fence = None
+
+    def _lost(self, claim: Claim, err: LeaseLost) -> Result:
+        """The claim's lease was reaped (this runner was cut off or paused for longer than LEASE_SECONDS): another
+        runner has the message now. Nothing is acknowledged and no status is written; the runner moves on."""
+        try:
+            job_id = job_id_or_none(event_from_message(claim.message, self.settings.max_message_bytes))
+        except InvalidJob:
+            job_id = None
+        self.events.error(f"job {job_id or '(invalid id)'}: lease lost, leaving the message to the runner that "
+                          f"has it now: {err}")
+        return Result(Outcome.LOST, job_id, claim.attempts, str(err))
 
     def _process(self, claim: Claim) -> Result:
         started = time.monotonic()
@@ -134,9 +170,11 @@ class Runner:
         event[ATTEMPT_ATTRIBUTE] = str(claim.attempts)
         job_id = job_id_or_none(event)
         if claim.attempts > self.settings.max_attempts:
-            err = Transient(f"gave up after {claim.attempts - 1} attempts: the worker died or was stopped "
-                            "while processing this message each time")
-            return self._dead_letter(claim, event, err, started, job_id, mark_status=True)
+            # This claim is not a run: the job ran `claim.attempts - 1` times, and each of its runners died.
+            ran = claim.attempts - 1
+            err = Transient(f"gave up after {ran} attempts: the worker died or was stopped while processing this "
+                            "message each time")
+            return self._dead_letter(claim, event, err, started, job_id, mark_status=True, attempts=ran)
         self.events.info(f"claimed job {job_id or '(invalid id)'} (attempt {claim.attempts}/"
                          f"{self.settings.max_attempts})", stage="claimed", job_id=job_id)
         heartbeat = Heartbeat(self.queue, claim)
@@ -147,6 +185,10 @@ class Runner:
                 raise Interrupted("stopping before the job started")
             self.worker.handle(event)
             self._busy = False
+        except LeaseLost:
+            self._busy = False
+            heartbeat.stop()
+            raise
         except Interrupted as err:
             self._busy = False
             heartbeat.stop()
@@ -171,7 +213,9 @@ class Runner:
         return Result(Outcome.DONE, job_id, claim.attempts)
 
     def _dead_letter(self, claim: Claim, event: Any, err: StemworkerError, started: float,
-                     job_id: str | None = None, mark_status: bool = False) -> Result:
+                     job_id: str | None = None, mark_status: bool = False, attempts: int | None = None) -> Result:
+        """Dead-letter the claim; `attempts` is how many times the job ran (the claim's count unless given)."""
+        ran = claim.attempts if attempts is None else attempts
         entry = {
             "message": claim.message.decode("utf-8", "replace"),
             "event": to_dict(event) if event is not None else None,
@@ -179,7 +223,7 @@ class Runner:
             "error": str(err),
             "error_type": type(err).__name__,
             "permanent": err.permanent,
-            "attempts": claim.attempts,
+            "attempts": ran,
             "first_seen_at": claim.first_seen_at,
             "failed_at": now_iso(),
         }
@@ -187,15 +231,16 @@ class Runner:
             entry["event"]["data"] = entry["event"]["data"].decode("utf-8", "replace")
         if mark_status and job_id is not None:
             try:
-                self.worker.status_for(job_id).update(State.FAILED, error=str(err), retryable=0,
-                                                      attempts=claim.attempts)
+                self.worker.status_for(job_id).update(State.FAILED, error=str(err), retryable=0, attempts=ran)
+            except LeaseLost:
+                raise
             except Transient as status_err:
                 log.warning("could not mark job %s failed: %s", job_id, status_err)
         self.queue.dead_letter(claim, entry)
         self.worker.metrics.message_outcome("dead", event)
-        self.events.error(f"job {job_id or '(invalid id)'}: dead-lettered after {claim.attempts} attempt(s) "
+        self.events.error(f"job {job_id or '(invalid id)'}: dead-lettered after {ran} attempt(s) "
                           f"({time.monotonic() - started:.2f} s): {err}", stage="dead")
-        return Result(Outcome.DEAD, job_id, claim.attempts, str(err))
+        return Result(Outcome.DEAD, job_id, ran, str(err))
 
 
 

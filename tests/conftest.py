@@ -54,6 +54,7 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("demucs-repo")
     write_model(repo, "tiny")
     write_model(repo, "tiny2", seed=1, signature="7e57a12d", kwargs=TINY_KWARGS)
+    write_model(repo, "micro")  # tiny without attention: for tests about faults, not about separation
     return repo
 
 

@@ -46,3 +46,9 @@ def wait_for(predicate: Callable[[], T], timeout_s: float, what: str) -> T:
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def leases_expired(client: redis.Redis, queue_key: str = "toWorker") -> bool:
+    """Whether every lease on `queue_key` is past its deadline (Redis time), so the next reap requeues them."""
+    seconds, micros = client.time()
+    return not client.zrangebyscore(f"{queue_key}:leases", seconds + micros / 1e6, "+inf")

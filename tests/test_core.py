@@ -12,7 +12,9 @@ import soundfile
 from function import separation
 from function.core import Worker
 from function.errors import InvalidJob, UnprocessableInput
-from function.messages import event_from_message
+from function.keys import dead_key
+from function.messages import event_from_message, new_event
+from function.runner import Outcome, Runner
 
 
 def run(worker: Worker, message: str | bytes):
@@ -171,3 +173,22 @@ def test_temp_dir_is_removed_even_on_failure(worker, upload, tmp_path, monkeypat
     with pytest.raises(UnprocessableInput):
         run(worker, "tmp1")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_oversized_event_data_is_the_same_permanent_rejection_directly_and_through_the_queue(
+        worker, settings, redis_client, s3):
+    data = {"id": "big200", "pad": "x" * 200_000}
+    event = new_event(data)
+    with pytest.raises(InvalidJob, match=r"is [0-9]+ bytes, over MAX_MESSAGE_BYTES=65536") as direct:
+        worker.handle(event)
+    assert direct.value.permanent and "event data is" in str(direct.value)
+    assert not s3.bucket_exists(settings.output_bucket)  # rejected before any I/O
+    # The same request as a queue message (a structured CloudEvent): the same error class, the same limit.
+    envelope = {"specversion": "1.0", "id": event["id"], "source": event["source"], "type": event["type"],
+                "data": data}
+    redis_client.rpush(settings.queue_key, json.dumps(envelope))
+    result = Runner(settings, worker).run_once(wait_s=0)
+    assert result.outcome is Outcome.DEAD
+    (entry,) = [json.loads(raw) for raw in redis_client.lrange(dead_key(settings.queue_key), 0, -1)]
+    assert entry["error_type"] == "InvalidJob" and entry["permanent"] is True
+    assert "over MAX_MESSAGE_BYTES=65536" in entry["error"]

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import pytest
 import redis
-from support import REPO_ROOT, runner_env, wait_for
+from pydantic import SecretStr
+from support import REPO_ROOT, leases_expired, runner_env, wait_for
 
 from function.clients import s3_client
 from function.config import Settings, load_settings
 from function.runner import Outcome, Runner
 from workbench import sample_song
-from workbench.local_services import LocalServices
+from workbench.local_services import LocalServices, RedisServer
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,9 @@ def fault_settings(own_services: LocalServices, model_repo: Path) -> Settings:
     client = redis.Redis.from_url(own_services.env()["REDIS_URL"])
     client.flushdb()
     client.close()
-    return load_settings(**{k.lower(): v for k, v in own_services.env().items()}, demucs_model="tiny",
+    # `micro`: these tests are about the dependencies, so the separation is the cheapest real one (a 30 s song in a
+    # few CPU-seconds) and how long a run takes does not depend on how busy the host is.
+    return load_settings(**{k.lower(): v for k, v in own_services.env().items()}, demucs_model="micro",
                          demucs_repo=str(model_repo), demucs_device="cpu", demucs_shifts=0, demucs_threads=1,
                          redis_timeout_s=1, s3_timeout_s=2, lease_seconds=3, orphan_grace_seconds=0,
                          claim_wait_seconds=1, max_attempts=3)
@@ -76,7 +79,8 @@ def runner_process(settings: Settings, **extra: str) -> subprocess.Popen:
 
 
 def rescue(settings: Settings) -> None:
-    """What the reaper CronJob and the next pod do: reap (twice: mark, then requeue), then run the job."""
+    """What the reaper CronJob and the next pod do: reap (twice: an expired lease is requeued at once, a message
+    that never had one is marked, then requeued), then run the job."""
     runner = Runner(settings)
     runner.reap()
     runner.reap()
@@ -95,11 +99,36 @@ def test_redis_restart_mid_job_loses_nothing(fault_settings, own_services, long_
     assert process.returncode == 1, output  # infrastructure failed; the message must still be safe
     own_services.redis.start()
     assert client.lrange("toWorker:processing", 0, -1) == [b"rr1"]  # survived the restart (append-only file)
-    wait_for(lambda: not client.keys("toWorker:lease:*"), 10, "the lease to expire")
+    wait_for(lambda: leases_expired(client), 10, "the lease to expire")
     rescue(fault_settings)
     assert state(client, "rr1") == "done" and client.hget("status:rr1", "attempts") == b"2"
     assert len(stems_present(fault_settings, "rr1")) == 4
     assert client.llen("toWorker") == client.llen("toWorker:processing") == client.llen("toWorker:dead") == 0
+
+
+def test_redis_without_persistence_loses_the_list_and_fences_the_running_job(fault_settings, own_services, long_song,
+                                                                            tmp_path):
+    """What Redis promises without an append-only file: a restart loses everything in it, the queue included.
+    The runner in the middle of a job finds its lease gone and stops: no status written into the empty Redis."""
+    lossy = RedisServer(tmp_path, persistent=False).start()
+    try:
+        settings = fault_settings.model_copy(update={"redis_url": SecretStr(lossy.url)})
+        client = redis.Redis.from_url(lossy.url)
+        put_song(settings, "np1", long_song)
+        client.rpush("toWorker", "np1", "np2")
+        results = []
+        thread = threading.Thread(target=lambda: results.append(Runner(settings).run_once(wait_s=1)))
+        thread.start()
+        wait_for(lambda: state(client, "np1") == "separating", 60, "separation to start")
+        lossy.stop()
+        lossy.start()
+        thread.join(timeout=120)
+        assert [result.outcome for result in results] == [Outcome.LOST]
+        assert client.llen("toWorker") == 0  # np2 was never run: the list itself is lost
+        assert client.llen("toWorker:processing") == 0 and client.zcard("toWorker:leases") == 0
+        assert not client.exists("status:np1", "status:np2")
+    finally:
+        lossy.stop()
 
 
 def test_s3_restart_mid_job_requeues_then_completes(fault_settings, own_services, long_song):
@@ -118,6 +147,25 @@ def test_s3_restart_mid_job_requeues_then_completes(fault_settings, own_services
     rescue(fault_settings)
     assert state(client, "s3r") == "done" and client.hget("status:s3r", "attempts") == b"2"
     assert len(stems_present(fault_settings, "s3r")) == 4
+
+
+def test_job_started_while_s3_is_still_starting_completes(fault_settings, own_services, song):
+    """Right after a restart SeaweedFS refuses connections, then answers object reads with 500 ("volume not
+    found") for seconds and holds the first writes: the worker's retries ride that out. S3_TIMEOUT_S is the
+    default here, since a held write completes once the store is up."""
+    client = redis.Redis.from_url(fault_settings.redis_connection_url)
+    put_song(fault_settings, "s3boot", song)
+    client.rpush("toWorker", "s3boot")
+    settings = fault_settings.model_copy(update={"s3_timeout_s": 30.0})
+    assert own_services.s3 is not None
+    own_services.s3.stop()
+    own_services.s3.start(wait=False)  # the job starts while the store is still coming up
+    try:
+        result = Runner(settings).run_once(wait_s=1)
+    finally:
+        own_services.s3.wait_ready()
+    assert result.outcome is Outcome.DONE, result
+    assert state(client, "s3boot") == "done" and len(stems_present(fault_settings, "s3boot")) == 4
 
 
 def test_s3_down_for_good_ends_dead_lettered_with_the_reason(fault_settings, own_services, song):

