@@ -24,6 +24,7 @@ from function.config import Settings, get_settings
 from function.errors import InvalidJob, StemworkerError, Transient, UnprocessableInput
 from function.keys import status_key
 from function.messages import Job, event_id_or_none, job_from_event, job_id_or_none, save_event
+from function.outputs import publish, published_names
 from function.status import EventLog, State, StatusRecord
 from function.storage import CONTENT_TYPES, ObjectStore, input_key, output_key
 
@@ -61,7 +62,8 @@ class Worker:
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="stemworker")
 
     def status_for(self, job_id: str) -> StatusRecord:
-        return StatusRecord(self.redis, status_key(self.settings.status_key, job_id), self.settings.status_ttl_s)
+        return StatusRecord(self.redis, status_key(self.settings.status_key, job_id), self.settings.status_ttl_s,
+                            self.settings.state_fields)
 
     def handle(self, event: CloudEvent) -> dict[str, Any]:
         """Separate the song the event names; raises a StemworkerError subclass on failure."""
@@ -78,8 +80,11 @@ class Worker:
         except InvalidJob as err:
             self._reject(event, err, attempt)
             raise
+        for note in job.notes:
+            self.events.info(f"job {job.id}: {note}")
         status = self.status_for(job.id)
-        status.start(model=job.model, format=job.format, attempts=attempt, event_id=job.event_id)
+        status.start(model=job.model, model_requested=job.model_requested or job.model, format=job.format,
+                     attempts=attempt, event_id=job.event_id)
         try:
             result = self._separate(job, status, attempt, started)
         except StemworkerError as err:
@@ -121,18 +126,20 @@ class Worker:
         s = self.settings
         timings: dict[str, float] = {}
         model_loading = self._pool.submit(separation.get_separator, job.model, s)
-        source_key = input_key(s.input_key, job.id)
+        source_bucket = job.input_bucket or s.input_bucket
+        source_key = job.input_key or input_key(s.input_key, job.id)
         with tempfile.TemporaryDirectory(prefix=f"stemworker-{job.id}-") as tmp:
             status.update(State.DOWNLOADING)
             tick = time.monotonic()
-            size = self.store.download(s.input_bucket, source_key, Path(tmp) / "input", s.max_input_bytes)
+            size = self.store.download(source_bucket, source_key, Path(tmp) / "input", s.max_input_bytes)
             timings["download"] = time.monotonic() - tick
-            self.events.info(f"job {job.id}: downloaded {s.input_bucket}/{source_key} ({size} bytes)")
+            self.events.info(f"job {job.id}: downloaded {source_bucket}/{source_key} ({size} bytes)")
             separator = model_loading.result()
             wanted = job.stems or ((job.two_stems,) if job.two_stems else ())
             missing = [name for name in wanted if name not in separator.model.sources]
             if missing:
-                raise UnprocessableInput(f"model {job.model} has no stems {missing}")
+                raise UnprocessableInput(f"model {job.model} has no stems {missing}; "
+                                         f"its stems are {list(separator.model.sources)}")
             tick = time.monotonic()
             wav = audio.decode(Path(tmp) / "input", separator.samplerate, separator.audio_channels,
                                s.max_duration_seconds)
@@ -165,6 +172,7 @@ class Worker:
             "id": job.id,
             "state": State.DONE.value,
             "model": job.model,
+            "model_requested": job.model_requested or job.model,
             "format": job.format,
             "device": device,
             "attempt": attempt,
@@ -176,12 +184,11 @@ class Worker:
     def _store_stems(self, job: Job, stems: dict[str, audio.StemFile], tmp: Path,
                      samplerate: int) -> dict[str, Any]:
         """Encode (chunk by chunk, from each stem's raw file) and upload every stem concurrently; returns
-        stem -> {bucket, key}."""
+        stem -> {bucket, key} (plus `keys` when STEM_ALIASES gives it several names)."""
         s = self.settings
         self.store.ensure_bucket(s.output_bucket)
 
-        def encode_and_upload(stem: str, raw: audio.StemFile) -> tuple[str, dict[str, str]]:
-            name = s.stem_aliases.get(stem, stem)
+        def encode_and_upload(stem: str, raw: audio.StemFile) -> tuple[str, dict[str, Any]]:
             path = tmp / f"{stem}.{job.format}"
             try:
                 audio.encode_file(raw, path, samplerate, s.mp3_bitrate, s.mp3_preset)
@@ -189,11 +196,12 @@ class Worker:
                 raise Transient(f"cannot write stem {stem} to the temp dir: {err}") from None
             finally:
                 raw.unlink()
-            key = output_key(s.output_key, job.id, name, job.format, job.model)
-            self.store.upload(s.output_bucket, key, path, CONTENT_TYPES[job.format])
+            keys = [output_key(s.output_key, job.id, name, job.format, job.model)
+                    for name in published_names(s.stem_aliases, stem)]
+            entry = publish(self.store, s.output_bucket, keys, path, CONTENT_TYPES[job.format])
             path.unlink()
-            self.events.info(f"job {job.id}: uploaded {stem} to {s.output_bucket}/{key}")
-            return stem, {"bucket": s.output_bucket, "key": key}
+            self.events.info(f"job {job.id}: uploaded {stem} to {s.output_bucket}/{', '.join(keys)}")
+            return stem, entry
 
         futures = [self._pool.submit(encode_and_upload, stem, raw) for stem, raw in stems.items()]
         return dict(future.result() for future in futures)

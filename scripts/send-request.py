@@ -6,6 +6,14 @@
     python scripts/send-request.py --print-event --no-push > ev.json   # upload only; ev.json is ready to replay
     python scripts/send-request.py --no-upload --id gone         # a job whose input is missing (fails for good)
 
+Shapes other REST tiers send (docs/rest-tiers.md has one example per variant):
+
+    python scripts/send-request.py --push lpush --id-field hash  # LPUSH {"hash": ...}
+    python scripts/send-request.py --bucket uploads --key 'songs/{id}.mp3'   # the message names its input
+    python scripts/send-request.py --empty-callback object       # "callback": {} (also null, string, array)
+    python scripts/send-request.py --model default               # a model name the tier made up
+    python scripts/send-request.py --no-status --tier-field status=queued   # the tier's own status fields
+
 The worker's environment variables say where Redis and S3 are (REDIS_URL, MINIO_ENDPOINT, MINIO_ACCESS_KEY,
 MINIO_SECRET_KEY, INPUT_BUCKET, QUEUE_KEY, ...). `--count N` uploads the song once and makes N-1 server-side
 copies (S3 copy_object), one per job id. Each job's status hash is set to `queued` before its message is pushed.
@@ -41,6 +49,9 @@ from workbench import sample_song
 
 FORMS = ("bare", "json", "cloudevent")
 FINAL = {State.DONE.value, State.FAILED.value}
+ID_FIELDS = ("songhash", "hash", "id")
+# What tiers send to mean "no callback".
+EMPTY_CALLBACKS: dict[str, Any] = {"object": {}, "null": None, "string": "", "array": []}
 
 
 def _env_flag(name: str) -> bool:
@@ -62,9 +73,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default=env("JOB_MODEL"), help="model name (env JOB_MODEL)")
     parser.add_argument("--callback", default=env("JOB_CALLBACK"), help="webhook URL (env JOB_CALLBACK)")
     parser.add_argument("--stems", default=env("JOB_STEMS"), help=f"comma list from {','.join(STEMS)} (env JOB_STEMS)")
-    parser.add_argument("--two-stems", choices=STEMS, default=env("JOB_TWO_STEMS"),
-                        help="one stem and the rest mixed (env JOB_TWO_STEMS)")
+    parser.add_argument("--two-stems", default=env("JOB_TWO_STEMS"),
+                        help="one stem and the rest mixed, e.g. vocals or guitar (env JOB_TWO_STEMS)")
     parser.add_argument("--format", choices=FORMATS, default=env("JOB_FORMAT"), help="stem format (env JOB_FORMAT)")
+    parser.add_argument("--push", choices=("lpush", "rpush"), default=env("PUSH"),
+                        help="LPUSH or RPUSH the messages (env PUSH; default: the end QUEUE_POP takes last, FIFO)")
+    parser.add_argument("--id-field", choices=ID_FIELDS, default=env("ID_FIELD", "songhash"),
+                        help="field carrying the id in a JSON message (env ID_FIELD, default songhash)")
+    parser.add_argument("--bucket", default=env("JOB_BUCKET"),
+                        help="upload to this bucket and name it in the message (env JOB_BUCKET)")
+    parser.add_argument("--key", default=env("JOB_KEY"),
+                        help="upload under this key ({id} is replaced) and name it in the message (env JOB_KEY)")
+    parser.add_argument("--empty-callback", choices=sorted(EMPTY_CALLBACKS), default=env("JOB_EMPTY_CALLBACK"),
+                        help='an empty callback: {} (object), null, "" (string) or [] (array) (env JOB_EMPTY_CALLBACK)')
+    parser.add_argument("--tier-field", action="append", default=_env_list("TIER_FIELDS"), metavar="NAME=VALUE",
+                        help="a field the tier keeps in the status hash, written before the push "
+                             "(repeatable; env TIER_FIELDS, comma-separated)")
+    parser.add_argument("--no-status", action="store_true", default=_env_flag("NO_STATUS"),
+                        help="write no `queued` status record (a tier that keeps only its own fields; env NO_STATUS=1)")
     parser.add_argument("--count", type=int, default=int(env("COUNT", "1")),
                         help="number of distinct jobs to push (env COUNT, default 1)")
     parser.add_argument("--wait", action="store_true", default=_env_flag("WAIT"),
@@ -80,18 +106,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be at least 1")
-    extras = [name for name in ("model", "callback", "stems", "two_stems", "format") if getattr(args, name)]
-    if args.form == "bare" and extras:
-        parser.error(f"a bare id message carries only the id; drop {extras} or use --form json")
+    extras = [name for name in ("model", "callback", "stems", "two_stems", "format", "bucket", "key", "empty_callback")
+              if getattr(args, name)]
+    if args.form == "bare" and (extras or args.id_field != "songhash"):
+        parser.error(f"a bare id message carries only the id; drop {extras or ['id_field']} or use --form json")
+    if args.callback and args.empty_callback:
+        parser.error("--callback and --empty-callback exclude each other")
+    for field in args.tier_field:
+        if "=" not in field or not field.split("=", 1)[0].strip():
+            parser.error(f"--tier-field expects NAME=VALUE, got {field!r}")
     return args
 
 
+def _env_list(name: str) -> list[str]:
+    return [part.strip() for part in os.environ.get(name, "").split(",") if part.strip()]
+
+
 def job_body(job_id: str, args: argparse.Namespace) -> dict[str, Any]:
-    body: dict[str, Any] = {"songhash": job_id}
+    body: dict[str, Any] = {args.id_field: job_id}
     if args.model:
         body["model"] = args.model
+    if args.bucket:
+        body["bucket"] = args.bucket
+    if args.key:
+        body["key"] = object_key(args, job_id)
     if args.callback:
         body["callback"] = args.callback
+    if args.empty_callback:
+        body["callback"] = EMPTY_CALLBACKS[args.empty_callback]
     if args.stems:
         body["stems"] = [stem.strip() for stem in args.stems.split(",") if stem.strip()]
     if args.two_stems:
@@ -110,26 +152,45 @@ def message_for(job_id: str, args: argparse.Namespace) -> str:
     return event_json(new_event(job_body(job_id, args)))
 
 
-def upload(settings: Settings, song: bytes, ids: list[str]) -> None:
-    """Put the song under the first id's key, then copy it server-side to every other id's key."""
+def object_key(args: argparse.Namespace, job_id: str) -> str:
+    """The input key of `job_id`: --key with {id} replaced, else the worker's INPUT_KEY."""
+    return args.key.replace("{id}", job_id) if args.key else ""
+
+
+def input_location(settings: Settings, args: argparse.Namespace, job_id: str) -> tuple[str, str]:
+    """(bucket, key) the song of `job_id` is uploaded to: --bucket/--key, else INPUT_BUCKET/INPUT_KEY."""
+    return args.bucket or settings.input_bucket, object_key(args, job_id) or input_key(settings.input_key, job_id)
+
+
+def upload(settings: Settings, song: bytes, ids: list[str], args: argparse.Namespace) -> tuple[str, str]:
+    """Put the song under the first id's key, then copy it server-side to every other id's key; returns where
+    the first went."""
     store = ObjectStore(s3_client(settings))
-    store.ensure_bucket(settings.input_bucket)
-    first = input_key(settings.input_key, ids[0])
-    store.put_bytes(settings.input_bucket, first, song, "audio/mpeg")
+    bucket, first = input_location(settings, args, ids[0])
+    store.ensure_bucket(bucket)
+    store.put_bytes(bucket, first, song, "audio/mpeg")
     for job_id in ids[1:]:
-        store.copy(settings.input_bucket, first, input_key(settings.input_key, job_id))
+        key = input_location(settings, args, job_id)[1]
+        if key != first:
+            store.copy(bucket, first, key)
+    return bucket, first
 
 
-def push(client: redis.Redis, settings: Settings, ids: list[str], messages: list[str]) -> None:
-    """Mark each job queued, then push every message in one round trip (at the tail the runner pops last)."""
+def push(client: redis.Redis, settings: Settings, ids: list[str], messages: list[str],
+         args: argparse.Namespace | None = None) -> None:
+    """Mark each job queued (unless --no-status) and write the tier's own status fields, then push every message
+    in one round trip: RPUSH when the runner pops left (FIFO), LPUSH when it pops right, or as --push says."""
+    side = getattr(args, "push", None) or ("rpush" if settings.queue_pop == "left" else "lpush")
+    tier_fields = dict(field.split("=", 1) for field in getattr(args, "tier_field", None) or [])
     for job_id in ids:
-        StatusRecord(client, status_key(settings.status_key, job_id), settings.status_ttl_s).start()
+        key = status_key(settings.status_key, job_id)
+        if not getattr(args, "no_status", False):
+            StatusRecord(client, key, settings.status_ttl_s, settings.state_fields).start()
+        if tier_fields:
+            client.hset(key, mapping=tier_fields)
     with client.pipeline(transaction=False) as pipe:
         for message in messages:
-            if settings.queue_pop == "left":
-                pipe.rpush(settings.queue_key, message)
-            else:
-                pipe.lpush(settings.queue_key, message)
+            (pipe.rpush if side == "rpush" else pipe.lpush)(settings.queue_key, message)
         pipe.execute()
 
 
@@ -141,7 +202,7 @@ def follow(client: redis.Redis, settings: Settings, ids: list[str], timeout_s: f
         for job_id in ids:
             raw = client.hgetall(status_key(settings.status_key, job_id))
             record = {k.decode(): v.decode() for k, v in raw.items()}
-            now = (record.get("state", "unknown"), record.get("progress", ""))
+            now = (record.get(settings.state_fields[0], "unknown"), record.get("progress", ""))
             if seen.get(job_id) != now:
                 seen[job_id] = now
                 detail = record.get("error", "") if now[0] == State.FAILED.value else f"{now[1]}%"
@@ -172,15 +233,16 @@ def main(argv: list[str] | None = None) -> int:
     client = redis.Redis.from_url(settings.redis_connection_url, socket_timeout=settings.redis_timeout_s)
     try:
         if not args.no_upload:
-            upload(settings, song, ids)
-            print(f"uploaded {len(song)} bytes to {settings.input_bucket}/{input_key(settings.input_key, ids[0])}"
-                  + (f" and copied it to {len(ids) - 1} more key(s)" if len(ids) > 1 else ""), file=sys.stderr)
+            bucket, first = upload(settings, song, ids, args)
+            copies = len({input_location(settings, args, job_id)[1] for job_id in ids}) - 1
+            print(f"uploaded {len(song)} bytes to {bucket}/{first}"
+                  + (f" and copied it to {copies} more key(s)" if copies else ""), file=sys.stderr)
         if args.print_event:
             for event in events:
                 print(event_json(event), flush=True)
         if args.no_push:
             return 0
-        push(client, settings, ids, messages)
+        push(client, settings, ids, messages, args)
         print(f"pushed {len(ids)} {args.form} message(s) onto {settings.queue_key}: {ids[0]}"
               + (f" .. {ids[-1]}" if len(ids) > 1 else ""), file=sys.stderr)
         return follow(client, settings, ids, args.timeout_s) if args.wait else 0
