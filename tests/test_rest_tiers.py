@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis
 from rest_tier import Tier, TierClient
 
 from function.runner import Outcome, Runner
@@ -167,9 +168,11 @@ class CommandLog(threading.Thread):
 
     STOP = "stemworker-test-monitor-stop"
 
-    def __init__(self, redis_client) -> None:
+    def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
-        self.client = redis_client
+        self.url = url
+        # A connection of its own that waits as long as the job takes (MONITOR is quiet while a model runs).
+        self.client = redis.Redis.from_url(url, socket_timeout=None)
         self.commands: list[str] = []
         self.ready = threading.Event()
 
@@ -187,8 +190,10 @@ class CommandLog(threading.Thread):
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.client.echo(self.STOP)
+        with redis.Redis.from_url(self.url) as other:
+            other.echo(self.STOP)
         self.join(10)
+        self.client.close()
 
 
 def test_a_tiers_status_field_shows_our_state_and_its_fields_survive(make_settings, redis_client, s3, short_song):
@@ -204,7 +209,7 @@ def test_a_tiers_status_field_shows_our_state_and_its_fields_survive(make_settin
                                                                                       "My Song.mp3", "42")
     assert "error" in record and redis_client.ttl(key) == -1  # the tier's hash keeps no expiry of ours
     # The tier submits again: a fresh run clears only the worker's own fields (the old error goes).
-    with CommandLog(redis_client) as commands:
+    with CommandLog(settings.redis_connection_url) as commands:
         client.submit("own1", short_song)
         assert run(settings).outcome == Outcome.DONE
     record = client.record("own1")
