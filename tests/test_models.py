@@ -24,17 +24,9 @@ from function.core import Worker
 from function.errors import UnprocessableInput
 from function.messages import event_from_message
 from workbench import sample_song
-from workbench.model_repo import PRETRAINED_NAMES, SIX_SOURCES, write_standin
+from workbench.model_repo import PRETRAINED_NAMES, SIX_SOURCES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def standin_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("pretrained-standins")
-    for name in PRETRAINED_NAMES:
-        write_standin(repo, name)
-    return repo
 
 
 @pytest.fixture(scope="module")
