@@ -35,6 +35,18 @@ RUN --mount=type=secret,id=pip.conf \
     if [ -s /run/secrets/pip.conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip.conf; fi; \
     pip install ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "$TORCH_SPEC"
 
+# diffq (it loads the DiffQ-quantized models mdx_q and mdx_extra_q) is published as a source distribution only:
+# pip compiles its Cython extension, which needs a C compiler and the Python headers (python:3.11-slim ships the
+# headers, a Debian python3 needs python3-dev). They stay in this stage: the runtime stage copies only the venv.
+# An offline build can pass --build-arg BUILD_DEPS= and a prebuilt diffq wheel through pip-find-links.
+ARG BUILD_DEPS="gcc libc6-dev"
+RUN if [ -n "$BUILD_DEPS" ]; then \
+        headers=$(python3 -c 'import os, sysconfig; print(os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'); \
+        apt-get update \
+        && apt-get install -y --no-install-recommends $BUILD_DEPS $([ "$headers" = True ] || echo python3-dev) \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
+
 WORKDIR /src
 COPY pyproject.toml README.md* ./
 COPY function ./function

@@ -6,6 +6,7 @@ A bad value fails at start with that variable's name; nothing is re-read per job
 
 from __future__ import annotations
 
+import ipaddress
 import string
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +30,19 @@ def _split_commas(value: object) -> object:
     if isinstance(value, str):
         return tuple(part.strip() for part in value.split(",") if part.strip())
     return value
+
+
+def _pairs(value: object, example: str) -> object:
+    """`a:b, c:d` -> {"a": "b", "c": "d"}; anything but a string is left to pydantic."""
+    if not isinstance(value, str):
+        return value
+    pairs: dict[str, str] = {}
+    for pair in _split_commas(value):  # type: ignore[union-attr]
+        key, sep, target = pair.partition(":")
+        if not sep or not key.strip() or not target.strip():
+            raise ValueError(f"expected pairs like {example!r}, got {pair!r}")
+        pairs[key.strip()] = target.strip()
+    return pairs
 
 
 def _check_template(name: str, template: str, allowed: set[str]) -> str:
@@ -77,11 +91,20 @@ class Settings(BaseSettings):
     input_key: str = "{id}.mp3"
     output_bucket: str = "output"
     output_key: str = "{id}-{stem}.{ext}"
+    # stem:name[+name...]: the stem is uploaded under the first name and server-side copied to the others.
     stem_aliases: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # Buckets a message may name in its own `bucket` field (INPUT_BUCKET is always one of them).
+    input_buckets: CommaList = ()
+    # Names the job's state is written under in the status hash (a REST tier may read `status`).
+    state_fields: CommaList = ("state",)
 
     # DEMUCS
     demucs_model: str = "htdemucs"
     demucs_models: CommaList = ()
+    # name:model pairs: a message asking for `name` runs `model` (an allowed model).
+    model_aliases: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # A model name that is neither allowed nor aliased: reject the job, or run DEMUCS_MODEL instead.
+    unknown_model: Literal["reject", "default"] = "reject"
     demucs_repo: Path | None = None
     demucs_device: str = "auto"
     demucs_shifts: int = Field(1, ge=0, le=20)
@@ -145,15 +168,26 @@ class Settings(BaseSettings):
     callback_attempts: int = Field(3, ge=1, le=10)
     callback_total_s: float = Field(30.0, gt=0)
 
-    @field_validator("demucs_models", mode="before")
+    @field_validator("demucs_models", "input_buckets", "state_fields", mode="before")
     @classmethod
-    def _models_list(cls, value: object) -> object:
+    def _comma_lists(cls, value: object) -> object:
         return _split_commas(value)
 
     @field_validator("callback_allow_hosts", mode="before")
     @classmethod
     def _allow_hosts_list(cls, value: object) -> object:
         return _split_commas(value)
+
+    @field_validator("callback_allow_hosts")
+    @classmethod
+    def _allow_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            if "/" in entry:
+                try:
+                    ipaddress.ip_network(entry.strip("[]"))
+                except ValueError as err:
+                    raise ValueError(f"{entry!r} is not an IP network in CIDR form (e.g. 10.0.0.0/8): {err}") from None
+        return value
 
     @field_validator("webhook_secret")
     @classmethod
@@ -165,15 +199,12 @@ class Settings(BaseSettings):
     @field_validator("stem_aliases", mode="before")
     @classmethod
     def _aliases(cls, value: object) -> object:
-        if not isinstance(value, str):
-            return value
-        aliases: dict[str, str] = {}
-        for pair in _split_commas(value):  # type: ignore[union-attr]
-            stem, sep, alias = pair.partition(":")
-            if not sep or not stem.strip() or not alias.strip():
-                raise ValueError(f"expected pairs like 'bass:base', got {pair!r}")
-            aliases[stem.strip()] = alias.strip()
-        return aliases
+        return _pairs(value, "bass:base")
+
+    @field_validator("model_aliases", mode="before")
+    @classmethod
+    def _model_aliases(cls, value: object) -> object:
+        return _pairs(value, "default:htdemucs")
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -198,15 +229,31 @@ class Settings(BaseSettings):
             raise ValueError(f"INPUT_KEY {self.input_key!r} must contain {{id}}")
         if "{id}" not in self.output_key or "{stem}" not in self.output_key:
             raise ValueError(f"OUTPUT_KEY {self.output_key!r} must contain {{id}} and {{stem}}")
-        for alias in self.stem_aliases.values():
-            if not alias.replace("_", "").replace("-", "").isalnum():
-                raise ValueError(f"STEM_ALIASES alias {alias!r} must be letters, digits, '_' or '-'")
+        for aliases in self.stem_aliases.values():
+            for alias in aliases.split("+"):
+                if not alias.replace("_", "").replace("-", "").isalnum():
+                    raise ValueError(f"STEM_ALIASES alias {alias!r} must be letters, digits, '_' or '-' "
+                                     "(several names joined with '+')")
+        for name, target in self.model_aliases.items():
+            if target not in self.allowed_models:
+                raise ValueError(f"MODEL_ALIASES maps {name!r} to {target!r}, which is not an allowed model; "
+                                 f"allowed (DEMUCS_MODEL and DEMUCS_MODELS): {sorted(self.allowed_models)}")
+        if not self.state_fields:
+            raise ValueError("STATE_FIELDS must name at least one field")
+        for name in self.state_fields:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"STATE_FIELDS field {name!r} must be letters, digits, '_' or '-'")
         return self
 
     @property
     def allowed_models(self) -> frozenset[str]:
         """The models a job may ask for; the default model is always allowed."""
         return frozenset((self.demucs_model, *self.demucs_models))
+
+    @property
+    def allowed_input_buckets(self) -> frozenset[str]:
+        """The buckets a message may name; INPUT_BUCKET is always one."""
+        return frozenset((self.input_bucket, *self.input_buckets))
 
     @property
     def redis_connection_url(self) -> str:

@@ -28,6 +28,7 @@ from function.errors import InvalidJob, StemworkerError, Transient, Unprocessabl
 from function.keys import status_key
 from function.messages import Job, event_id_or_none, job_from_event, job_id_or_none, save_event
 from function.metrics import Recorder
+from function.outputs import publish, published_names
 from function.status import EventLog, State, StatusRecord
 from function.storage import CONTENT_TYPES, ObjectStore, input_key, output_key
 
@@ -74,8 +75,8 @@ class Worker:
     def status_for(self, job_id: str) -> StatusRecord:
         key = status_key(self.settings.status_key, job_id)
         if self.fence is not None:
-            return self.fence.status_record(self.redis, key, self.settings.status_ttl_s)
-        return StatusRecord(self.redis, key, self.settings.status_ttl_s)
+            return self.fence.status_record(self.redis, key, self.settings.status_ttl_s, self.settings.state_fields)
+        return StatusRecord(self.redis, key, self.settings.status_ttl_s, self.settings.state_fields)
 
     def handle(self, event: CloudEvent) -> dict[str, Any]:
         """Separate the song the event names; raises a StemworkerError subclass on failure."""
@@ -93,8 +94,11 @@ class Worker:
         except InvalidJob as err:
             self._reject(event, err, attempt)
             raise
+        for note in job.notes:
+            self.events.info(f"job {job.id}: {note}")
         status = self.status_for(job.id)
-        status.start(model=job.model, format=job.format, attempts=attempt, event_id=job.event_id)
+        status.start(model=job.model, model_requested=job.model_requested or job.model, format=job.format,
+                     attempts=attempt, event_id=job.event_id)
         self.metrics.job_started(job.id)
         try:
             result = self._separate(job, status, attempt, started)
@@ -140,14 +144,15 @@ class Worker:
         s = self.settings
         timings: dict[str, float] = {}
         model_loading = self._pool.submit(separation.get_separator, job.model, s)
-        source_key = input_key(s.input_key, job.id)
+        source_bucket = job.input_bucket or s.input_bucket
+        source_key = job.input_key or input_key(s.input_key, job.id)
         with tempfile.TemporaryDirectory(prefix=f"stemworker-{job.id}-") as tmp, contextlib.ExitStack() as cleanup:
             status.update(State.DOWNLOADING)
             tick = time.monotonic()
             sha256 = hashlib.sha256()  # fed as the input streams in: the cache key and the seed cost no extra read
-            size = self.store.download(s.input_bucket, source_key, Path(tmp) / "input", s.max_input_bytes, sha256)
+            size = self.store.download(source_bucket, source_key, Path(tmp) / "input", s.max_input_bytes, sha256)
             timings["download"] = time.monotonic() - tick
-            self.events.info(f"job {job.id}: downloaded {s.input_bucket}/{source_key} ({size} bytes)",
+            self.events.info(f"job {job.id}: downloaded {source_bucket}/{source_key} ({size} bytes)",
                              stage="downloading")
             device = separation.resolve_device(s.demucs_device)
             tick = time.monotonic()
@@ -161,7 +166,8 @@ class Worker:
             wanted = job.stems or ((job.two_stems,) if job.two_stems else ())
             missing = [name for name in wanted if name not in separator.model.sources]
             if missing:
-                raise UnprocessableInput(f"model {job.model} has no stems {missing}")
+                raise UnprocessableInput(f"model {job.model} has no stems {missing}; "
+                                         f"its stems are {list(separator.model.sources)}")
             tick = time.monotonic()
             wav = audio.decode(Path(tmp) / "input", separator.samplerate, separator.audio_channels,
                                s.max_duration_seconds)
@@ -197,6 +203,7 @@ class Worker:
             "id": job.id,
             "state": State.DONE.value,
             "model": job.model,
+            "model_requested": job.model_requested or job.model,
             "format": job.format,
             "device": device,
             "attempt": attempt,
@@ -208,12 +215,11 @@ class Worker:
     def _store_stems(self, job: Job, stems: dict[str, audio.StemFile], tmp: Path,
                      samplerate: int) -> dict[str, Any]:
         """Encode (chunk by chunk, from each stem's raw file) and upload every stem concurrently; returns
-        stem -> {bucket, key}."""
+        stem -> {bucket, key} (plus `keys` when STEM_ALIASES gives it several names)."""
         s = self.settings
         self.store.ensure_bucket(s.output_bucket)
 
-        def encode_and_upload(stem: str, raw: audio.StemFile) -> tuple[str, dict[str, str]]:
-            name = s.stem_aliases.get(stem, stem)
+        def encode_and_upload(stem: str, raw: audio.StemFile) -> tuple[str, dict[str, Any]]:
             path = tmp / f"{stem}.{job.format}"
             try:
                 audio.encode_file(raw, path, samplerate, s.mp3_bitrate, s.mp3_preset)
@@ -221,11 +227,12 @@ class Worker:
                 raise Transient(f"cannot write stem {stem} to the temp dir: {err}") from None
             finally:
                 raw.unlink()
-            key = output_key(s.output_key, job.id, name, job.format, job.model)
-            self.store.upload(s.output_bucket, key, path, CONTENT_TYPES[job.format])
+            keys = [output_key(s.output_key, job.id, name, job.format, job.model)
+                    for name in published_names(s.stem_aliases, stem)]
+            entry = publish(self.store, s.output_bucket, keys, path, CONTENT_TYPES[job.format])
             path.unlink()
-            self.events.info(f"job {job.id}: uploaded {stem} to {s.output_bucket}/{key}", stage="uploading")
-            return stem, {"bucket": s.output_bucket, "key": key}
+            self.events.info(f"job {job.id}: uploaded {stem} to {s.output_bucket}/{', '.join(keys)}", stage="uploading")
+            return stem, entry
 
         futures = [self._pool.submit(encode_and_upload, stem, raw) for stem, raw in stems.items()]
         return dict(future.result() for future in futures)

@@ -19,14 +19,14 @@ from function.status import StatusRecord
 class FencedStatusRecord(StatusRecord):
     """A StatusRecord whose writes need the claim's lease; raises LeaseLost (a Transient) when it is gone."""
 
-    def __init__(self, client: redis.Redis, key: str, ttl_s: int, queue: WorkQueue, claim: Claim) -> None:
-        super().__init__(client, key, ttl_s)
+    def __init__(self, client: redis.Redis, key: str, ttl_s: int, state_fields: tuple[str, ...], queue: WorkQueue,
+                 claim: Claim) -> None:
+        super().__init__(client, key, ttl_s, state_fields)
         self._queue = queue
         self._claim = claim
 
-    def _write(self, fields: dict[str, object], fresh: bool = False) -> None:
-        mapping = {name: str(value) for name, value in fields.items() if value is not None}
-        self._queue.write_hash_if_leased(self._claim, self.key, mapping, self._ttl_s, fresh=fresh)
+    def _apply(self, cleared: list[str], pairs: list[str]) -> None:
+        self._queue.write_hash_if_leased(self._claim, self.key, self._ttl_s, cleared, pairs)
 
 
 @dataclass(frozen=True)
@@ -36,5 +36,5 @@ class Fence:
     queue: WorkQueue
     claim: Claim
 
-    def status_record(self, client: redis.Redis, key: str, ttl_s: int) -> StatusRecord:
-        return FencedStatusRecord(client, key, ttl_s, self.queue, self.claim)
+    def status_record(self, client: redis.Redis, key: str, ttl_s: int, state_fields: tuple[str, ...]) -> StatusRecord:
+        return FencedStatusRecord(client, key, ttl_s, state_fields, self.queue, self.claim)

@@ -3,7 +3,7 @@
 Wire forms accepted on the queue (and as CloudEvent `data`):
 - a bare track id, with or without JSON quotes: `3f9a...` or `"3f9a..."`;
 - a JSON object with the id under `songhash`, `hash` or `id`, plus optional `model`, `callback`, `stems`,
-  `two_stems` and `format`;
+  `two_stems`, `format`, `bucket` and `key` (function/tier.py reads `model`, `bucket` and `key`);
 - a structured-mode CloudEvent JSON whose `data` is either of the above (used as it is).
 
 Ids and every other field are validated here, and only here, before any I/O; so is MAX_MESSAGE_BYTES, which
@@ -31,8 +31,9 @@ from cloudevents.conversion import to_json
 from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_dict, from_http
 
-from function.config import FORMATS, STEMS, Settings
+from function.config import FORMATS, Settings
 from function.errors import InvalidJob
+from function.tier import input_location, resolve_model
 
 EVENT_REQUESTED = "io.stemworker.separation.requested"
 EVENT_COMPLETED = "io.stemworker.separation.completed"
@@ -41,6 +42,8 @@ EVENT_SOURCE = "urn:stemworker:queue"
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}", re.ASCII)
 ID_FIELDS = ("songhash", "hash", "id")
+# A stem name as a job may ask for it; which stems exist is the loaded model's business (core checks it).
+STEM_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
 # A CloudEvent id is logged and sent as the `webhook-id` header: printable ASCII, no spaces or line breaks.
 EVENT_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,256}", re.ASCII)
 
@@ -66,6 +69,10 @@ class Job:
     two_stems: str | None = None
     callback: Callback | None = None
     event_id: str = ""
+    model_requested: str = ""  # the model name the message asked for ("" when built in code)
+    input_bucket: str | None = None  # from the message; None: INPUT_BUCKET
+    input_key: str | None = None  # from the message; None: INPUT_KEY
+    notes: tuple[str, ...] = ()  # what the parser read leniently, for the job's info log lines
 
 
 def new_event(data: Any, event_id: str | None = None) -> CloudEvent:
@@ -85,8 +92,12 @@ def require_size(size: int, max_message_bytes: int, what: str = "message") -> No
         raise InvalidJob(f"{what} is {size} bytes, over MAX_MESSAGE_BYTES={max_message_bytes}")
 
 
-def event_from_message(raw: bytes | str, max_message_bytes: int) -> CloudEvent:
-    """Turn one queue message into the CloudEvent `handle` takes."""
+def event_from_message(raw: bytes | str, max_message_bytes: int, first_seen: str | None = None) -> CloudEvent:
+    """Turn one queue message into the CloudEvent `handle` takes.
+
+    `first_seen` (the time the queue first claimed this message, kept across its requeues) goes into the event
+    id, so every retry of one submission carries the same id and a second submission of the same bytes another.
+    """
     body = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     require_size(len(body), max_message_bytes)
     try:
@@ -96,8 +107,9 @@ def event_from_message(raw: bytes | str, max_message_bytes: int) -> CloudEvent:
     stripped = text.strip()
     if not stripped:
         raise InvalidJob("message is empty")
-    # The same message always gets the same event id, so a retried job keeps its id (receivers de-duplicate).
-    event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "stemworker:" + hashlib.sha256(body).hexdigest()))
+    # The id is the `webhook-id` receivers de-duplicate on: stable across retries, distinct across submissions.
+    seed = "stemworker:" + hashlib.sha256(body).hexdigest() + (f"@{first_seen}" if first_seen else "")
+    event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, seed))
     if ID_PATTERN.fullmatch(stripped) and not stripped.isdigit():
         # A bare id with no JSON quoting; all-digit text is a JSON number and is rejected as an id.
         return new_event(stripped, event_id)
@@ -178,16 +190,21 @@ def _decode_data(data: Any) -> Any:
     return data
 
 
-def _callback(raw: Any) -> Callback | None:
+def _callback(raw: Any) -> tuple[Callback | None, str | None]:
+    """The callback, or None with a note when the message carries none that can be used: tiers send `{}`, `[]`,
+    `null`, `""` or an object without a `url` to mean "no callback", and that never invalidates a job."""
     if raw is None:
-        return None
+        return None, None
+    if isinstance(raw, list) and not raw:  # PHP's json_encode writes an empty array for an empty map
+        return None, "callback [] is empty: no callback"
     if isinstance(raw, str):
-        return Callback(url=raw)
+        return (Callback(url=raw.strip()), None) if raw.strip() else (None, "empty callback: no callback")
     if isinstance(raw, dict):
         url = raw.get("url")
-        if not isinstance(url, str) or not url:
-            raise InvalidJob(f"callback.url must be a non-empty string, got {url!r}")
-        return Callback(url=url, data=raw.get("data"), has_data="data" in raw)
+        if not isinstance(url, str) or not url.strip():
+            shown = "{}" if not raw else f"an object whose url is {url!r}"[:120]
+            return None, f"callback {shown} has no usable url: no callback"
+        return Callback(url=url.strip(), data=raw.get("data"), has_data="data" in raw), None
     raise InvalidJob(f"callback must be a URL string or an object with 'url', got {type(raw).__name__}")
 
 
@@ -195,18 +212,18 @@ def _stems(raw: Any) -> tuple[str, ...] | None:
     if raw is None:
         return None
     if not isinstance(raw, list) or not raw or not all(isinstance(s, str) for s in raw):
-        raise InvalidJob(f"stems must be a non-empty list of names from {list(STEMS)}, got {raw!r}")
-    unknown = [s for s in raw if s not in STEMS]
-    if unknown:
-        raise InvalidJob(f"unknown stems {unknown!r}; expected a subset of {list(STEMS)}")
+        raise InvalidJob(f"stems must be a non-empty list of stem names, got {raw!r}"[:200])
+    bad = [s for s in raw if STEM_PATTERN.fullmatch(s) is None]
+    if bad:
+        raise InvalidJob(f"stem names must be 1-64 characters [A-Za-z0-9_-], got {bad!r}"[:200])
     return tuple(dict.fromkeys(raw))
 
 
 def _two_stems(raw: Any) -> str | None:
     if raw is None:
         return None
-    if not isinstance(raw, str) or raw not in STEMS:
-        raise InvalidJob(f"two_stems must be one of {list(STEMS)}, got {raw!r}")
+    if not isinstance(raw, str) or STEM_PATTERN.fullmatch(raw) is None:
+        raise InvalidJob(f"two_stems must be one stem name (1-64 characters [A-Za-z0-9_-]), got {raw!r}"[:200])
     return raw
 
 
@@ -235,16 +252,17 @@ def job_from_event(event: CloudEvent, settings: Settings) -> Job:
     require_size(data_size(event.data), settings.max_message_bytes, "event data")
     data = _decode_data(event.data)
     if isinstance(data, str):
-        return Job(id=require_job_id(data), model=settings.demucs_model, event_id=event_id)
+        return Job(id=require_job_id(data), model=settings.demucs_model, event_id=event_id,
+                   model_requested=settings.demucs_model)
     if not isinstance(data, dict):
         raise InvalidJob(f"job must be a track id string or a JSON object, got {type(data).__name__}")
     present = [name for name in ID_FIELDS if name in data]
     if not present:
         raise InvalidJob(f"job object has no id: expected one of {list(ID_FIELDS)}")
     job_id = require_job_id(data[present[0]])
-    model = data.get("model") or settings.demucs_model
-    if not isinstance(model, str) or model not in settings.allowed_models:
-        raise InvalidJob(f"model {model!r} is not allowed; allowed: {sorted(settings.allowed_models)}")
+    choice = resolve_model(data.get("model"), settings)
+    bucket, key = input_location(data, settings)
+    callback, callback_note = _callback(data.get("callback"))
     fmt = data.get("format") or "mp3"
     if not isinstance(fmt, str) or fmt.lower() not in FORMATS:
         raise InvalidJob(f"format must be one of {list(FORMATS)}, got {fmt!r}")
@@ -253,12 +271,16 @@ def job_from_event(event: CloudEvent, settings: Settings) -> Job:
         raise InvalidJob("stems and two_stems cannot be used together")
     return Job(
         id=job_id,
-        model=model,
+        model=choice.model,
         format=fmt.lower(),
         stems=stems,
         two_stems=two_stems,
-        callback=_callback(data.get("callback")),
+        callback=callback,
         event_id=event_id,
+        model_requested=choice.requested,
+        input_bucket=bucket,
+        input_key=key,
+        notes=tuple(note for note in (choice.note, callback_note) if note),
     )
 
 

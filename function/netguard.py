@@ -163,7 +163,8 @@ def vet_url(
     Refused: a scheme other than http/https, a URL over MAX_URL_CHARS or with control characters, spaces or
     backslashes, no host, a host that does not resolve, and a host with any address that `refusal` rejects
     (a name that mixes public and internal answers is refused as a whole). A host listed in `allow_hosts`
-    skips the address policy but is still resolved once and pinned.
+    skips the address policy but is still resolved once and pinned; so does a host whose resolved addresses
+    all fall inside one network (CIDR form, e.g. `10.0.0.0/8` or `127.0.0.1/32`) listed there.
     """
     if not isinstance(url, str) or len(url) > MAX_URL_CHARS:
         raise Refused(f"URL must be a string of at most {MAX_URL_CHARS} characters")
@@ -182,7 +183,7 @@ def vet_url(
         raise Refused("URL has no host")
     port = parts.port or SCHEMES[scheme]
     addresses = resolver(host, port, resolve_timeout_s)
-    if not _allowed_host(host, allow_hosts):
+    if not _allowed_host(host, allow_hosts) and not inside_allowed_network(addresses, allow_hosts):
         for ip in addresses:
             why = refusal(ip, private_allowed)
             if why:
@@ -206,6 +207,31 @@ def _allowed_host(host: str, allow_hosts: Iterable[str]) -> bool:
         except ValueError:
             continue
     return False
+
+
+def allowed_networks(allow_hosts: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The entries of `allow_hosts` in CIDR form (those with a '/'); Settings has already refused bad ones."""
+    networks = []
+    for entry in allow_hosts:
+        if "/" in entry:
+            try:
+                networks.append(ipaddress.ip_network(entry.strip().strip("[]")))
+            except ValueError:
+                continue
+    return networks
+
+
+def inside_allowed_network(addresses: list[IPAddress], allow_hosts: Iterable[str]) -> bool:
+    """Whether one allowed network holds every address (an IPv4-mapped IPv6 address counts as its IPv4 one):
+    a name with any answer outside it is judged by the address policy as usual."""
+
+    def plain(ip: IPAddress) -> IPAddress:
+        mapped = getattr(ip, "ipv4_mapped", None)
+        return mapped if mapped is not None else ip
+
+    return bool(addresses) and any(
+        all(plain(ip) in network for ip in addresses) for network in allowed_networks(allow_hosts)
+    )
 
 
 class PinnedAdapter(HTTPAdapter):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -112,13 +112,12 @@ class WorkQueue:
         except redis.RedisError as err:
             raise RedisUnavailable(f"Redis unavailable while reading a lease: {err}") from None
 
-    def write_hash_if_leased(self, claim: Claim, key: str, mapping: Mapping[str, str], ttl_s: int,
-                             fresh: bool = False) -> None:
-        """HSET `mapping` into `key` (after deleting it when `fresh`) and set its TTL, in one script that first
-        checks the claim's lease; LeaseLost, with nothing written, when it is gone."""
-        args: list[Any] = [claim.token, ttl_s, int(fresh)]
-        for name, value in mapping.items():
-            args += [name, value]
+    def write_hash_if_leased(self, claim: Claim, key: str, ttl_s: int, cleared: Sequence[str],
+                             pairs: Sequence[str]) -> None:
+        """HDEL the `cleared` fields of hash `key`, HSET the flat name/value `pairs` and set its TTL (unless the key
+        has none), in one script that first checks the claim's lease; LeaseLost, with nothing written, when the
+        lease is gone."""
+        args: list[Any] = [claim.token, ttl_s, len(cleared), *cleared, *pairs]
         try:
             written = self._write_hash(keys=[key, self.leases_key], args=args)
         except redis.RedisError as err:

@@ -76,9 +76,12 @@ return 1
 # Returns 1, or 0 when the lease is gone: a fenced runner cannot move a status another runner now owns.
 WRITE_HASH_IF_LEASED = """
 if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
-if ARGV[3] == '1' then redis.call('DEL', KEYS[1]) end
-if #ARGV >= 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 4)) end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
+local existed = redis.call('EXISTS', KEYS[1])
+local ttl = redis.call('TTL', KEYS[1])
+local n = tonumber(ARGV[3])
+if n > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, 4, 3 + n)) end
+if #ARGV > 3 + n then redis.call('HSET', KEYS[1], unpack(ARGV, 4 + n)) end
+if existed == 0 or ttl ~= -1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return 1
 """
 

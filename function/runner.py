@@ -163,7 +163,7 @@ class Runner:
     def _process(self, claim: Claim) -> Result:
         started = time.monotonic()
         try:
-            event = event_from_message(claim.message, self.settings.max_message_bytes)
+            event = event_from_message(claim.message, self.settings.max_message_bytes, claim.first_seen_at)
         except InvalidJob as err:
             self.events.error(f"malformed message dead-lettered: {err}", stage="dead")
             return self._dead_letter(claim, None, err, started)

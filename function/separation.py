@@ -115,7 +115,8 @@ class _Progress:
         if info.get("state") != "end":
             return
         models = max(1, int(info.get("models", 1)))
-        passes = max(1, self.shifts)
+        # The streaming separator reports a bag or several shifts as one pass over the song (`shifts: 1`).
+        passes = max(1, int(info.get("shifts", self.shifts)))
         length = max(1, int(info.get("audio_length", 1)))
         chunk_done = min(1.0, (int(info.get("segment_offset", 0)) + 1) / length)
         done = (int(info.get("model_idx_in_bag", 0)) + (int(info.get("shift_idx", 0)) + chunk_done) / passes)
@@ -206,9 +207,9 @@ def separate_to_files(separator: Separator, wav: torch.Tensor, shifts: int, on_p
     them when None). The samples are exactly those of `separate` (then `pick`) with the same `seed`, and
     progress is reported the same way.
 
-    For one model, shifts <= 1 and split=True (the default configuration) the song is streamed: apply_model's
-    chunks are run in order and each finished span goes to the files, so memory does not grow with the song's
-    length beyond the input itself. Otherwise `separate` runs as before and its stems are written out.
+    With split=True (the worker's setting) the song is streamed, for every model, bag of models and shift count:
+    apply_model's chunks are run in order and each finished span goes to the files, so memory does not grow with
+    the song's length beyond the input itself. With split=False `separate` runs and its stems are written out.
     """
     if wav.shape[-1] < 1:
         raise UnprocessableInput("input audio has no samples")
@@ -221,15 +222,14 @@ def separate_to_files(separator: Separator, wav: torch.Tensor, shifts: int, on_p
                 files[name] = audio.StemFile(directory / f"{name}.f32", span.shape[0])
             files[name].append(span)
 
-    model = streaming.streamable_model(separator)
     try:
-        if model is None:
+        if not streaming.streamable(separator):
             sink(separate(separator, wav, shifts, on_progress, precision=precision, seed=seed))
         else:
             device = str(separator._device)
             with separation_lock, torch.inference_mode(), autocast_for(precision, device), seeded_random(seed):
                 separator.update_parameter(callback=_Progress(on_progress, shifts), callback_arg={})
-                streaming.stream_apply_model(separator, model, wav, sink)
+                streaming.stream_apply_model(separator, wav, sink)
     finally:
         for stem in files.values():
             stem.close()

@@ -2,6 +2,10 @@
 
 Log lines are `LPUSH logging "<hostname>.worker.<level>:<message>"`, as the course's log listener expects,
 and the same message goes to stderr through `logging`. The status hash is one per job id.
+
+The hash may be shared with a REST tier that keeps its own fields there (its API reads them): the worker
+writes, clears and expires only what it owns (OWN_FIELDS and the STATE_FIELDS names), and a hash that the
+tier created without an expiry keeps none.
 """
 
 from __future__ import annotations
@@ -26,6 +30,26 @@ class State(StrEnum):
     UPLOADING = "uploading"
     DONE = "done"
     FAILED = "failed"
+
+
+# Every field the worker writes in a status hash. A new run clears exactly these (and the STATE_FIELDS names);
+# tests/test_rest_tiers.py checks that a job writes nothing else, so a new field must be added here.
+OWN_FIELDS = frozenset({
+    "state", "progress", "received_at", "model", "model_requested", "format", "attempts", "event_id", "error",
+    "retryable", "failed_at", "device", "audio_seconds", "outputs", "seconds", *(f"{state}_at" for state in State),
+})
+
+# KEYS[1] the hash; ARGV[1] TTL s, ARGV[2] n, ARGV[3..2+n] fields to clear, then field/value pairs to set.
+# A hash that existed without an expiry before this write is a tier's own record: it is left without one.
+WRITE_STATUS = """
+local existed = redis.call('EXISTS', KEYS[1])
+local ttl = redis.call('TTL', KEYS[1])
+local n = tonumber(ARGV[2])
+if n > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, 3, 2 + n)) end
+if #ARGV > 2 + n then redis.call('HSET', KEYS[1], unpack(ARGV, 3 + n)) end
+if existed == 0 or ttl ~= -1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return 1
+"""
 
 
 class EventLog:
@@ -57,27 +81,34 @@ class EventLog:
 
 
 class StatusRecord:
-    """The status hash of one job. Every write is checked: a failure raises Transient."""
+    """The status hash of one job. Every write is checked: a failure raises Transient.
 
-    def __init__(self, client: redis.Redis, key: str, ttl_s: int) -> None:
+    The state goes under each name in `state_fields` (STATE_FIELDS; `state` by default)."""
+
+    def __init__(self, client: redis.Redis, key: str, ttl_s: int, state_fields: tuple[str, ...] = ("state",)) -> None:
         self._client = client
         self.key = key
         self._ttl_s = ttl_s
+        self._state_fields = state_fields
 
     def _write(self, fields: dict[str, object], fresh: bool = False) -> None:
-        mapping = {name: str(value) for name, value in fields.items() if value is not None}
+        mapping = {name: str(value) for name, value in fields.items() if value is not None and name != "state"}
+        if fields.get("state") is not None:
+            mapping.update(dict.fromkeys(self._state_fields, str(fields["state"])))
+        cleared = sorted(OWN_FIELDS.union(self._state_fields)) if fresh else []
+        pairs = [item for name_value in mapping.items() for item in name_value]
+        self._apply(cleared, pairs)
+
+    def _apply(self, cleared: list[str], pairs: list[str]) -> None:
+        """HDEL `cleared`, HSET the flat name/value `pairs`, keep or set the TTL: one script, one round trip."""
         try:
-            with self._client.pipeline(transaction=True) as pipe:
-                if fresh:
-                    pipe.delete(self.key)
-                pipe.hset(self.key, mapping=mapping)
-                pipe.expire(self.key, self._ttl_s)
-                pipe.execute()
+            self._client.eval(WRITE_STATUS, 1, self.key, self._ttl_s, len(cleared), *cleared, *pairs)
         except redis.RedisError as err:
             raise Transient(f"cannot write job status {self.key}: {type(err).__name__}: {err}") from None
 
     def start(self, **fields: object) -> None:
-        """Begin a fresh record for a new run of this id: no field of an earlier run survives."""
+        """Begin a fresh record for a new run of this id: no field this worker wrote in an earlier run survives,
+        and fields it does not own (a REST tier's) are left as they are."""
         self._write({"state": State.QUEUED, "progress": 0, "received_at": now_iso(), **fields}, fresh=True)
 
     def update(self, state: State | None = None, **fields: object) -> None:

@@ -25,7 +25,7 @@ from function.config import Settings, load_settings
 from function.core import Worker
 from workbench import sample_song
 from workbench.local_services import LocalServices
-from workbench.model_repo import TINY_KWARGS, write_model
+from workbench.model_repo import PRETRAINED_NAMES, TINY_KWARGS, write_model, write_standin
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -55,6 +55,15 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_model(repo, "tiny")
     write_model(repo, "tiny2", seed=1, signature="7e57a12d", kwargs=TINY_KWARGS)
     write_model(repo, "micro")  # tiny without attention: for tests about faults, not about separation
+    return repo
+
+
+@pytest.fixture(scope="session")
+def standin_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny stand-in under every pretrained name the demucs CLI accepts (workbench.model_repo.write_standin)."""
+    repo = tmp_path_factory.mktemp("pretrained-standins")
+    for name in PRETRAINED_NAMES:
+        write_standin(repo, name)
     return repo
 
 

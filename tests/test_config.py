@@ -58,6 +58,15 @@ def test_endpoint_url_form_and_https():
         ("DEMUCS_DEVICE", "tpu", "DEMUCS_DEVICE"),
         ("MAX_INPUT_BYTES", "-1", "MAX_INPUT_BYTES"),
         ("QUEUE_POP", "middle", "QUEUE_POP"),
+        ("MODEL_ALIASES", "default", "MODEL_ALIASES"),
+        ("MODEL_ALIASES", "default:mdx_extra_q", "MODEL_ALIASES"),  # the target is not an allowed model
+        ("UNKNOWN_MODEL", "guess", "UNKNOWN_MODEL"),
+        ("STEM_ALIASES", "bass:base+", "STEM_ALIASES"),
+        ("STEM_ALIASES", "bass:base+b/ass", "STEM_ALIASES"),
+        ("STATE_FIELDS", "state,st atus", "STATE_FIELDS"),
+        ("STATE_FIELDS", " , ", "STATE_FIELDS"),
+        ("CALLBACK_ALLOW_HOSTS", "10.0.0.1/8", "CALLBACK_ALLOW_HOSTS"),
+        ("CALLBACK_ALLOW_HOSTS", "hooks.internal,10.0.0.0/33", "CALLBACK_ALLOW_HOSTS"),
     ],
 )
 def test_bad_setting_fails_at_start_naming_the_variable(monkeypatch, env, value, named):
@@ -86,3 +95,31 @@ def test_cpu_threads_follow_the_cgroup_v1_quota(tmp_path):
     assert cgroup_cpu_limit(tmp_path) == 1.0 and cpu_threads(tmp_path) == 1
     write(tmp_path, "cpu/cpu.cfs_quota_us", "-1\n")
     assert cgroup_cpu_limit(tmp_path) is None
+
+
+def test_rest_tier_settings_are_read(monkeypatch):
+    monkeypatch.setenv("DEMUCS_MODEL", "htdemucs")
+    monkeypatch.setenv("DEMUCS_MODELS", "htdemucs_ft")
+    monkeypatch.setenv("MODEL_ALIASES", "default:htdemucs, mdx_extra_q:htdemucs_ft")
+    monkeypatch.setenv("UNKNOWN_MODEL", "default")
+    monkeypatch.setenv("INPUT_BUCKET", "queue")
+    monkeypatch.setenv("INPUT_BUCKETS", "uploads, archive")
+    monkeypatch.setenv("STATE_FIELDS", "state, status")
+    monkeypatch.setenv("STEM_ALIASES", "bass:base+bass")
+    monkeypatch.setenv("CALLBACK_ALLOW_HOSTS", "hooks.internal, 10.0.0.0/8, 127.0.0.1/32, fd00::/8")
+    s = load_settings()
+    assert s.model_aliases == {"default": "htdemucs", "mdx_extra_q": "htdemucs_ft"} and s.unknown_model == "default"
+    assert s.allowed_input_buckets == {"queue", "uploads", "archive"}
+    assert s.state_fields == ("state", "status") and s.stem_aliases == {"bass": "base+bass"}
+    assert s.callback_allow_hosts == ("hooks.internal", "10.0.0.0/8", "127.0.0.1/32", "fd00::/8")
+
+
+def test_rest_tier_defaults():
+    s = load_settings(input_bucket="songs")
+    assert s.model_aliases == {} and s.unknown_model == "reject" and s.state_fields == ("state",)
+    assert s.allowed_input_buckets == {"songs"}
+
+
+def test_a_model_alias_names_its_target_and_the_allowed_models():
+    with pytest.raises(ConfigError, match=r"MODEL_ALIASES maps 'default' to 'mdx'.*allowed.*\['htdemucs'\]"):
+        load_settings(demucs_model="htdemucs", model_aliases="default:mdx")

@@ -220,3 +220,20 @@ def test_dockerignore_keeps_everything_but_the_package_out() -> None:
     for copied in re.findall(r"^COPY (?!--from)(.+) \S+$", DOCKERFILE.read_text(), re.M):
         for source in copied.split():
             assert source.rstrip("*") in included, f"COPY {source} is excluded by .dockerignore"
+
+
+def test_the_build_stage_can_compile_diffq_and_the_runtime_ships_no_compiler() -> None:
+    """diffq (DiffQ-quantized models: mdx_q, mdx_extra_q) is an sdist with a Cython extension: the build stage
+    installs a C compiler before pip builds the project's dependencies; the runtime stage copies only the venv."""
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(re.match(r"diffq\b", spec) for spec in dependencies), "pyproject.toml must declare diffq"
+    build = stage_of("build")
+    assert set(shlex.split(arg_default("BUILD_DEPS", build))) >= {"gcc", "libc6-dev"}
+    runs = [args for found, keyword, args in instructions() if found == build and keyword == "RUN"]
+    compiler = next(i for i, args in enumerate(runs) if "apt-get install" in args and "$BUILD_DEPS" in args)
+    project = next(i for i, args in enumerate(runs) if "stemworker-*.whl" in args)
+    assert compiler < project, "the compiler must be there before pip builds diffq"
+    assert "python3-dev" in runs[compiler], "a Debian python3 base has no Python headers without python3-dev"
+    assert "rm -rf /var/lib/apt/lists" in runs[compiler]
+    runtime = [args for keyword, args in final_stage() if keyword == "RUN"]
+    assert not any(re.search(r"\b(gcc|cc|build-essential|BUILD_DEPS)\b", args) for args in runtime)

@@ -132,6 +132,51 @@ def test_allow_hosts_lets_a_named_host_through_and_pins_it() -> None:
         vet_url("http://2130706433/x", private_allowed=True, allow_hosts=("127.0.0.1",))
 
 
+def fixed(*answers: str):
+    """A resolver that answers every name with `answers` (the real one is used where the test says so)."""
+    return lambda host, port, timeout_s: [ipaddress.ip_address(answer) for answer in answers]
+
+
+@pytest.mark.parametrize(("answers", "allow"), [
+    (["127.0.0.1"], "127.0.0.1/32"),
+    (["10.1.2.3", "10.200.0.9"], "10.0.0.0/8"),
+    (["fd12::5"], "fd00::/8"),
+    (["::ffff:10.0.0.7"], "10.0.0.0/8"),  # IPv4-mapped counts as its IPv4 address
+    (["169.254.169.254"], "169.254.169.254/32"),  # an explicit entry is the operator's word, as a host name is
+])
+def test_a_network_entry_admits_a_host_whose_addresses_all_fall_inside(answers: list[str], allow: str) -> None:
+    with pytest.raises(Refused):
+        vet_url("http://hook.internal:8080/x", private_allowed=False, resolver=fixed(*answers))
+    target = vet_url("http://hook.internal:8080/x", private_allowed=False, allow_hosts=("example.org", allow),
+                     resolver=fixed(*answers))
+    assert (target.host, target.address) == ("hook.internal", ipaddress.ip_address(answers[0]))
+
+
+@pytest.mark.parametrize(("answers", "allow", "private_allowed", "why"), [
+    (["127.0.0.1", "::1"], ("127.0.0.1/32",), True, "is loopback"),  # one answer outside: the policy judges
+    (["127.0.0.2"], ("127.0.0.1/32",), True, "loopback"),
+    (["10.0.0.1", "127.0.0.1"], ("10.0.0.0/8",), True, "loopback"),
+    (["10.0.0.1", "192.168.0.1"], ("10.0.0.0/8", "192.168.0.0/16"), False, "private"),  # all inside ONE network
+])
+def test_a_network_entry_never_admits_a_host_with_an_address_outside_it(answers, allow, private_allowed, why) -> None:
+    with pytest.raises(Refused, match=why):
+        vet_url("http://hook.internal/x", private_allowed=private_allowed, allow_hosts=allow, resolver=fixed(*answers))
+
+
+def test_allowing_loopback_by_network_admits_localhost_when_it_resolves_only_there() -> None:
+    resolved = netguard.resolve("localhost", 80, 5)
+    inside = all(ip == ipaddress.ip_address("127.0.0.1") for ip in resolved)
+    if inside:
+        target = vet_url("http://localhost:8080/hook", private_allowed=False, allow_hosts=("127.0.0.1/32",))
+        assert str(target.address) == "127.0.0.1" and target.host == "localhost"
+    else:  # a resolver that also answers ::1: the entry does not cover every address, so loopback is refused
+        with pytest.raises(Refused, match="loopback"):
+            vet_url("http://localhost:8080/hook", private_allowed=False, allow_hosts=("127.0.0.1/32",))
+    # The decimal spelling of 127.0.0.1 resolves inside the network too (a network entry is about addresses).
+    assert str(vet_url("http://2130706433/x", private_allowed=True, allow_hosts=("127.0.0.1/32",)).address) == (
+        "127.0.0.1")
+
+
 def test_resolve_returns_every_address_of_localhost() -> None:
     addresses = netguard.resolve("localhost", 80, 5)
     assert addresses and all(ip.is_loopback for ip in addresses)

@@ -74,14 +74,58 @@ def test_stem_choices_stream_the_same_samples(model_repo: Path, tmp_path: Path, 
     assert all(torch.equal(read_back(files[name]), expected[name]) for name in expected)
 
 
-def test_unstreamable_configuration_falls_back_to_the_same_stems(model_repo: Path, tmp_path: Path) -> None:
-    separator = tiny(model_repo, 2)  # shifts > 1: apply_model averages two shifted passes, not streamed
-    wav = torch.from_numpy(sample_song.generate(4.0, seed=2))
+def test_split_false_falls_back_to_the_same_stems(model_repo: Path, tmp_path: Path) -> None:
+    separator = Separator(model="tiny", repo=model_repo, device="cpu", shifts=1, split=False, progress=False)
+    assert not streaming.streamable(separator)
+    wav = torch.from_numpy(sample_song.generate(3.0, seed=2))
     random.seed(3)
-    expected = separation.separate(separator, wav, 2, lambda p: None)
+    expected = separation.separate(separator, wav, 1, lambda p: None)
     random.seed(3)
-    files = separation.separate_to_files(separator, wav, 2, lambda p: None, tmp_path)
+    files = separation.separate_to_files(separator, wav, 1, lambda p: None, tmp_path)
     assert all(torch.equal(read_back(files[name]), expected[name]) for name in expected)
+
+
+@pytest.mark.parametrize(("name", "shifts", "segment"), [
+    ("htdemucs_ft", 1, None),  # 4 HTDemucs with one-hot weights; HTDemucs draws from `random` in every forward
+    ("mdx", 0, 2),  # Demucs + HDemucs members, a weights matrix, a 2 s chunk grid
+    ("mdx_q", 2, 2),  # the same bag DiffQ-quantized, two shifted passes per member
+    ("hdemucs_mmi", 3, 2),  # one model, three shifted passes
+])
+def test_bags_and_shifts_stream_bit_identical_to_demucs(standin_repo: Path, tmp_path: Path, name: str, shifts: int,
+                                                        segment: int | None) -> None:
+    separator = Separator(model=name, repo=standin_repo, device="cpu", shifts=shifts, segment=segment,
+                          progress=False)
+    assert streaming.streamable(separator)
+    wav = torch.from_numpy(sample_song.generate(4.5, seed=9))  # two or more chunks for every model here
+    random.seed(21)
+    with torch.inference_mode():
+        _, expected = separator.separate_tensor(wav)
+    state_after = random.getstate()
+    random.seed(21)
+    progress: list[int] = []
+    files = separation.separate_to_files(separator, wav, shifts, progress.append, tmp_path)
+    assert list(files) == list(expected)
+    for stem, file in files.items():
+        assert torch.equal(read_back(file), expected[stem]), (
+            f"{name} shifts={shifts}: stem {stem} streamed differs from demucs {demucs.__version__}'s "
+            f"separate_tensor; function/streaming.py mirrors demucs {streaming.DEMUCS_VERSION}")
+    assert random.getstate() == state_after, "the global random state must end where apply_model leaves it"
+    assert progress == sorted(progress) and progress[-1] == 99
+
+
+def test_a_bag_holds_no_tensor_with_stems_at_full_length(standin_repo: Path, tmp_path: Path) -> None:
+    """The same bound for a bag of four models with a weights matrix: apply_model holds two full-length copies
+    (the bag's sum and the current model's output), the streamed bag none. The bound is three chunks here: the
+    time-domain Demucs members work at twice the sample rate inside a chunk."""
+    separator = Separator(model="mdx", repo=standin_repo, device="cpu", shifts=1, segment=2, progress=False)
+    segment_length = 2 * 44100
+    wav = torch.from_numpy(sample_song.generate(12.0, seed=8))
+    with _LargestPerSample(3 * segment_length) as streamed:
+        separation.separate_to_files(separator, wav, 1, lambda p: None, tmp_path)
+    assert max(rows for rows, _ in streamed.rows) <= wav.shape[0], streamed.rows
+    with _LargestPerSample(3 * segment_length) as in_memory:
+        separation.separate(separator, wav, 1, lambda p: None)
+    assert max(rows for rows, _ in in_memory.rows) >= len(separator.model.sources) * wav.shape[0]
 
 
 def spans(wav: torch.Tensor, sizes: Iterator[int]) -> Iterator[torch.Tensor]:

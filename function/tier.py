@@ -1,0 +1,87 @@
+"""Job fields that REST tiers fill in their own ways, read into what the worker runs: the model and the input.
+
+- Model: a message may name a model the operator does not serve (`"default"`, or a hard-coded `"mdx_extra_q"`).
+  MODEL_ALIASES is applied first (`name:model`), then the allowed models themselves (DEMUCS_MODEL and
+  DEMUCS_MODELS), then UNKNOWN_MODEL: `reject` (the default) refuses the job, `default` runs DEMUCS_MODEL and
+  says so. Both names are kept: the one requested and the one that runs.
+- Input: a message may name the object's `bucket` and `key` itself. The bucket must be one of INPUT_BUCKETS
+  (INPUT_BUCKET always is); the key must be a safe object key. Without them the worker reads
+  INPUT_BUCKET/INPUT_KEY as before.
+
+Everything here raises InvalidJob (permanent) naming the bad value, before any I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from function.config import Settings
+from function.errors import InvalidJob
+
+MAX_KEY_BYTES = 1024  # S3's limit on an object key, in UTF-8 bytes
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model a job runs, the name its message asked for, and a note when they differ."""
+
+    model: str
+    requested: str
+    note: str | None = None
+
+
+def resolve_model(raw: Any, settings: Settings) -> ModelChoice:
+    """The model to run for a message's `model` field (absent, null or "" mean DEMUCS_MODEL)."""
+    if raw is None or raw == "":
+        return ModelChoice(settings.demucs_model, settings.demucs_model)
+    if not isinstance(raw, str):
+        raise InvalidJob(f"model must be a string, got {type(raw).__name__}")
+    if raw in settings.model_aliases:
+        target = settings.model_aliases[raw]
+        note = None if target == raw else f"model {raw!r} runs as {target!r} (MODEL_ALIASES)"
+        return ModelChoice(target, raw, note)
+    if raw in settings.allowed_models:
+        return ModelChoice(raw, raw)
+    if settings.unknown_model == "default":
+        shown = raw if len(raw) <= 80 else raw[:80] + "..."
+        return ModelChoice(settings.demucs_model, raw,
+                           f"model {shown!r} is not served; running {settings.demucs_model!r} (UNKNOWN_MODEL=default)")
+    allowed = sorted({*settings.allowed_models, *settings.model_aliases})
+    raise InvalidJob(f"model {raw[:80]!r} is not allowed; allowed: {allowed}")
+
+
+def require_object_key(key: Any) -> str:
+    """An object key a message may name: a non-empty string of at most MAX_KEY_BYTES UTF-8 bytes, with no
+    control characters, no leading '/' and no '.' or '..' path segment (nothing that walks out of a prefix)."""
+    if not isinstance(key, str) or not key:
+        raise InvalidJob(f"key must be a non-empty string, got {key!r}"[:200])
+    shown = repr(key[:80]) + ("..." if len(key) > 80 else "")
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidJob(f"key {shown} is not valid UTF-8 text") from None
+    if size > MAX_KEY_BYTES:
+        raise InvalidJob(f"key is {size} bytes of UTF-8, over the {MAX_KEY_BYTES} an object key may have")
+    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in key):
+        raise InvalidJob(f"key {shown} contains control characters")
+    if key.startswith("/"):
+        raise InvalidJob(f"key {shown} must not start with '/'")
+    if any(segment in (".", "..") for segment in key.replace("\\", "/").split("/")):
+        raise InvalidJob(f"key {shown} must not contain a '.' or '..' path segment")
+    return key
+
+
+def input_location(data: dict[str, Any], settings: Settings) -> tuple[str | None, str | None]:
+    """The (bucket, key) a message names for its input; None for each one it leaves to INPUT_BUCKET/INPUT_KEY."""
+    bucket = data.get("bucket")
+    key = data.get("key")
+    bucket = None if bucket == "" else bucket  # an empty field is an absent one, as tiers send them
+    key = None if key == "" else key
+    if bucket is not None and (not isinstance(bucket, str) or bucket not in settings.allowed_input_buckets):
+        shown = repr(bucket[:80]) if isinstance(bucket, str) else type(bucket).__name__
+        raise InvalidJob(f"bucket {shown} is not an input bucket; allowed (INPUT_BUCKETS): "
+                         f"{sorted(settings.allowed_input_buckets)}")
+    if key is not None:
+        key = require_object_key(key)
+    return bucket, key

@@ -1,0 +1,303 @@
+"""What real REST tiers send, end to end: a tier emulator (tests/rest_tier.py) uploads and pushes the way one tier
+does, the job runner (`Runner(settings).run_once(0)`) runs it against the real Redis and S3 with a tiny model, and
+the tier reads back what its API would. Each variant works with settings only (docs/rest-tiers.md)."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+from rest_tier import Tier, TierClient
+
+from function.runner import Outcome, Runner
+from function.status import OWN_FIELDS
+from workbench import sample_song
+
+
+@pytest.fixture(scope="module")
+def short_song() -> bytes:
+    """A 1 s song: every variant here is about the wiring, not the audio."""
+    return sample_song.song_mp3(seconds=1.0)
+
+
+def tier(settings, redis_client, s3, **shape) -> TierClient:
+    return TierClient(Tier(name=shape.pop("name", "tier"), **shape), settings, redis_client, s3)
+
+
+def log_lines(redis_client, settings) -> list[str]:
+    return [line.decode() for line in reversed(redis_client.lrange(settings.log_key, 0, -1))]
+
+
+def dead_letters(redis_client, settings) -> list[dict]:
+    return [json.loads(raw) for raw in redis_client.lrange(f"{settings.queue_key}:dead", 0, -1)]
+
+
+def run(settings, **kwargs):
+    return Runner(settings, **kwargs).run_once(0)
+
+
+@pytest.fixture
+def tier_bucket(settings, s3):
+    """A bucket of the tier's own (named in its messages), emptied and removed afterwards."""
+    name = f"tier-{uuid.uuid4().hex[:8]}"
+    yield name
+    if s3.bucket_exists(name):
+        for item in s3.list_objects(name, recursive=True):
+            s3.remove_object(name, item.object_name)
+        s3.remove_bucket(name)
+
+
+# --- push side and id shapes -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [
+    {"name": "lpush-bare", "push": "lpush", "id_field": None},
+    {"name": "rpush-hash", "push": "rpush", "id_field": "hash"},
+    {"name": "lpush-songhash", "push": "lpush", "id_field": "songhash"},
+])
+def test_push_side_and_id_field(make_settings, redis_client, s3, short_song, shape):
+    settings = make_settings()
+    client = tier(settings, redis_client, s3, **shape)
+    client.submit("shape1", short_song)
+    result = run(settings)
+    assert (result.outcome, result.job_id) == (Outcome.DONE, "shape1")
+    assert client.status("shape1") == "done" and len(client.download("shape1", "vocals")) > 0
+
+
+@pytest.mark.parametrize(("push", "queue_pop", "first"), [("lpush", "right", "a"), ("lpush", "left", "b"),
+                                                           ("rpush", "left", "a"), ("rpush", "right", "b")])
+def test_the_pop_side_decides_the_order_of_a_tiers_pushes(make_settings, redis_client, s3, push, queue_pop, first):
+    settings = make_settings(queue_pop=queue_pop)
+    client = tier(settings, redis_client, s3, push=push)
+    client.submit("a", None)  # no input: each job fails at once, which is all the order needs
+    client.submit("b", None)
+    assert [run(settings).job_id for _ in range(2)] == [first, "b" if first == "a" else "a"]
+
+
+# --- an empty or absent callback ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("callback", [{}, None, "", [], {"url": None, "data": {"song": 1}}])
+def test_an_empty_callback_is_no_callback(make_settings, redis_client, s3, short_song, callback):
+    settings = make_settings()
+    client = tier(settings, redis_client, s3, id_field="hash", fields={"callback": callback})
+    client.submit("nocb", short_song)
+    assert run(settings).outcome == Outcome.DONE
+    assert client.status("nocb") == "done" and dead_letters(redis_client, settings) == []
+    notes = [line for line in log_lines(redis_client, settings) if "no callback" in line]
+    assert len(notes) == (0 if callback is None else 1)
+    assert all(".worker.info:job nocb: " in line for line in notes)
+
+
+# --- model names a tier made up, or models we do not serve -------------------------------------------------------
+
+def test_model_aliases_run_the_served_model_and_report_both_names(make_settings, redis_client, s3, short_song,
+                                                                  receiver):
+    settings = make_settings(demucs_models="tiny2", model_aliases="default:tiny, mdx_extra_q:tiny2",
+                             callback_allow_hosts="127.0.0.1/32")
+    for job_id, asked, runs in (("alias1", "default", "tiny"), ("alias2", "mdx_extra_q", "tiny2")):
+        client = tier(settings, redis_client, s3, fields={"model": asked, "callback": receiver.url})
+        client.submit(job_id, short_song)
+        assert run(settings).outcome == Outcome.DONE
+        record = client.record(job_id)
+        assert (record["model"], record["model_requested"]) == (runs, asked)
+        body = receiver.requests[-1]["json"]
+        assert (body["id"], body["model"], body["model_requested"]) == (job_id, runs, asked)
+        assert any(f"job {job_id}: model '{asked}' runs as '{runs}' (MODEL_ALIASES)" in line
+                   for line in log_lines(redis_client, settings))
+
+
+def test_unknown_model_default_runs_the_default_model(make_settings, redis_client, s3, short_song):
+    settings = make_settings(unknown_model="default")
+    client = tier(settings, redis_client, s3, fields={"model": "mdx_extra_q"})
+    client.submit("unk1", short_song)
+    assert run(settings).outcome == Outcome.DONE
+    record = client.record("unk1")
+    assert (record["state"], record["model"], record["model_requested"]) == ("done", "tiny", "mdx_extra_q")
+    assert any(".worker.info:job unk1: model 'mdx_extra_q' is not served; running 'tiny' (UNKNOWN_MODEL=default)"
+               in line for line in log_lines(redis_client, settings))
+
+
+def test_unknown_model_reject_is_permanent_and_names_the_models(make_settings, redis_client, s3):
+    settings = make_settings(model_aliases="default:tiny")
+    client = tier(settings, redis_client, s3, fields={"model": "mdx_extra_q"})
+    client.submit("unk2", None)
+    assert run(settings).outcome == Outcome.DEAD
+    (entry,) = dead_letters(redis_client, settings)
+    assert entry["permanent"] and "'mdx_extra_q' is not allowed; allowed: ['default', 'tiny']" in entry["error"]
+    assert client.status("unk2") == "failed"
+
+
+# --- the input location in the message ---------------------------------------------------------------------------
+
+def test_bucket_and_key_in_the_message(make_settings, redis_client, s3, short_song, tier_bucket):
+    settings = make_settings(input_buckets=tier_bucket)
+    client = tier(settings, redis_client, s3, bucket=tier_bucket, key="users/42/{id} (final mix) ✓.mp3")
+    client.submit("where1", short_song)
+    assert run(settings).outcome == Outcome.DONE
+    assert client.status("where1") == "done"
+    assert any(f"downloaded {tier_bucket}/users/42/where1 (final mix) ✓.mp3" in line
+               for line in log_lines(redis_client, settings))
+    assert not s3.bucket_exists(settings.input_bucket)  # INPUT_BUCKET was never read
+
+
+@pytest.mark.parametrize(("shape", "reason"), [
+    ({"bucket": "not-listed", "key": "{id}.mp3"}, "bucket 'not-listed' is not an input bucket"),
+    ({"key": "../{id}.mp3"}, "must not contain a '.' or '..' path segment"),
+    ({"key": "/{id}.mp3"}, "must not start with '/'"),
+    ({"key": "{id}\u0007.mp3"}, "contains control characters"),
+    ({"key": "{id}" + "x" * 1100}, "over the 1024 an object key may have"),
+])
+def test_an_unsafe_input_location_is_rejected_for_good(make_settings, redis_client, s3, shape, reason):
+    settings = make_settings()
+    client = tier(settings, redis_client, s3, **shape)
+    client.submit("where2", None)
+    assert run(settings).outcome == Outcome.DEAD
+    (entry,) = dead_letters(redis_client, settings)
+    assert entry["permanent"] and reason in entry["error"]
+    assert client.status("where2") == "failed" and reason in client.record("where2")["error"]
+
+
+# --- a tier's own fields in the status hash ----------------------------------------------------------------------
+
+class CommandLog(threading.Thread):
+    """Every command the Redis server runs meanwhile (MONITOR), to see each state the status hash passes through."""
+
+    STOP = "stemworker-test-monitor-stop"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        # A connection of its own that waits as long as the job takes (MONITOR is quiet while a model runs).
+        self.client = redis.Redis.from_url(url, socket_timeout=None)
+        self.commands: list[str] = []
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        with self.client.monitor() as monitor:
+            self.ready.set()
+            for command in monitor.listen():
+                if self.STOP in command["command"]:
+                    return
+                self.commands.append(command["command"])
+
+    def __enter__(self) -> CommandLog:
+        self.start()
+        assert self.ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with redis.Redis.from_url(self.url) as other:
+            other.echo(self.STOP)
+        self.join(10)
+        self.client.close()
+
+
+def test_a_tiers_status_field_shows_our_state_and_its_fields_survive(make_settings, redis_client, s3, short_song):
+    settings = make_settings(state_fields="state,status")
+    own = {"status": "queued", "filename": "My Song.mp3", "user": "42"}
+    client = tier(settings, redis_client, s3, own_status=own, status_field="status")
+    key = client.status_key("own1")
+    # A first submission whose upload never arrived: it fails, and the tier's endpoint says so.
+    client.submit("own1", None)
+    assert run(settings).outcome == Outcome.DEAD
+    record = client.record("own1")
+    assert (record["status"], record["state"], record["filename"], record["user"]) == ("failed", "failed",
+                                                                                      "My Song.mp3", "42")
+    assert "error" in record and redis_client.ttl(key) == -1  # the tier's hash keeps no expiry of ours
+    # The tier submits again: a fresh run clears only the worker's own fields (the old error goes).
+    with CommandLog(settings.redis_connection_url) as commands:
+        client.submit("own1", short_song)
+        assert run(settings).outcome == Outcome.DONE
+    record = client.record("own1")
+    assert (record["status"], record["state"], record["filename"], record["user"]) == ("done", "done",
+                                                                                      "My Song.mp3", "42")
+    assert "error" not in record and "failed_at" not in record and redis_client.ttl(key) == -1
+    writes = [command for command in commands.commands if key in command]
+    for state in ("downloading", "separating", "uploading", "done"):
+        assert any(re.search(rf"\bstatus\b\W+{state}\b", command) for command in writes), state
+    # Everything in the hash is the tier's or listed as the worker's own (a new field must join OWN_FIELDS).
+    assert set(record) - set(own) <= OWN_FIELDS | {"status"}
+
+
+def test_the_worker_sets_an_expiry_only_on_hashes_it_created(make_settings, redis_client, s3, short_song):
+    settings = make_settings()
+    client = tier(settings, redis_client, s3)
+    client.submit("ttl1", None)
+    assert run(settings).outcome == Outcome.DEAD
+    assert 0 < redis_client.ttl(client.status_key("ttl1")) <= settings.status_ttl_s
+
+
+# --- a stem published under two names ----------------------------------------------------------------------------
+
+def test_a_stem_under_two_names_is_one_upload_and_a_server_side_copy(make_settings, redis_client, s3, short_song):
+    settings = make_settings(stem_aliases="bass:base+bass")
+    spells_base = tier(settings, redis_client, s3, name="base-tier", stem_names={"bass": "base"})
+    spells_bass = tier(settings, redis_client, s3, name="bass-tier")
+    runner = Runner(settings)
+    calls: list[tuple[str, str]] = []
+    store = runner.worker.store
+    real_upload, real_copy = store.upload, store.copy
+    store.upload = lambda bucket, key, *a: calls.append(("upload", key)) or real_upload(bucket, key, *a)
+    store.copy = lambda bucket, source, dest: calls.append(("copy", dest)) or real_copy(bucket, source, dest)
+    spells_base.submit("twice", short_song)
+    assert runner.run_once(0).outcome == Outcome.DONE
+    base, bass = spells_base.download("twice", "bass"), spells_bass.download("twice", "bass")
+    assert base == bass and len(base) > 0
+    assert sorted(calls) == [("copy", "twice-bass.mp3"), ("upload", "twice-base.mp3"), ("upload", "twice-drums.mp3"),
+                             ("upload", "twice-other.mp3"), ("upload", "twice-vocals.mp3")]
+    outputs = json.loads(spells_base.record("twice")["outputs"])
+    assert outputs["bass"] == {"bucket": settings.output_bucket, "key": "twice-base.mp3",
+                               "keys": ["twice-base.mp3", "twice-bass.mp3"]}
+    assert outputs["vocals"] == {"bucket": settings.output_bucket, "key": "twice-vocals.mp3"}
+
+
+# --- loopback and in-cluster callback receivers ------------------------------------------------------------------
+
+def test_a_loopback_receiver_is_reached_when_its_network_is_allowed(make_settings, redis_client, s3, short_song,
+                                                                    receiver):
+    url = f"http://localhost:{receiver.port}/hook"
+    settings = make_settings(callback_allow_hosts="10.0.0.0/8, 127.0.0.1/32")
+    client = tier(settings, redis_client, s3, fields={"callback": url})
+    client.submit("loop1", short_song)
+    assert run(settings).outcome == Outcome.DONE
+    assert [request["json"]["state"] for request in receiver.requests] == ["done"]
+    # Without the network entry the same receiver is refused (the job itself is unaffected).
+    refused = make_settings(callback_allow_hosts="10.0.0.0/8")
+    tier(refused, redis_client, s3, fields={"callback": url}).submit("loop2", None)
+    assert run(refused).outcome == Outcome.DEAD
+    assert len(receiver.requests) == 1
+    assert any("job loop2: callback skipped: address localhost (127.0.0.1) is loopback" in line
+               for line in log_lines(redis_client, settings))
+
+
+# --- webhook-id per submission, stable per delivery --------------------------------------------------------------
+
+def test_two_submissions_of_one_message_get_two_webhook_ids(make_settings, redis_client, s3, short_song, receiver):
+    settings = make_settings(callback_allow_hosts="127.0.0.1/32")
+    client = tier(settings, redis_client, s3, fields={"callback": receiver.url})
+    first = client.submit("again", short_song)
+    assert run(settings).outcome == Outcome.DONE
+    assert client.submit("again", None) == first  # the very same bytes, pushed again
+    assert run(settings).outcome == Outcome.DONE
+    ids = [request["headers"]["webhook-id"] for request in receiver.requests]
+    assert len(ids) == 2 and ids[0] != ids[1]
+
+
+def test_a_retried_delivery_keeps_its_webhook_id(make_settings, redis_client, s3, short_song, receiver,
+                                                 tmp_path: Path):
+    settings = make_settings(callback_allow_hosts="127.0.0.1/32")
+    client = tier(settings, redis_client, s3, fields={"callback": receiver.url})
+    client.submit("retry1", short_song)
+    empty_repo = tmp_path / "no-models"
+    empty_repo.mkdir()
+    broken = make_settings(callback_allow_hosts="127.0.0.1/32", demucs_repo=str(empty_repo))
+    assert run(broken).outcome == Outcome.REQUEUED  # the model cannot load: a transient failure
+    first_id = client.record("retry1")["event_id"]
+    assert receiver.requests == []
+    assert run(settings).outcome == Outcome.DONE
+    assert [request["headers"]["webhook-id"] for request in receiver.requests] == [first_id]
+    assert client.record("retry1")["attempts"] == "2"
