@@ -17,6 +17,8 @@ whose lease was reaped (a zombie back from a partition or a long pause) is fence
 
 from __future__ import annotations
 
+from function.status import write_status_lua
+
 # Redis time as unix seconds with microseconds (the same clock for every pod: no skew between runners).
 _NOW = """
 local function now_s()
@@ -72,18 +74,12 @@ end
 return 1
 """
 
-# KEYS: a hash (the job's status record), leases. ARGV: token, TTL seconds, start afresh (1 | 0), field, value, ...
+# KEYS: a job's status hash, leases. ARGV: token, then what status.write_status_lua takes (TTL, fields to clear,
+# field/value pairs).
 # Returns 1, or 0 when the lease is gone: a fenced runner cannot move a status another runner now owns.
 WRITE_HASH_IF_LEASED = """
 if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
-local existed = redis.call('EXISTS', KEYS[1])
-local ttl = redis.call('TTL', KEYS[1])
-local n = tonumber(ARGV[3])
-if n > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, 4, 3 + n)) end
-if #ARGV > 3 + n then redis.call('HSET', KEYS[1], unpack(ARGV, 4 + n)) end
-if existed == 0 or ttl ~= -1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-return 1
-"""
+""" + write_status_lua(skip=1)
 
 # KEYS: processing, queue, leases, leased, orphans. ARGV: orphan grace seconds, head side (left | right).
 # Returns how many messages went back to the head of the queue.

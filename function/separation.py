@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import random
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -146,40 +145,26 @@ def seed_of(input_sha256: str) -> int:
     return int(input_sha256[:16], 16)
 
 
-def random_users() -> list[object]:
-    """The loaded modules that draw from Python's module-level `random` while separating: demucs' apply_model
-    (the offset of each shift), its transformer (`random.randrange` for the positional embedding, on every chunk)
-    and streaming.py, which mirrors apply_model's draw. Found by their `random` attribute, so a demucs module that
-    starts drawing is covered too."""
-    found: list[object] = [streaming]
-    for name, module in list(sys.modules.items()):
-        if (name == "demucs" or name.startswith("demucs.")) and getattr(module, "random", None) is random:
-            found.append(module)
-    return found
-
-
 @contextlib.contextmanager
 def seeded_random(seed: int | None) -> Iterator[None]:
-    """Draw DEMUCS' random numbers in the block from `random.Random(seed)`.
+    """Seed Python's global `random` with `seed` for the block, then put its earlier state back.
 
-    demucs draws each shift's offset with the module-level `random.randint`, so with shifts >= 1 two separations
-    of one file differ. For the block, the `random` of every module in `random_users()` is one private
-    `Random(seed)`: the draws are exactly those demucs makes after `random.seed(seed)`, Python's global `random`
-    is left as it was, and no other thread's use of it (a callback's backoff jitter) can move the draws. Held under
-    `separation_lock`, so two separations never share the generator. None changes nothing.
+    demucs draws each shift's offset with the module-level `random.randint`, and HTDemucs draws from it in every
+    forward, so with shifts >= 1 two separations of one file differ. Inside the block the draws are exactly those
+    demucs makes after `random.seed(seed)` (streaming.py follows the global generator in apply_model's order), and
+    outside it the generator goes on as if the block had not run. Held under `separation_lock`, so two
+    separations never share it; no other thread of the worker draws from it while a song is separated (encodes,
+    uploads and callbacks come after). None changes nothing.
     """
     if seed is None:
         yield
         return
-    rng = random.Random(seed)
-    modules = random_users()
-    for module in modules:
-        module.random = rng  # type: ignore[attr-defined]
+    state = random.getstate()
+    random.seed(seed)
     try:
         yield
     finally:
-        for module in modules:
-            module.random = random  # type: ignore[attr-defined]
+        random.setstate(state)
 
 
 def separate(separator: Separator, wav: torch.Tensor, shifts: int, on_progress: ProgressFn,

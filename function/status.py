@@ -41,15 +41,22 @@ OWN_FIELDS = frozenset({
 
 # KEYS[1] the hash; ARGV[1] TTL s, ARGV[2] n, ARGV[3..2+n] fields to clear, then field/value pairs to set.
 # A hash that existed without an expiry before this write is a tier's own record: it is left without one.
-WRITE_STATUS = """
+def write_status_lua(skip: int = 0) -> str:
+    """Lua that writes the status hash KEYS[1]: HDEL n fields, HSET name/value pairs, and set the TTL unless the
+    hash has none (a tier may have made it persistent). ARGV after the first `skip`: TTL, n, the n names, pairs."""
+    ttl, count, first = f"ARGV[{skip + 1}]", f"tonumber(ARGV[{skip + 2}])", skip + 3
+    return f"""
 local existed = redis.call('EXISTS', KEYS[1])
 local ttl = redis.call('TTL', KEYS[1])
-local n = tonumber(ARGV[2])
-if n > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, 3, 2 + n)) end
-if #ARGV > 2 + n then redis.call('HSET', KEYS[1], unpack(ARGV, 3 + n)) end
-if existed == 0 or ttl ~= -1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+local n = {count}
+if n > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, {first}, {first - 1} + n)) end
+if #ARGV > {first - 1} + n then redis.call('HSET', KEYS[1], unpack(ARGV, {first} + n)) end
+if existed == 0 or ttl ~= -1 then redis.call('EXPIRE', KEYS[1], {ttl}) end
 return 1
 """
+
+
+WRITE_STATUS = write_status_lua()
 
 
 class EventLog:

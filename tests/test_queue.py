@@ -195,13 +195,13 @@ def test_runner_whose_lease_was_reaped_is_fenced(redis_client):
     redis_client.rpush("toWorker", "job1")
     zombie = queue.claim(1)
     assert zombie is not None
-    zombie_status = FencedStatusRecord(redis_client, "status:job1", 60, queue, zombie)
+    zombie_status = FencedStatusRecord(redis_client, "status:job1", 60, ("state",), queue, zombie)
     zombie_status.start(attempts=1)
     expire_lease(redis_client, zombie.token)  # cut off for longer than LEASE_SECONDS ...
     assert queue.reap() == 1
     owner = queue.claim(1)  # ... and the message is taken by another runner, which finishes it
     assert owner is not None
-    owner_status = FencedStatusRecord(redis_client, "status:job1", 60, queue, owner)
+    owner_status = FencedStatusRecord(redis_client, "status:job1", 60, ("state",), queue, owner)
     owner_status.start(attempts=2)
     owner_status.update(State.DONE)
     with pytest.raises(LeaseLost):

@@ -9,8 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from workbench.emulator import load_documents
 from workbench.scaling import STRATEGIES, Decision, ScalingStrategy, decide
 
 __all__ = ["STRATEGIES", "Decision", "FleetSpec", "ScalingStrategy", "decide", "fleet_from_manifests"]
@@ -54,18 +53,9 @@ class FleetSpec:
         return replace(self, strategy=strategy, **fleet_fields)
 
 
-def _documents(folder: Path) -> list[dict[str, Any]]:
-    kustomization = folder / "kustomization.yaml"
-    if kustomization.exists():
-        files = [folder / name for name in yaml.safe_load(kustomization.read_text()).get("resources", [])]
-    else:
-        files = sorted(folder.glob("*.yaml"))
-    return [doc for path in files for doc in yaml.safe_load_all(path.read_text()) if doc]
-
-
 def fleet_from_manifests(folder: Path) -> FleetSpec:
     """The ScaledJob's scaling fields, its redis trigger, and CLAIM_WAIT_SECONDS / MAX_MESSAGES from its ConfigMaps."""
-    docs = _documents(folder)
+    docs = load_documents(folder)
     scaled = [d for d in docs if d.get("kind") == "ScaledJob"]
     if len(scaled) != 1:
         raise ValueError(f"expected exactly one ScaledJob in {folder}, found {len(scaled)}")
