@@ -15,6 +15,19 @@ from function.messages import event_from_message, new_event
 from function.runner import Outcome, Runner
 
 
+def last_json(text: str) -> dict:
+    """The last JSON object printed in `text`: the CLI's own answer, after any log lines the worker wrote to the
+    same stream (which ones depends on how logging was set up by earlier tests in the same process)."""
+    starts = [i for i, line in enumerate(text.splitlines(keepends=True)) if line.startswith("{")]
+    lines = text.splitlines(keepends=True)
+    for start in reversed(starts):
+        try:
+            return json.JSONDecoder().raw_decode("".join(lines[start:]))[0]
+        except ValueError:
+            continue
+    raise AssertionError(f"no JSON object in {text!r}")
+
+
 def status(redis_client, job_id: str) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in redis_client.hgetall(f"status:{job_id}").items()}
 
@@ -28,9 +41,9 @@ def test_dead_letter_round_trip_fix_the_data_then_replay(env, settings, redis_cl
 
     upload("dl1", song)  # fix the data
     assert replay.main(["--from-dead-letter", "--dry-run"]) == 0
-    assert json.loads(capsys.readouterr().out)["job"]["stems"] == ["bass", "vocals"]
+    assert last_json(capsys.readouterr().out)["job"]["stems"] == ["bass", "vocals"]
     assert replay.main(["--from-dead-letter"]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    printed = last_json(capsys.readouterr().out)
     assert printed["state"] == "done" and set(printed["stems"]) == {"bass", "vocals"}
     for where in printed["stems"].values():
         assert s3.stat_object(where["bucket"], where["key"]).size > 0
@@ -57,11 +70,11 @@ def test_saved_event_replays_after_the_input_arrives(make_settings, redis_client
     assert saved["type"] == event["type"] and saved["data"] == {"songhash": "saved1", "format": "flac"}
 
     assert replay.main([str(path)]) == 1  # still missing: the error is printed, the exit code says so
-    assert "not found" in json.loads(capsys.readouterr().err)["error"]
+    assert "not found" in last_json(capsys.readouterr().err)["error"]
     upload("saved1", song)
     monkeypatch.setenv("SAVE_EVENTS_DIR", str(tmp_path / "replayed"))
     assert replay.main([str(path), "--new-id"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    result = last_json(capsys.readouterr().out)
     assert result["format"] == "flac" and len(result["stems"]) == 4
     replayed = list((tmp_path / "replayed").glob("*.json"))
     assert len(replayed) == 1 and replayed[0].name != path.name
@@ -81,7 +94,7 @@ def test_dry_run_rejects_an_invalid_job_and_bad_files_exit_2(env, tmp_path, caps
     bad = tmp_path / "bad.json"
     bad.write_text(messages.event_json(new_event({"id": "../../x"})))
     assert replay.main([str(bad), "--dry-run"]) == 1
-    assert "job id" in json.loads(capsys.readouterr().err)["error"]
+    assert "job id" in last_json(capsys.readouterr().err)["error"]
     not_event = tmp_path / "not-event.json"
     not_event.write_text('{"songhash": "x"}')
     assert replay.main([str(not_event)]) == 2
