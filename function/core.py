@@ -140,7 +140,9 @@ class Worker:
             timings["decode"] = time.monotonic() - tick
             audio_seconds = wav.shape[-1] / separator.samplerate
             device = separation.resolve_device(s.demucs_device)
-            status.update(State.SEPARATING, progress=0, device=device, audio_seconds=f"{audio_seconds:.3f}")
+            precision = separation.resolve_precision(s.demucs_precision, device)
+            status.update(State.SEPARATING, progress=0, device=device, precision=precision,
+                          audio_seconds=f"{audio_seconds:.3f}")
             self.events.info(f"job {job.id}: separating {audio_seconds:.1f} s of audio with {job.model} on {device}")
             tick = time.monotonic()
             # Stems go to raw files in the temp dir as they are separated: memory stays bounded by the song's
@@ -148,7 +150,7 @@ class Worker:
             try:
                 stems = separation.separate_to_files(
                     separator, wav, s.demucs_shifts, lambda p: status.update(progress=p), Path(tmp),
-                    pick=lambda separated: pick_stems(separated, job), precision=s.demucs_precision,
+                    pick=lambda separated: pick_stems(separated, job), precision=precision,
                 )
             except OSError as err:
                 raise Transient(f"cannot write separated stems to the temp dir: {err}") from None
@@ -167,6 +169,7 @@ class Worker:
             "model": job.model,
             "format": job.format,
             "device": device,
+            "precision": precision,
             "attempt": attempt,
             "audio_seconds": round(audio_seconds, 3),
             "stems": outputs,
