@@ -58,7 +58,16 @@ class Worker:
         self.redis = redis_client(settings)
         self.store = ObjectStore(s3_client(settings))
         self.events = EventLog(self.redis, settings.log_key)
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="stemworker")
+        # The model load and the stems' encode+upload run here. LAME releases the GIL, so each stem encodes on a
+        # core of its own: a thread per stem (4) at least, the host's cores where it has more (a stem's LAME stream
+        # is sequential, so one job keeps at most one thread per stem busy).
+        self._pool = ThreadPoolExecutor(max_workers=max(4, separation.cpu_threads()), thread_name_prefix="stemworker")
+
+    def preload(self) -> None:
+        """Start loading the default model on the pool now (the job runner calls this before it claims), so the
+        load overlaps the claim and the download; a job finds it loaded, or waits for the load in progress. A failed
+        load is not reported here: the job's own load raises it again."""
+        self._pool.submit(separation.get_separator, self.settings.demucs_model, self.settings)
 
     def status_for(self, job_id: str) -> StatusRecord:
         return StatusRecord(self.redis, status_key(self.settings.status_key, job_id), self.settings.status_ttl_s)
@@ -128,7 +137,9 @@ class Worker:
             size = self.store.download(s.input_bucket, source_key, Path(tmp) / "input", s.max_input_bytes)
             timings["download"] = time.monotonic() - tick
             self.events.info(f"job {job.id}: downloaded {s.input_bucket}/{source_key} ({size} bytes)")
+            tick = time.monotonic()
             separator = model_loading.result()
+            timings["model_wait"] = time.monotonic() - tick
             wanted = job.stems or ((job.two_stems,) if job.two_stems else ())
             missing = [name for name in wanted if name not in separator.model.sources]
             if missing:
