@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import random
 import statistics
 import sys
@@ -210,6 +211,9 @@ class LeverBench:
                      reference="contiguous (default)")
 
     def compile(self) -> None:
+        # A private inductor cache: never a half-written kernel from another run (bench/compile_cache.py measures
+        # what a warm cache saves).
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.args.out.resolve() / "inductor-cache"))
         variants: dict[str, Callable[[], Any]] = {"eager (default)": lambda: self.separate()}
         for name, build in (("jit.trace+freeze+optimize_for_inference", model_variants.traced),
                             ("torch.compile (inductor)", model_variants.compiled)):

@@ -173,6 +173,7 @@ def traced(separator: Separator) -> tuple[BagOfModels, float]:
     with torch.no_grad():
         script = torch.jit.trace(model, example_chunk(separator), check_trace=False)
         script = torch.jit.optimize_for_inference(torch.jit.freeze(script.eval()))
+    with torch.inference_mode():
         script(example_chunk(separator))
     return _bag_with(separator, _Wrapped(model, script)), time.perf_counter() - started
 
@@ -183,7 +184,7 @@ def compiled(separator: Separator, mode: str | None = None) -> tuple[BagOfModels
     model = copy.deepcopy(inner(separator)).eval()
     function = torch.compile(model, mode=mode)
     started = time.perf_counter()
-    with torch.no_grad():
+    with torch.inference_mode():  # the grad mode the separation runs in, so no recompile when it does
         function(example_chunk(separator))
     return _bag_with(separator, _Wrapped(model, function)), time.perf_counter() - started
 

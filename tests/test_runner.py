@@ -249,7 +249,7 @@ def test_debug_log_has_the_cold_start_timeline(settings, upload, song, redis_cli
 
 
 def test_no_timeline_below_debug(settings, redis_client):
-    env = runner_env(settings, LOG_LEVEL="INFO", CLAIM_WAIT_SECONDS="0.2")
+    env = runner_env(settings, LOG_LEVEL="INFO")
     done = subprocess.run([sys.executable, "-m", "function.runner"], env=env, cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0 and "timeline" not in done.stderr
