@@ -4,8 +4,9 @@ pod would run it, on one padded chunk (the only shape the network sees):
     python bench/compile_cache.py [--model htdemucs] [--modes eager,trace,compile] [--out bench/out/compile]
 
 - eager: load the model; first and second forward pass (the reference);
-- trace, "build": jit.trace + freeze + optimize_for_inference, one call, `torch.jit.save` to OUT/traced.pt;
-  "pod": `torch.jit.load` of that file, first and second call (no tracing at run time);
+- trace, "build": jit.trace + freeze (saved to OUT/traced-frozen.pt) + optimize_for_inference (saved to
+  OUT/traced-optimized.pt), first and second call; "pod-optimized": `torch.jit.load` of the optimised file;
+  "pod": `torch.jit.load` of the frozen file + optimize_for_inference at run time (no tracing either way);
 - compile, "build": `torch.compile` (inductor) with an empty cache dir OUT/inductor-cache (what an image would bake),
   first call (compiles) and second; "pod": a fresh process, the same cache dir, first call (Dynamo traces again,
   the compiled kernels come from the cache) and second.
@@ -43,17 +44,21 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"step": args.child, "ready_s": time.perf_counter() - started,
                               "threads": torch.get_num_threads(),
                               "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    traced_path = args.out / "traced.pt"
+    traced_path, optimized_path = args.out / "traced-frozen.pt", args.out / "traced-optimized.pt"
     tick = time.perf_counter()
     if args.child == "eager":
         forward = model
     elif args.child == "trace-build":
         with torch.no_grad():
-            forward = torch.jit.optimize_for_inference(torch.jit.freeze(
-                torch.jit.trace(model, chunk, check_trace=False).eval()))
-        torch.jit.save(forward, str(traced_path))
+            frozen = torch.jit.freeze(torch.jit.trace(model, chunk, check_trace=False).eval())
+            torch.jit.save(frozen, str(traced_path))
+            forward = torch.jit.optimize_for_inference(frozen)
+        torch.jit.save(forward, str(optimized_path))
+    elif args.child == "trace-pod-optimized":
+        forward = torch.jit.load(str(optimized_path))
     elif args.child == "trace-pod":
-        forward = torch.jit.load(str(traced_path))
+        with torch.no_grad():
+            forward = torch.jit.optimize_for_inference(torch.jit.load(str(traced_path)))
     else:  # compile-build, compile-pod: the cache dir comes from the environment
         forward = torch.compile(model)
     result["prepare_s"] = time.perf_counter() - tick
@@ -82,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print("COMPILE " + json.dumps(child(args)), flush=True)
         return 0
-    steps = {"eager": ["eager"], "trace": ["trace-build", "trace-pod"], "compile": ["compile-build", "compile-pod"]}
+    steps = {"eager": ["eager"], "trace": ["trace-build", "trace-pod-optimized", "trace-pod"],
+             "compile": ["compile-build", "compile-pod"]}
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(args.out / "inductor-cache"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     results = []
