@@ -1,16 +1,21 @@
 """Measure the worker's performance levers one at a time, A against B, alternating, in one process.
 
-    python bench/levers.py [--seconds 30] [--repeat 2] [--levers precision,grad,segment,encode,load,threads]
+    python bench/levers.py [--seconds 30] [--repeat 2] [--levers precision,grad,segment,encode,load,threads,
+                                                           batch,precast,channels_last,compile]
 
 Each lever runs its variants in an order that rotates every repeat and prints the median wall seconds,
 CPU seconds and the peak RSS of that run (VmHWM reset before each), plus, where the lever changes the
-numbers, the SNR of every stem against the default fp32 output (the random shift of `shifts=1` is seeded
-identically for both, so the SNR measures only the lever). Same model, repo and generated song as run.py.
+numbers, the SNR of every stem against the default fp32 output and the largest absolute difference of any
+sample (the random shift of `shifts=1` is seeded identically for both, so they measure only the lever).
+Same model, repo and generated song as run.py. The network variants (batch, precast, channels_last,
+compile) are in bench/model_variants.py; a variant's one-off cost (tracing, compiling) is printed as a note.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import random
 import statistics
 import sys
@@ -28,11 +33,12 @@ import torch  # noqa: E402
 from demucs.api import Separator  # noqa: E402
 from demucs.audio import save_audio  # noqa: E402
 
+from bench import model_variants  # noqa: E402
 from bench.measure import in_process  # noqa: E402
 from function import audio  # noqa: E402
 from workbench import model_repo, sample_song  # noqa: E402
 
-LEVERS = ("precision", "grad", "segment", "encode", "load", "threads")
+LEVERS = ("precision", "grad", "segment", "encode", "load", "threads", "batch", "precast", "channels_last", "compile")
 MIB = 1024 * 1024
 
 
@@ -57,6 +63,7 @@ class LeverBench:
         self.separator = Separator(model=args.model, repo=args.repo, device=args.device, progress=False)
         self.wav = audio.decode(song, self.separator.samplerate, self.separator.audio_channels, 1e9)
         self.rows: list[dict[str, Any]] = []
+        self.notes: list[str] = []
 
     def separate(self, autocast: torch.dtype | None = None, grad: str = "inference_mode",
                  segment: float | None = None) -> dict[str, torch.Tensor]:
@@ -89,9 +96,11 @@ class LeverBench:
                 "cpu_median_s": statistics.median(s.cpu_s for s in runs),
                 "peak_rss_mib": max(s.peak_rss_bytes for s in runs) / MIB,
                 "snr_db": "",
+                "max_abs_diff": "",
             }
             if reference and name != reference and isinstance(outputs[name], dict):
                 row["snr_db"] = ", ".join(f"{k} {v}" for k, v in snr_db(outputs[reference], outputs[name]).items())
+                row["max_abs_diff"] = f"{model_variants.max_abs_diff(outputs[reference], outputs[name]):.2e}"
             self.rows.append(row)
 
     # ----- levers
@@ -155,13 +164,86 @@ class LeverBench:
             variants[f"{current * 2} threads (oversubscribed)"] = lambda: with_threads(current * 2)
         self.compare("threads", variants)
 
+    # ----- network variants (bench/model_variants.py)
+    @contextlib.contextmanager
+    def model(self, bag: Any):
+        """Run the separator with another bag of models for the duration."""
+        original = self.separator._model
+        self.separator._model = bag
+        try:
+            yield
+        finally:
+            self.separator._model = original
+
+    def separate_with(self, bag: Any, autocast: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        with self.model(bag):
+            return self.separate(autocast)
+
+    def batch(self) -> None:
+        def batched(size: int) -> dict[str, torch.Tensor]:
+            random.seed(1234)
+            with torch.inference_mode():
+                return model_variants.separate_batched(self.separator, self.wav, size)
+
+        unbatched = self.separate()
+        same = model_variants.max_abs_diff(unbatched, batched(1))
+        self.notes.append(f"batch: the batch-1 loop against demucs' separate_tensor: max abs diff {same:.1e} "
+                          f"({'bit-identical' if same == 0 else 'NOT identical'})")
+        self.compare("batch", {"1 chunk per pass (worker)": lambda: self.separate(),
+                               "2 chunks per pass": lambda: batched(2),
+                               "3 chunks per pass": lambda: batched(3),
+                               "4 chunks per pass": lambda: batched(4)}, reference="1 chunk per pass (worker)")
+
+    def precast(self) -> None:
+        started = time.perf_counter()
+        bag = model_variants.precast_bf16(self.separator)
+        self.notes.append(f"precast: casting a copy of the weights to bf16 took {time.perf_counter() - started:.2f} s; "
+                          f"CPU flags: {cpu_bf16_note()}")
+        self.compare("precast", {"fp32": lambda: self.separate(),
+                                 "bf16 autocast": lambda: self.separate(torch.bfloat16),
+                                 "bf16 weights pre-cast": lambda: self.separate_with(bag)}, reference="fp32")
+
+    def channels_last(self) -> None:
+        bag, counts = model_variants.channels_last(self.separator)
+        self.notes.append("channels_last: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        self.compare("chan_last", {"contiguous (default)": lambda: self.separate(),
+                                   "channels_last 4-D weights+inputs": lambda: self.separate_with(bag)},
+                     reference="contiguous (default)")
+
+    def compile(self) -> None:
+        # A private inductor cache: never a half-written kernel from another run (bench/compile_cache.py measures
+        # what a warm cache saves).
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.args.out.resolve() / "inductor-cache"))
+        variants: dict[str, Callable[[], Any]] = {"eager (default)": lambda: self.separate()}
+        for name, build in (("jit.trace+freeze+optimize_for_inference", model_variants.traced),
+                            ("torch.compile (inductor)", model_variants.compiled)):
+            try:
+                bag, seconds = build(self.separator)
+            except Exception as err:  # a variant that cannot be built is a result, reported as such
+                self.notes.append(f"compile: {name} failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+                continue
+            self.notes.append(f"compile: {name}: {seconds:.1f} s to build and run once on one chunk")
+            variants[name] = lambda bag=bag: self.separate_with(bag)
+        self.compare("compile", variants, reference="eager (default)")
+
     def markdown(self) -> str:
-        lines = ["| lever | variant | wall median s | CPU median s | peak RSS MiB | SNR vs default, dB |",
-                 "|---|---|---|---|---|---|"]
+        lines = ["| lever | variant | wall median s | CPU median s | peak RSS MiB | SNR vs default, dB | "
+                 "max abs diff |", "|---|---|---|---|---|---|---|"]
         for r in self.rows:
             lines.append(f"| {r['lever']} | {r['variant']} | {r['wall_median_s']:.2f} | {r['cpu_median_s']:.1f} | "
-                         f"{r['peak_rss_mib']:.0f} | {r['snr_db']} |")
-        return "\n".join(lines) + "\n"
+                         f"{r['peak_rss_mib']:.0f} | {r['snr_db']} | {r['max_abs_diff']} |")
+        return "\n".join(lines) + "\n" + "".join(f"\n- {note}" for note in self.notes) + ("\n" if self.notes else "")
+
+
+def cpu_bf16_note() -> str:
+    """Whether this CPU has native bf16 (so whether bf16 timings here mean anything for AVX512-BF16/AMX CPUs)."""
+    from function.separation import CPUINFO, NATIVE_BF16_FLAGS, cpu_flags
+
+    try:
+        found = sorted(cpu_flags(CPUINFO.read_text()) & NATIVE_BF16_FLAGS)
+    except OSError:
+        return "unknown (no /proc/cpuinfo)"
+    return f"native bf16 ({', '.join(found)})" if found else "no avx512_bf16/amx_bf16: bf16 is emulated here"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Benchmark: stemworker beside the bare DEMUCS CLI and a seed-style worker, in one run, on one song.
 
-    python bench/run.py [--seconds 30] [--repeat 3] [--device auto|cpu|cuda] [--model htdemucs]
-                        [--variant NAME:KEY=VALUE,...] [--json PATH] [--out bench/out]
+    python bench/run.py [--seconds 30[,120,300]] [--repeat 3] [--device auto|cpu|cuda] [--model htdemucs]
+                        [--variant NAME:KEY=VALUE,...] [--json PATH] [--out bench/out] [--fleet]
 
 Scenarios (each run --repeat times, in an order that rotates every repeat):
 - inference:        `demucs.api.Separator.separate_tensor` on the already decoded song (the floor)
@@ -20,6 +20,9 @@ The model is the full architecture of MODEL with seeded random weights (workbenc
 A `--variant` adds a warm and a cold stemworker scenario run with extra environment variables, so a lever
 (e.g. `--variant bf16:DEMUCS_PRECISION=bf16`) is measured side by side with the default.
 Outputs: a Markdown table (stdout and OUT/results.md), OUT/results.json (or --json), OUT/results.png.
+Several `--seconds` (comma-separated) run the whole benchmark once per length, each in OUT/<S>s/, and end with
+the peak RSS target at every length. `--fleet` then runs bench/fleet_throughput.py (8 songs of 60 s through the
+ScaledJob emulator against the seed-style worker) and prints its target too.
 """
 
 from __future__ import annotations
@@ -56,8 +59,8 @@ QUEUE_KEY = "toWorker"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     env = os.environ.get
-    parser.add_argument("--seconds", type=float, default=float(env("BENCH_SECONDS", "30")),
-                        help="length of the generated song (env BENCH_SECONDS)")
+    parser.add_argument("--seconds", default=env("BENCH_SECONDS", "30"),
+                        help="length of the generated song; a comma list runs once per length (env BENCH_SECONDS)")
     parser.add_argument("--repeat", type=int, default=int(env("BENCH_REPEAT", "3")), help="runs per scenario")
     parser.add_argument("--model", default=env("BENCH_MODEL", "htdemucs"), choices=sorted(model_repo.MODELS))
     parser.add_argument("--repo", type=Path, default=Path(env("BENCH_REPO", str(ROOT / ".models"))),
@@ -74,7 +77,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON (default OUT/results.json)")
     parser.add_argument("--no-png", action="store_true", help="skip the matplotlib chart")
     parser.add_argument("--machine", default=env("BENCH_MACHINE"), help="machine description for the table")
+    parser.add_argument("--fleet", action="store_true",
+                        help="also run bench/fleet_throughput.py (8 x 60 s songs, emulator vs seed-style worker)")
+    parser.add_argument("--fleet-args", default="", help="extra arguments for bench/fleet_throughput.py")
     args = parser.parse_args(argv)
+    try:
+        args.lengths = [float(part) for part in str(args.seconds).split(",") if part.strip()]
+    except ValueError:
+        parser.error(f"--seconds takes seconds or a comma list of them, got {args.seconds!r}")
+    if not args.lengths or min(args.lengths) <= 0:
+        parser.error(f"--seconds must be positive, got {args.seconds!r}")
+    args.seconds = args.lengths[0]
     args.scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
     unknown = sorted(set(args.scenarios) - set(SCENARIOS))
     if unknown:
@@ -360,20 +373,48 @@ class Bench:
             shutil.rmtree(self.work, ignore_errors=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_one(args: argparse.Namespace) -> tuple[int, str]:
+    """The whole benchmark at one song length; (exit code, its Markdown)."""
     bench = Bench(args)
     completed = False
+    text = ""
     try:
         bench.prepare()
         bench.start_warm()
         bench.run()
-        print(bench.finish())
+        text = bench.finish()
+        print(text)
         completed = True
     finally:
         failed = [s for s in bench.samples if not s.get("ok")]
         bench.close(keep_logs=bool(failed) or not completed)
-    return 1 if failed else 0
+    return (1 if failed else 0), text
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    codes, verdicts = [], []
+    for seconds in args.lengths:
+        one = argparse.Namespace(**vars(args))
+        one.seconds = seconds
+        if len(args.lengths) > 1:
+            one.out = args.out / f"{seconds:g}s"
+            one.json = None
+        code, text = run_one(one)
+        codes.append(code)
+        verdicts += [line for line in text.splitlines() if line.startswith(("PASS", "FAIL")) and "peak RSS" in line]
+    if len(args.lengths) > 1:
+        print("Peak RSS at every length:\n```\n" + "\n".join(verdicts) + "\n```")
+    if args.fleet:
+        from bench import fleet_throughput
+
+        fleet_out = args.out.resolve() / "fleet"
+        fleet_argv = ["--model", args.model, "--repo", str(args.repo), "--out", str(fleet_out),
+                      *args.fleet_args.split()]
+        codes.append(fleet_throughput.main(fleet_argv))
+        for text, ok in fleet_throughput.result_lines(fleet_out):
+            print(f"{'PASS' if ok else 'FAIL'}: {text}")
+    return max(codes)
 
 
 if __name__ == "__main__":

@@ -214,6 +214,8 @@ def model_fingerprint(model: str, repo: Path | None) -> str | None:
 def key_parts(job: Job, settings: Settings, input_sha256: str, device: str) -> KeyParts | None:
     """The key parts of `job` run with `settings` on `device` (resolved, e.g. `cuda:0`); None when the model's
     weights cannot be fingerprinted."""
+    from function.separation import resolve_precision  # deferred: the cache module itself stays free of torch
+
     weights = model_fingerprint(job.model, settings.demucs_repo)
     if weights is None:
         return None
@@ -226,7 +228,7 @@ def key_parts(job: Job, settings: Settings, input_sha256: str, device: str) -> K
         shifts=settings.demucs_shifts,
         overlap=settings.demucs_overlap,
         segment=settings.demucs_segment,
-        precision=settings.demucs_precision,
+        precision=resolve_precision(settings.demucs_precision, device),
         format=job.format,
         mp3_bitrate=settings.mp3_bitrate if mp3 else None,
         mp3_preset=settings.mp3_preset if mp3 else None,

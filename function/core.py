@@ -68,9 +68,18 @@ class Worker:
         self.events = EventLog(self.redis, settings.log_key)
         self.metrics = Recorder(self.redis, settings)
         self.cache = ResultCache(self.redis, self.store, self.events, settings)
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="stemworker")
+        # The model load and the stems' encode+upload run here. LAME releases the GIL, so each stem encodes on a
+        # core of its own: a thread per stem (4) at least, the host's cores where it has more (a stem's LAME stream
+        # is sequential, so one job keeps at most one thread per stem busy).
+        self._pool = ThreadPoolExecutor(max_workers=max(4, separation.cpu_threads()), thread_name_prefix="stemworker")
         # Set by the job runner while it holds a claim: status writes then need the claim's lease (fencing.py).
         self.fence: Fence | None = None
+
+    def preload(self) -> None:
+        """Start loading the default model on the pool now (the job runner calls this before it claims), so the
+        load overlaps the claim and the download; a job finds it loaded, or waits for the load in progress. A failed
+        load is not reported here: the job's own load raises it again."""
+        self._pool.submit(separation.get_separator, self.settings.demucs_model, self.settings)
 
     def status_for(self, job_id: str) -> StatusRecord:
         key = status_key(self.settings.status_key, job_id)
@@ -162,7 +171,9 @@ class Worker:
                 result = finish_hit(flight.hit, job, status, self.events, attempt, started, timings)
                 self.metrics.job_done(job.id, job.model, timings, flight.hit.entry.audio_seconds)
                 return result
+            tick = time.monotonic()
             separator = model_loading.result()
+            timings["model_wait"] = time.monotonic() - tick
             wanted = job.stems or ((job.two_stems,) if job.two_stems else ())
             missing = [name for name in wanted if name not in separator.model.sources]
             if missing:
@@ -174,7 +185,9 @@ class Worker:
             (Path(tmp) / "input").unlink()
             timings["decode"] = time.monotonic() - tick
             audio_seconds = wav.shape[-1] / separator.samplerate
-            status.update(State.SEPARATING, progress=0, device=device, audio_seconds=f"{audio_seconds:.3f}")
+            precision = separation.resolve_precision(s.demucs_precision, device)
+            status.update(State.SEPARATING, progress=0, device=device, precision=precision,
+                          audio_seconds=f"{audio_seconds:.3f}")
             self.events.info(f"job {job.id}: separating {audio_seconds:.1f} s of audio with {job.model} on {device}",
                              stage="separating")
             tick = time.monotonic()
@@ -183,7 +196,7 @@ class Worker:
             try:
                 stems = separation.separate_to_files(
                     separator, wav, s.demucs_shifts, lambda p: status.update(progress=p), Path(tmp),
-                    pick=lambda separated: pick_stems(separated, job), precision=s.demucs_precision,
+                    pick=lambda separated: pick_stems(separated, job), precision=precision,
                     seed=separation.seed_of(sha256.hexdigest()),
                 )
             except OSError as err:
@@ -206,6 +219,7 @@ class Worker:
             "model_requested": job.model_requested or job.model,
             "format": job.format,
             "device": device,
+            "precision": precision,
             "attempt": attempt,
             "audio_seconds": round(audio_seconds, 3),
             "stems": outputs,

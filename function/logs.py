@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import time
+from pathlib import Path
 
 from function.config import Settings
 
@@ -47,3 +50,31 @@ def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
+
+
+def process_started_epoch() -> float | None:
+    """When this process started, in epoch seconds (10 ms resolution: the kernel counts clock ticks); None where
+    /proc cannot tell."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rpartition(")")[2].split()
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+        started_after_boot_s = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, `starttime`
+    except (OSError, ValueError, IndexError):
+        return None
+    return time.time() - (uptime_s - started_after_boot_s)
+
+
+class Timeline:
+    """Named points in the life of one process (epoch seconds), from its start; the job runner logs them at DEBUG as
+    one `timeline {json}` line, which bench/cold_start.py reads for the cold-start breakdown."""
+
+    def __init__(self) -> None:
+        self.started = process_started_epoch()
+        self.marks: list[tuple[str, float]] = []
+        self.jobs: list[dict[str, float]] = []
+
+    def mark(self, name: str) -> None:
+        self.marks.append((name, time.time()))
+
+    def line(self) -> str:
+        return "timeline " + json.dumps({"process_start": self.started, "marks": self.marks, "jobs": self.jobs})

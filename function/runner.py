@@ -45,7 +45,7 @@ from function.errors import (
     Transient,
 )
 from function.fencing import Fence
-from function.logs import configure_logging
+from function.logs import Timeline, configure_logging
 from function.messages import event_from_message, job_id_or_none
 from function.queue import Claim, WorkQueue
 from function.status import State
@@ -68,6 +68,7 @@ class Result:
     job_id: str | None = None
     attempts: int = 0
     error: str | None = None
+    seconds: dict[str, float] | None = None  # the job's phases, as `handle` reports them
 
 
 class Heartbeat(threading.Thread):
@@ -125,9 +126,12 @@ class Runner:
             self.events.info(f"reaper: requeued {moved} message(s) whose worker died")
         return moved
 
-    def run_once(self, wait_s: float | None = None) -> Result:
-        """Reap, then claim and process at most one message."""
+    def run_once(self, wait_s: float | None = None, preload: bool = False) -> Result:
+        """Reap, then claim and process at most one message. With `preload`, once the reap has reached Redis, the
+        default model starts loading on a worker thread, so the load overlaps the claim and the download."""
         self.reap()
+        if preload:
+            self.worker.preload()
         wait = self.settings.claim_wait_seconds if wait_s is None else wait_s
         self._busy = True
         try:
@@ -183,7 +187,7 @@ class Runner:
             self._busy = True
             if self.stopping:
                 raise Interrupted("stopping before the job started")
-            self.worker.handle(event)
+            handled = self.worker.handle(event)
             self._busy = False
         except LeaseLost:
             self._busy = False
@@ -210,7 +214,7 @@ class Runner:
             return Result(Outcome.REQUEUED, job_id, claim.attempts, str(err))
         heartbeat.stop()
         self.queue.complete(claim)
-        return Result(Outcome.DONE, job_id, claim.attempts)
+        return Result(Outcome.DONE, job_id, claim.attempts, seconds=handled.get("seconds"))
 
     def _dead_letter(self, claim: Claim, event: Any, err: StemworkerError, started: float,
                      job_id: str | None = None, mark_status: bool = False, attempts: int | None = None) -> Result:
@@ -280,7 +284,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, timeline: Timeline | None = None) -> int:
+    timeline = timeline or Timeline()
     args = parse_args(argv)
     try:
         settings = get_settings() if argv is None else load_settings()
@@ -288,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stemworker-runner: {err}", file=sys.stderr)
         return 2
     configure_logging(settings)
+    timeline.mark("settings")
     max_messages = args.max_messages if args.max_messages is not None else settings.max_messages
     reap_only = args.reap or settings.reap_only
     if args.check:
@@ -296,14 +302,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not problems else 1
     runner = Runner(settings)
     runner.install_signal_handlers()
+    timeline.mark("clients")
     try:
         if reap_only:
             print(f"requeued {runner.reap()}")
             return 0
-        for _ in range(max(1, max_messages)):
+        for index in range(max(1, max_messages)):
             if runner.stopping:
                 break
-            result = runner.run_once()
+            result = runner.run_once(preload=index == 0)
+            timeline.mark("message")
+            if result.seconds:
+                timeline.jobs.append(result.seconds)
             log.info("outcome %s job=%s attempts=%s", result.outcome, result.job_id, result.attempts)
             if result.outcome is Outcome.REQUEUED:
                 # A dependency failed; the message is back in the queue for another pod.
@@ -321,7 +331,10 @@ def main(argv: list[str] | None = None) -> int:
 def cli() -> None:
     """Console entry point: run `main`, then exit at once. Every job's writes are finished and acknowledged by
     then, so skipping the interpreter's teardown (freeing torch and the model, ~0.5 s) loses nothing."""
-    code = main()
+    timeline = Timeline()
+    timeline.mark("imports")
+    code = main(timeline=timeline)
+    log.debug(timeline.line())  # LOG_LEVEL=DEBUG: the cold-start breakdown (bench/cold_start.py)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

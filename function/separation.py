@@ -7,6 +7,7 @@ not the host's core count, so a pod limited to 2 CPUs does not run 64 threads.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -125,15 +126,51 @@ class _Progress:
             self.report(percent)
 
 
-# DEMUCS_PRECISION -> autocast dtype. Reduced precision is only ever used when asked for: on a CPU with
-# AVX512-BF16/AMX, bf16 separated 1.7x faster in bench/levers.py, with stems 45-50 dB SNR from fp32.
+# DEMUCS_PRECISION -> autocast dtype. Reduced precision is only ever used when asked for (`auto` asks for it only
+# where it is native): on a CPU with AVX512-BF16/AMX, bf16 separated 1.7x faster in bench/levers.py, with stems
+# 45-50 dB SNR from fp32.
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# x86 CPU flags (/proc/cpuinfo) of native bf16 matrix maths: AVX512-BF16 (Cooper Lake, Zen 4 and later) and AMX
+# (Sapphire Rapids and later). Without them torch emulates bf16, which is slower than fp32.
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The flags of the first CPU listed in /proc/cpuinfo text (empty when there is no `flags` line)."""
+    for line in cpuinfo.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+@functools.lru_cache(maxsize=4)
+def native_bf16(cpuinfo_path: Path = CPUINFO) -> bool:
+    """Whether this CPU computes bf16 natively (read once per path); False when cpuinfo cannot be read."""
+    try:
+        return bool(cpu_flags(cpuinfo_path.read_text()) & NATIVE_BF16_FLAGS)
+    except OSError:
+        return False
+
+
+def resolve_precision(setting: str, device: str, cpuinfo: str | None = None) -> str:
+    """The precision a DEMUCS_PRECISION value means on `device`: `auto` is bf16 on a CPU with native bf16
+    (`cpuinfo` text, else this machine's /proc/cpuinfo) and fp32 elsewhere, CUDA included (no gain was measured
+    there); any other value is itself."""
+    if setting != "auto":
+        return setting
+    if torch.device(device).type != "cpu":
+        return "fp32"
+    native = bool(cpu_flags(cpuinfo) & NATIVE_BF16_FLAGS) if cpuinfo is not None else native_bf16(CPUINFO)
+    return "bf16" if native else "fp32"
 
 
 def autocast_for(precision: str, device: str) -> contextlib.AbstractContextManager[object]:
     """The autocast context for a DEMUCS_PRECISION value; fp32 (the default) is a no-op."""
+    precision = resolve_precision(precision, device)
     if precision not in AUTOCAST_DTYPES:
-        raise ValueError(f"DEMUCS_PRECISION must be one of {sorted(AUTOCAST_DTYPES)}, got {precision!r}")
+        raise ValueError(f"DEMUCS_PRECISION must be one of {sorted(AUTOCAST_DTYPES)} or auto, got {precision!r}")
     dtype = AUTOCAST_DTYPES[precision]
     if dtype is None:
         return contextlib.nullcontext()
@@ -169,12 +206,13 @@ def seeded_random(seed: int | None) -> Iterator[None]:
 
 def separate(separator: Separator, wav: torch.Tensor, shifts: int, on_progress: ProgressFn,
              precision: str = "fp32", seed: int | None = None) -> dict[str, torch.Tensor]:
-    """Split `wav` ([channels, samples] at the model's rate) into the model's stems; `precision` other than
-    fp32 runs the model under autocast (the stems stay float32). `seed` seeds the random shifts (see
+    """Split `wav` ([channels, samples] at the model's rate) into the model's stems; a `precision` that resolves
+    to other than fp32 runs the model under autocast (the stems stay float32). `seed` seeds the random shifts (see
     `seeded_random`), so the same input and seed always give the same stems."""
     if wav.shape[-1] < 1:
         raise UnprocessableInput("input audio has no samples")
     device = str(separator._device)
+    precision = resolve_precision(precision, device)
     with separation_lock, torch.inference_mode(), autocast_for(precision, device), seeded_random(seed):
         separator.update_parameter(callback=_Progress(on_progress, shifts), callback_arg={})
         _, stems = separator.separate_tensor(wav)

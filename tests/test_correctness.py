@@ -17,7 +17,8 @@ from function.messages import event_from_message
 
 
 def test_wav_stems_match_the_demucs_cli_exactly(make_settings, redis_client, upload, song, s3, tmp_path: Path):
-    settings = make_settings(demucs_shifts=0, demucs_threads=1)
+    # fp32 explicitly: the CLI runs fp32 whatever DEMUCS_PRECISION defaults to.
+    settings = make_settings(demucs_shifts=0, demucs_threads=1, demucs_precision="fp32")
     upload("same", song)
     track = tmp_path / "same.mp3"
     track.write_bytes(song)

@@ -226,3 +226,43 @@ def test_check_reports_ok_against_live_services(settings, monkeypatch, capsys):
         monkeypatch.setenv(name, value)
     assert main(["--check"]) == 0
     assert capsys.readouterr().out.strip() == "ok"
+
+
+def test_preload_starts_the_default_model_loading_before_the_claim(settings, redis_client, monkeypatch):
+    from function import separation
+
+    monkeypatch.setattr(separation, "_models", {})
+    runner = Runner(settings)
+    assert runner.run_once(wait_s=0.2).outcome is Outcome.EMPTY
+    runner.worker._pool.shutdown(wait=True)
+    assert separation._models == {}  # without preload an empty queue loads nothing
+    runner = Runner(settings)
+    assert runner.run_once(wait_s=0.2, preload=True).outcome is Outcome.EMPTY
+    runner.worker._pool.shutdown(wait=True)
+    assert [key[0] for key in separation._models] == [settings.demucs_model]
+
+
+def test_debug_log_has_the_cold_start_timeline(settings, upload, song, redis_client):
+    upload("timeline1", song)
+    redis_client.lpush("toWorker", "timeline1")
+    env = runner_env(settings, LOG_LEVEL="DEBUG")
+    done = subprocess.run([sys.executable, "-m", "function.runner", "--max-messages", "1"], env=env, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert state_of(redis_client, "timeline1") == "done"
+    (line,) = [raw for raw in done.stderr.splitlines() if "timeline {" in raw]
+    timeline = json.loads(line.split("timeline ", 1)[1])
+    names = [name for name, _ in timeline["marks"]]
+    assert names == ["imports", "settings", "clients", "message"]
+    times = [timeline["process_start"]] + [at for _, at in timeline["marks"]]
+    assert times == sorted(times)
+    (job,) = timeline["jobs"]
+    assert {"download", "model_wait", "decode", "separate", "encode_upload", "total"} <= set(job)
+    assert sum(job[k] for k in ("download", "model_wait", "decode", "separate", "encode_upload")) <= job["total"]
+
+
+def test_no_timeline_below_debug(settings, redis_client):
+    env = runner_env(settings, LOG_LEVEL="INFO")
+    done = subprocess.run([sys.executable, "-m", "function.runner"], env=env, cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "timeline" not in done.stderr
