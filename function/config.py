@@ -111,10 +111,10 @@ class Settings(BaseSettings):
     demucs_overlap: float = Field(0.25, ge=0.0, lt=1.0)
     demucs_segment: float | None = Field(None, gt=0)
     demucs_threads: int | None = Field(None, ge=1)
-    # Reduced precision only when asked for: bf16 (CPUs with AVX512-BF16/AMX) or fp16 (GPU) autocast; `auto` is
-    # bf16 on a CPU with native bf16, fp32 elsewhere (separation.resolve_precision). The default stays fp32
-    # until the quality gate (docs/quality.md) passes; switching it is this one line.
-    demucs_precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    # `auto` (the default) is bf16 autocast on a CPU with native bf16 (AVX512-BF16 or AMX) and fp32 elsewhere,
+    # CUDA included (separation.resolve_precision): bf16 passed the SDR gate of docs/quality.md. `fp32`, `bf16`
+    # and `fp16` force one.
+    demucs_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     mp3_bitrate: int = Field(320, ge=32, le=320)
     mp3_preset: int = Field(2, ge=2, le=7)  # lameenc quality: 2 best, 7 fastest
 

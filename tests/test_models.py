@@ -70,7 +70,8 @@ def test_the_standins_have_the_kinds_of_the_pretrained_models(standin_repo: Path
 @pytest.mark.parametrize("name", PRETRAINED_NAMES)
 def test_every_pretrained_name_separates_as_the_cli_does(make_settings, redis_client, upload, s3, standin_repo,
                                                          two_second_song, tmp_path, name):
-    settings = make_settings(demucs_model=name, demucs_repo=str(standin_repo), demucs_shifts=0)
+    settings = make_settings(demucs_model=name, demucs_repo=str(standin_repo), demucs_shifts=0,
+                             demucs_precision="fp32")
     upload("cli1", two_second_song)
     ours = worker_stems(Worker(settings), s3, {"id": "cli1"})
     song = tmp_path / "cli1.mp3"
@@ -84,7 +85,8 @@ def test_every_pretrained_name_separates_as_the_cli_does(make_settings, redis_cl
 def test_six_stems_two_stems_aliases_and_templates(make_settings, redis_client, upload, s3, standin_repo,
                                                    two_second_song, tmp_path):
     settings = make_settings(demucs_model="htdemucs_6s", demucs_repo=str(standin_repo), demucs_shifts=0,
-                             output_key="{model}/{id}/{stem}.{ext}", stem_aliases="guitar:gtr+guitar")
+                             demucs_precision="fp32", output_key="{model}/{id}/{stem}.{ext}",
+                             stem_aliases="guitar:gtr+guitar")
     worker = Worker(settings)
     upload("six1", two_second_song)
     picked = worker.handle(event_from_message('{"id": "six1", "stems": ["piano", "guitar"]}', 65536))
