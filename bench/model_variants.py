@@ -29,9 +29,14 @@ from function import streaming
 
 
 def inner(separator: Separator) -> Any:
-    """The one HTDemucs of the separator (its bag holds one model)."""
-    model = streaming.streamable_model(separator)
-    if model is None:
+    """The one HTDemucs of the separator: its bag must hold one unweighted model, with shifts <= 1 and split=True
+    (the worker's default for the named single models)."""
+    model = separator._model
+    bag = model if isinstance(model, BagOfModels) else None
+    if bag is not None:
+        one = len(bag.models) == 1 and all(weight == 1 for weight in bag.weights[0])
+        model = bag.models[0] if one else None
+    if model is None or separator._shifts > 1 or not streaming.streamable(separator):
         raise ValueError("these variants need one model, shifts <= 1 and split=True (the worker's default)")
     return model
 

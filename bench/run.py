@@ -100,6 +100,11 @@ def safe_id(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", text)
 
 
+def seconds(value: float | None) -> str:
+    """A measured duration for a progress line; `never` when the job never reached the state."""
+    return "never" if value is None else f"{value:.3f} s"
+
+
 def parse_pairs(text: str) -> dict[str, str]:
     pairs = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
@@ -223,6 +228,7 @@ class Bench:
             "DEMUCS_SHIFTS": str(self.args.shifts),
             "CLAIM_WAIT_SECONDS": "5",
             "LOG_LEVEL": "WARNING",
+            "RESULT_CACHE": "off",  # every job here uploads the same song: each must be separated, not served
         }
         base.update(parse_pairs(",".join(self.args.env)))
         base.update(extra or {})
@@ -324,7 +330,7 @@ class Bench:
                 self.upload(job_id)
                 answer = self.warm[""].ask(op="latency", id=job_id)
                 self.latencies.append(answer)
-                print(f"claim latency: {answer['latency_s']:.3f} s (polled {answer['polled_latency_s']:.3f} s)",
+                print(f"claim latency: {seconds(answer['latency_s'])} (polled {seconds(answer['polled_latency_s'])})",
                       file=sys.stderr, flush=True)
 
     def finish(self) -> str:

@@ -91,7 +91,7 @@ class WarmBench:
         status = self.runner.worker.status_for(job_id)
         seen = None
         deadline = time.monotonic() + 600
-        while seen is None and time.monotonic() < deadline:
+        while seen is None and thread.is_alive() and time.monotonic() < deadline:
             if status.read().get("state") == "separating":
                 seen = time.time() - pushed
             time.sleep(0.005)

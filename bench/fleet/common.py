@@ -118,7 +118,8 @@ def runner_env(services: LocalServices, repo: Path, model: str = "micro", **extr
     return {
         **os.environ, **services.env(), "PYTHONPATH": str(ROOT), "INPUT_BUCKET": INPUT_BUCKET,
         "OUTPUT_BUCKET": OUTPUT_BUCKET, "DEMUCS_MODEL": model, "DEMUCS_REPO": str(repo), "DEMUCS_DEVICE": "cpu",
-        "DEMUCS_THREADS": "1", "DEMUCS_SHIFTS": "0", "OMP_NUM_THREADS": "1", "MP3_PRESET": "7", **extra,
+        "DEMUCS_THREADS": "1", "DEMUCS_SHIFTS": "0", "OMP_NUM_THREADS": "1", "MP3_PRESET": "7",
+        "RESULT_CACHE": "off", **extra,
     }
 
 
