@@ -1,5 +1,8 @@
 """A very small run of the benchmark harness with the tiny model: it proves every scenario runs end to end
-against real Redis and S3 and that the outputs are written. Nothing here is timed or compared."""
+against real Redis and S3 and that the outputs are written. Nothing here is timed or compared.
+
+The harness run is part of the default suite; the others (several lengths, the cold-start breakdown, the fleet
+and drain runs, the levers) are `heavy`, run with `./scripts/test.sh -m heavy`."""
 
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ def test_harness_runs_every_scenario_with_the_tiny_model(tmp_path: Path, capsys:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_several_lengths_end_with_the_rss_target_at_each(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = run.main(["--model", "tiny", "--repo", str(tmp_path / "repo"), "--seconds", "2,3", "--repeat", "1",
                      "--scenarios", "stemworker_cold,cli", "--device", "cpu", "--out", str(tmp_path / "out"),
@@ -52,6 +56,7 @@ def test_several_lengths_end_with_the_rss_target_at_each(tmp_path: Path, capsys:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_cold_start_breakdown_names_every_phase(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = cold_start.main(["--model", "tiny", "--repo", str(tmp_path / "repo"), "--seconds", "2", "--repeat", "1",
                             "--out", str(tmp_path / "out")])
@@ -67,6 +72,7 @@ def test_cold_start_breakdown_names_every_phase(tmp_path: Path, capsys: pytest.C
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_fleet_and_drain_run_through_the_emulator(tmp_path: Path) -> None:
     common = ["--model", "tiny", "--repo", str(tmp_path / "repo"), "--songs", "2", "--seconds", "2",
               "--polling-interval", "0.5"]
@@ -82,6 +88,7 @@ def test_fleet_and_drain_run_through_the_emulator(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_network_levers_keep_the_stems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = levers.main(["--model", "tiny", "--repo", str(tmp_path / "repo"), "--seconds", "9", "--repeat", "1",
                         "--device", "cpu", "--levers", "batch,precast,channels_last", "--out", str(tmp_path)])

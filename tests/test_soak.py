@@ -39,6 +39,7 @@ def soak_services() -> Iterator[LocalServices]:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_soak_50_jobs_two_runners_random_faults(soak_services, model_repo):
     settings = load_settings(**{k.lower(): v for k, v in soak_services.env().items()}, demucs_model="tiny",
                              demucs_repo=str(model_repo), demucs_device="cpu", demucs_shifts=0, demucs_threads=1,
