@@ -169,7 +169,7 @@ class Worker:
             timings["cache"] = time.monotonic() - tick
             if flight.hit is not None:
                 result = finish_hit(flight.hit, job, status, self.events, attempt, started, timings)
-                self.metrics.job_done(job.id, job.model, timings, flight.hit.entry.audio_seconds)
+                self.metrics.job_done(job.id, job.model, timings, flight.hit.entry.audio_seconds, cached=True)
                 return result
             tick = time.monotonic()
             separator = model_loading.result()

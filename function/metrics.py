@@ -7,7 +7,8 @@ and histogram buckets in Redis (HINCRBY on three hashes, in one MULTI/EXEC) and 
 results from fixed lists, and models limited to the allowed ones (any other name is recorded as `other`).
 
 Hashes (`keys.metrics_key(queue, name)`):
-- `counters`: `jobs|<outcome>|<model>`, `audio_seconds|<model>`, `callbacks|<result>`;
+- `counters`: `jobs|<outcome>|<model>`, `audio_seconds|<model>` (separated, so cache hits add none),
+  `cache_hits|<model>` (jobs done from the result cache), `callbacks|<result>`;
 - `durations`: `<stage>|<model>|<le>` (observations in that bucket alone, not cumulative), `<stage>|<model>|sum`;
 - `rtf`: `<model>|<le>`, `<model>|sum` (real-time factor: separate seconds / audio seconds).
 
@@ -105,12 +106,17 @@ class Recorder:
     def job_started(self, job_id: str) -> None:
         self._apply(f"the start of job {job_id}", lambda pipe: self._index(pipe, job_id))
 
-    def job_done(self, job_id: str, model: str, timings: Mapping[str, float], audio_seconds: float) -> None:
+    def job_done(self, job_id: str, model: str, timings: Mapping[str, float], audio_seconds: float,
+                 cached: bool = False) -> None:
+        """A job done: separated, or served from the result cache (`cached`, which separated no audio)."""
         label = self.model_label(model)
 
         def write(pipe: Any) -> None:
             pipe.hincrby(self._counters, f"jobs|done|{label}", 1)
-            pipe.hincrbyfloat(self._counters, f"audio_seconds|{label}", audio_seconds)
+            if cached:
+                pipe.hincrby(self._counters, f"cache_hits|{label}", 1)
+            else:
+                pipe.hincrbyfloat(self._counters, f"audio_seconds|{label}", audio_seconds)
             for stage in STAGES:
                 if stage in timings:
                     seconds = timings[stage]
@@ -238,6 +244,7 @@ class MetricsCollector(Collector):
         # rate() sees a job's first increment.
         jobs = {(outcome, model): 0.0 for outcome in OUTCOMES for model in self.models()}
         audio = {model: 0.0 for model in self.models()}
+        hits = {model: 0.0 for model in self.models()}
         callbacks = {result: 0.0 for result in CALLBACK_RESULTS}
         for field, value in counters.items():
             parts = field.split("|")
@@ -245,6 +252,8 @@ class MetricsCollector(Collector):
                 jobs[(parts[1], parts[2])] = float(value)
             elif parts[0] == "audio_seconds" and len(parts) == 2:
                 audio[parts[1]] = float(value)
+            elif parts[0] == "cache_hits" and len(parts) == 2:
+                hits[parts[1]] = float(value)
             elif parts[0] == "callbacks" and len(parts) == 2:
                 callbacks[parts[1]] = float(value)
         jobs_family = CounterMetricFamily("stemworker_jobs", "Job attempts and messages by outcome and model",
@@ -255,11 +264,15 @@ class MetricsCollector(Collector):
                                            labels=["model"])
         for model, value in sorted(audio.items()):
             audio_family.add_metric([model], value)
+        hits_family = CounterMetricFamily("stemworker_cache_hits", "Jobs done from the result cache (no separation)",
+                                          labels=["model"])
+        for model, value in sorted(hits.items()):
+            hits_family.add_metric([model], value)
         callbacks_family = CounterMetricFamily("stemworker_callbacks", "Webhook deliveries by result",
                                                labels=["result"])
         for result, value in sorted(callbacks.items()):
             callbacks_family.add_metric([result], value)
-        return [jobs_family, audio_family, callbacks_family]
+        return [jobs_family, audio_family, hits_family, callbacks_family]
 
 
 def registry_with(collector: Collector) -> CollectorRegistry:

@@ -115,11 +115,12 @@ def recent_jobs(client: redis.Redis, settings: Settings, state: str | None = Non
 
 
 def ended_since(client: redis.Redis, settings: Settings, since: float) -> list[dict[str, str]]:
-    """The `state` and `seconds` of every indexed job whose latest start or end is at or after `since`."""
+    """The `state`, `seconds` and `cached` of every indexed job whose latest start or end is at or after `since`."""
     index = keys.recent_jobs_key(settings.queue_key)
     ids = [member.decode() for member in client.zrangebyscore(index, since, "+inf")]
     with client.pipeline(transaction=False) as pipe:
         for job_id in ids:
-            pipe.hmget(keys.status_key(settings.status_key, job_id), "state", "seconds")
+            pipe.hmget(keys.status_key(settings.status_key, job_id), "state", "seconds", "cached")
         values = pipe.execute()
-    return [{"state": (s or b"").decode(), "seconds": (sec or b"").decode()} for s, sec in values]
+    return [{"state": (s or b"").decode(), "seconds": (sec or b"").decode(), "cached": (hit or b"").decode()}
+            for s, sec, hit in values]

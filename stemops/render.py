@@ -60,7 +60,8 @@ def stats_view(stats: Stats) -> Table:
     table.add_row("waiting", str(stats.waiting), "oldest waiting", seconds(stats.oldest_waiting_s, 1))
     table.add_row("processing", str(stats.processing), "running (leases)", str(stats.running))
     table.add_row("dead letters", Text(str(stats.dead), style="red" if stats.dead else ""), "", "")
-    table.add_row("last hour", f"done {stats.done_last_hour}", f"failed {stats.failed_last_hour}",
+    table.add_row("last hour", f"done {stats.done_last_hour} ({stats.cached_last_hour} cached)",
+                  f"failed {stats.failed_last_hour}",
                   f"median job {seconds(stats.median_job_s_last_hour)}")
     return table
 

@@ -28,6 +28,7 @@ class Stats:
     running: int
     oldest_waiting_s: float | None
     done_last_hour: int
+    cached_last_hour: int
     failed_last_hour: int
     median_job_s_last_hour: float | None
     at: float
@@ -41,7 +42,7 @@ def gather(client: redis.Redis, settings: Settings) -> Stats:
 
     The last hour is the jobs whose latest start or end (their score in the recent-jobs index) is within
     WINDOW_S, counted by the state their status hash has now; the median is over those done, of their total
-    seconds (the status hash's `seconds`)."""
+    seconds (the status hash's `seconds`); `cached_last_hour` counts those done from the result cache."""
     waiting, processing, dead = WorkQueue(client, settings.queue_key).lengths()
     running = running_jobs(client, settings.queue_key)
     oldest = oldest_waiting_age_s(client, settings)
@@ -49,6 +50,8 @@ def gather(client: redis.Redis, settings: Settings) -> Stats:
     recent = ended_since(client, settings, now - WINDOW_S)
     done = [float(job["seconds"]) for job in recent if job["state"] == State.DONE.value and job["seconds"]]
     failed = sum(1 for job in recent if job["state"] == State.FAILED.value)
+    cached = sum(1 for job in recent if job["state"] == State.DONE.value and job["cached"] == "1")
     return Stats(queue=settings.queue_key, waiting=waiting, processing=processing, dead=dead, running=running,
                  oldest_waiting_s=oldest, done_last_hour=sum(1 for job in recent if job["state"] == State.DONE.value),
-                 failed_last_hour=failed, median_job_s_last_hour=statistics.median(done) if done else None, at=now)
+                 cached_last_hour=cached, failed_last_hour=failed,
+                 median_job_s_last_hour=statistics.median(done) if done else None, at=now)

@@ -111,6 +111,25 @@ def test_counts_after_real_jobs_through_the_runner(make_settings, redis_client, 
     assert value(found, "stemworker_scaledjob_max_replicas") == 2
     assert value(found, "stemworker_redis_up") == 1
     assert value(found, "stemworker_exporter_scrape_errors_total") == 0
+    assert value(found, "stemworker_cache_hits_total", model="tiny") == 0
+
+
+def test_a_cache_hit_counts_as_done_and_as_a_hit_but_separates_no_audio(make_settings, redis_client, upload, song):
+    settings = make_settings(result_cache=True)
+    for job_id in ("first", "again"):
+        upload(job_id, song)  # the same bytes under two ids: the second is served from the cache
+    redis_client.rpush(settings.queue_key, "first", "again")
+    runner = Runner(settings)
+    assert [runner.run_once(wait_s=1).outcome for _ in range(2)] == [Outcome.DONE, Outcome.DONE]
+    assert redis_client.hget("status:again", "cached") == b"1"
+    found = samples(exposition(exporter_registry(redis_client, settings)).decode())
+    assert value(found, "stemworker_jobs_total", outcome="done", model="tiny") == 2
+    assert value(found, "stemworker_cache_hits_total", model="tiny") == 1
+    separated = float(redis_client.hget("status:first", "audio_seconds"))
+    assert value(found, "stemworker_audio_seconds_total", model="tiny") == pytest.approx(separated, abs=0.01)
+    assert value(found, "stemworker_job_duration_seconds_count", stage="separate", model="tiny") == 1
+    assert value(found, "stemworker_job_duration_seconds_count", stage="total", model="tiny") == 2
+    assert value(found, "stemworker_realtime_factor_count", model="tiny") == 1
 
 
 def test_scrape_errors_are_counted_and_never_a_500(make_settings):

@@ -82,7 +82,7 @@ def test_stats_jobs_and_watch_follow_real_jobs(env, settings, redis_client, uplo
     assert WorkQueue(redis_client, settings.queue_key).claim(0) is not None
     after = json_of(capsys, "stats", "--json")
     assert (after["waiting"], after["processing"], after["dead"], after["running"]) == (1, 1, 1, 1)
-    assert (after["done_last_hour"], after["failed_last_hour"]) == (1, 1)
+    assert (after["done_last_hour"], after["cached_last_hour"], after["failed_last_hour"]) == (1, 0, 1)
     assert after["median_job_s_last_hour"] == pytest.approx(float(redis_client.hget("status:good", "seconds")))
     code, out, _ = run(capsys, "stats")
     assert code == 0 and "waiting" in out and "running (leases)" in out and "done 1" in out
