@@ -17,8 +17,11 @@ Targets, each printed PASS or FAIL:
 - a repeated song completes in <= 0.05x the time of its first separation (median hit / median miss);
 - its stems are byte-identical to the first run's, and so are the stems of the second, cache-off separation
   of the same song (the separation is seeded from the input's digest);
-- a miss costs <= 1% more than with the cache off: end to end (median of the per-repeat miss/off ratios) and
-  as the cache's own measured work over the miss's time.
+- a miss costs <= 1% more than with the cache off: end to end, and as the cache's own measured work over the
+  miss's time. End to end, the second of two back-to-back separations of a song runs a few percent slower
+  whichever runner it is, so the ratio is order-balanced: the median miss/off ratio of the songs run off-first
+  and that of the songs run miss-first, combined by their geometric mean (the order effect, the square root
+  of their quotient, cancels and is printed beside it). Use an even `--repeat`.
 The model is the full MODEL architecture with seeded random weights (workbench/model_repo.py).
 """
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import statistics
 import sys
@@ -52,13 +56,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     env = os.environ.get
     parser.add_argument("--seconds", type=float, default=float(env("BENCH_SECONDS", "30")),
                         help="length of the generated song (env BENCH_SECONDS)")
-    parser.add_argument("--repeat", type=int, default=int(env("BENCH_REPEAT", "3")), help="songs, each run 3 ways")
+    parser.add_argument("--repeat", type=int, default=int(env("BENCH_REPEAT", "4")),
+                        help="songs, each run 3 ways; even, so half run off-first and half miss-first")
     parser.add_argument("--model", default=env("BENCH_MODEL", "htdemucs"), choices=sorted(model_repo.MODELS))
     parser.add_argument("--repo", type=Path, default=Path(env("BENCH_REPO", str(ROOT / ".models"))),
                         help="local DEMUCS repo; the model is generated there once")
     parser.add_argument("--device", default=env("BENCH_DEVICE", "auto"), help="auto, cpu or cuda")
     parser.add_argument("--shifts", type=int, default=1, help="DEMUCS shifts (the worker's default, 1)")
     parser.add_argument("--out", type=Path, default=Path(env("BENCH_OUT", str(ROOT / "bench" / "out"))))
+    parser.add_argument("--report", type=Path, help="print the report of a saved cache.json again, with that run's "
+                        "own flags; nothing is run")
     return parser.parse_args(argv)
 
 
@@ -106,12 +113,13 @@ class CacheBench:
         self.device = resolve_device(args.device)
         self.out: Path = args.out.resolve()
         self.out.mkdir(parents=True, exist_ok=True)
-        self.services = LocalServices(workdir=Path(tempfile.mkdtemp(prefix="bench-cache-")))
+        self.services: LocalServices | None = None
         self.rows: list[dict[str, Any]] = []
         self.identical: list[dict[str, bool]] = []
 
     def start(self) -> None:
         model_repo.write_model(self.args.repo, self.args.model)
+        self.services = LocalServices(workdir=Path(tempfile.mkdtemp(prefix="bench-cache-")))
         self.services.start()
         env = {k.lower(): v for k, v in self.services.env().items()}
         from function.config import load_settings
@@ -188,8 +196,8 @@ class CacheBench:
         med = {name: statistics.median(r[name] for r in rows) for name in
                ("miss_s", "off_s", "hit_s", "miss_cpu_s", "off_cpu_s", "cache_work_s")}
         hit_ratio = med["hit_s"] / med["miss_s"]
-        pair_ratio = statistics.median(r["miss_s"] / r["off_s"] for r in rows)
-        cpu_ratio = statistics.median(r["miss_cpu_s"] / r["off_cpu_s"] for r in rows)
+        pair_ratio, order_effect = balanced_ratio(rows, "miss_s", "off_s")
+        cpu_ratio, _ = balanced_ratio(rows, "miss_cpu_s", "off_cpu_s")
         work_share = statistics.median(r["cache_work_s"] / r["miss_s"] for r in rows)
         identical = all(i["hit"] and i["off"] for i in self.identical)
         flags_ok = all(r["hit_cached"] and not r["miss_cached"] for r in rows)
@@ -199,8 +207,9 @@ class CacheBench:
             ("stems byte-identical: hit = first run, and a second separation (cache off) = first run",
              f"{sum(i['hit'] for i in self.identical)}/{len(rows)} and {sum(i['off'] for i in self.identical)}/"
              f"{len(rows)}", identical),
-            (f"miss <= {1 + MISS_OVERHEAD_MAX:g}x cache off, end to end (median of per-song miss/off, wall)",
-             f"{pair_ratio:.4f}x (cpu {cpu_ratio:.4f}x)", pair_ratio <= 1 + MISS_OVERHEAD_MAX),
+            (f"miss <= {1 + MISS_OVERHEAD_MAX:g}x cache off, end to end (order-balanced miss/off, wall)",
+             f"{pair_ratio:.4f}x (cpu {cpu_ratio:.4f}x; second run of a pair {order_effect:.3f}x the first)",
+             pair_ratio <= 1 + MISS_OVERHEAD_MAX),
             (f"cache work inside a miss <= {MISS_OVERHEAD_MAX:.0%} of it (sha256 + lookup/lock + record + release)",
              f"{med['cache_work_s'] * 1000:.1f} ms = {work_share:.4%}", work_share <= MISS_OVERHEAD_MAX),
         ]
@@ -216,18 +225,38 @@ class CacheBench:
             lines.append(f"| {r['repeat']} | {', '.join(r['order'])}, hit | {r['miss_s']:.2f} | {r['off_s']:.2f} | "
                          f"{r['hit_s']:.3f} | {r['hit_s'] / r['miss_s']:.4f} | {r['miss_s'] / r['off_s']:.4f} | "
                          f"{r['miss_cpu_s'] / r['off_cpu_s']:.4f} | {r['cache_work_s'] * 1000:.1f} |")
-        lines.append(f"| median | | {med['miss_s']:.2f} | {med['off_s']:.2f} | {med['hit_s']:.3f} | "
-                     f"{hit_ratio:.4f} | {pair_ratio:.4f} | {cpu_ratio:.4f} | {med['cache_work_s'] * 1000:.1f} |")
+        lines.append(f"| median (miss/off: order-balanced) | | {med['miss_s']:.2f} | {med['off_s']:.2f} | "
+                     f"{med['hit_s']:.3f} | {hit_ratio:.4f} | {pair_ratio:.4f} | {cpu_ratio:.4f} | "
+                     f"{med['cache_work_s'] * 1000:.1f} |")
         lines += ["", "| target | measured | result |", "|---|---:|---|"]
         lines += [f"| {what} | {value} | {'PASS' if ok else 'FAIL'} |" for what, value, ok in checks]
         return "\n".join(lines) + "\n", all(ok for _, _, ok in checks)
 
     def close(self) -> None:
-        self.services.stop()
+        if self.services is not None:
+            self.services.stop()
+
+
+def balanced_ratio(rows: list[dict[str, Any]], top: str, bottom: str) -> tuple[float, float]:
+    """(order-balanced median of top/bottom, order effect): the geometric mean of the median ratio among the
+    songs run off-first and among those run miss-first, and how much slower the second run of a pair was."""
+    groups = [[r[top] / r[bottom] for r in rows if r["order"][0] == first] for first in ("off", "miss")]
+    if not all(groups):
+        ratio = statistics.median(r[top] / r[bottom] for r in rows)
+        return ratio, 1.0
+    off_first, miss_first = (statistics.median(group) for group in groups)
+    return math.sqrt(off_first * miss_first), math.sqrt(off_first / miss_first)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report is not None:
+        saved = json.loads(args.report.read_text())
+        bench = CacheBench(parse_args(saved["command"].split()[2:]))
+        bench.rows, bench.identical = saved["rows"], saved["identical"]
+        text, passed = bench.report()
+        print(text)
+        return 0 if passed else 1
     bench = CacheBench(args)
     try:
         bench.start()
