@@ -127,6 +127,22 @@ def test_cache_off_separates_every_time_and_writes_no_cache_key(make_settings, r
     assert cache_keys(redis_client) == [] and "cached" not in status(redis_client, "off2")
 
 
+def test_a_fresh_separation_of_a_cached_job_id_clears_the_hit_fields(make_settings, redis_client, upload, clip):
+    on = Worker(make_settings())
+    upload("orig", clip)
+    upload("rerun", clip)
+    run(on, "orig")
+    run(on, "rerun")
+    assert status(redis_client, "rerun")["cached"] == "1"
+    # The same id separated again (the cache off, as after a privacy opt-out): nothing of the hit survives.
+    off = Worker(make_settings(result_cache=False))
+    run(off, "rerun")
+    record = status(redis_client, "rerun")
+    assert record["state"] == "done" and separations(redis_client) == ["orig", "rerun"]
+    assert not {"cached", "cached_from", "waiting_for"} & set(record)
+    assert record["precision"] in ("fp32", "bf16") and float(record["audio_seconds"]) > 0
+
+
 def test_gone_or_changed_stem_drops_the_entry_and_the_job_separates(worker, upload, clip, s3, redis_client):
     for job_id in ("src1", "src2", "src3", "src4"):
         upload(job_id, clip)
