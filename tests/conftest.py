@@ -152,6 +152,17 @@ def s3(settings: Settings):
     return s3_client(settings)
 
 
+@pytest.fixture
+def tier_bucket(s3) -> Iterator[str]:
+    """A bucket of a REST tier's own (named in its messages, not INPUT_BUCKET), emptied and removed afterwards."""
+    name = f"tier-{uuid.uuid4().hex[:8]}"
+    yield name
+    if s3.bucket_exists(name):
+        for item in s3.list_objects(name, recursive=True):
+            s3.remove_object(name, item.object_name)
+        s3.remove_bucket(name)
+
+
 @dataclass
 class Receiver:
     """A local HTTP server recording every request. It answers with `script` in order (the last answer

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import uuid
 from pathlib import Path
 
 import pytest
@@ -39,17 +38,6 @@ def dead_letters(redis_client, settings) -> list[dict]:
 
 def run(settings, **kwargs):
     return Runner(settings, **kwargs).run_once(0)
-
-
-@pytest.fixture
-def tier_bucket(settings, s3):
-    """A bucket of the tier's own (named in its messages), emptied and removed afterwards."""
-    name = f"tier-{uuid.uuid4().hex[:8]}"
-    yield name
-    if s3.bucket_exists(name):
-        for item in s3.list_objects(name, recursive=True):
-            s3.remove_object(name, item.object_name)
-        s3.remove_bucket(name)
 
 
 # --- push side and id shapes -------------------------------------------------------------------------------------

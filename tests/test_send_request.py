@@ -134,12 +134,12 @@ def test_wait_reports_failures_and_the_deadline(env, settings, redis_client, s3,
     assert "willfail: failed" in err and "not found" in err and "0 done, 1 failed" in err
 
 
-def test_tier_variants(env, settings, redis_client, s3, tier_bucket_name):
+def test_tier_variants(env, settings, redis_client, s3, tier_bucket):
     """Each flag that reproduces a REST tier's message or layout (docs/rest-tiers.md)."""
     assert send_request.main(["--id", "v1", "--push", "lpush", "--id-field", "hash", "--model", "default",
                               "--empty-callback", "object"]) == 0
     assert send_request.main(["--id", "v2", "--push", "rpush", "--empty-callback", "null"]) == 0
-    assert send_request.main(["--id", "v3", "--bucket", tier_bucket_name, "--key", "users/7/{id}.mp3",
+    assert send_request.main(["--id", "v3", "--bucket", tier_bucket, "--key", "users/7/{id}.mp3",
                               "--empty-callback", "string"]) == 0
     assert send_request.main(["--id", "v4", "--form", "bare", "--push", "lpush", "--no-status",
                               "--tier-field", "status=queued", "--tier-field", "filename=My Song.mp3"]) == 0
@@ -149,10 +149,10 @@ def test_tier_variants(env, settings, redis_client, s3, tier_bucket_name):
         "v4",
         {"hash": "v1", "model": "default", "callback": {}},
         {"songhash": "v2", "callback": None},
-        {"songhash": "v3", "bucket": tier_bucket_name, "key": "users/7/v3.mp3", "callback": ""},
+        {"songhash": "v3", "bucket": tier_bucket, "key": "users/7/v3.mp3", "callback": ""},
         {"id": "v5", "callback": []},
     ]
-    assert s3.stat_object(tier_bucket_name, "users/7/v3.mp3").size > 0
+    assert s3.stat_object(tier_bucket, "users/7/v3.mp3").size > 0
     assert redis_client.hgetall("status:v4") == {b"status": b"queued", b"filename": b"My Song.mp3"}
     assert redis_client.ttl("status:v4") == -1  # only the tier's fields: it set no expiry
     assert redis_client.hget("status:v1", "state") == b"queued"
@@ -166,12 +166,3 @@ def test_tier_variant_flags_that_contradict_exit_2(env, redis_client, settings):
         assert exited.value.code == 2, argv
     assert queued(redis_client, settings) == []
 
-
-@pytest.fixture
-def tier_bucket_name(settings, s3):
-    name = f"tier-{settings.input_bucket[3:]}"
-    yield name
-    if s3.bucket_exists(name):
-        for item in s3.list_objects(name, recursive=True):
-            s3.remove_object(name, item.object_name)
-        s3.remove_bucket(name)
