@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import report  # noqa: E402
 from bench.measure import Sample, run_tree  # noqa: E402
+from stemops import render  # noqa: E402
 from workbench import model_repo, sample_song  # noqa: E402
 from workbench.local_services import LocalServices  # noqa: E402
 
@@ -98,11 +99,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def safe_id(text: str) -> str:
     """`text` with every character a job id may not hold replaced by '-'."""
     return re.sub(r"[^A-Za-z0-9_-]", "-", text)
-
-
-def seconds(value: float | None) -> str:
-    """A measured duration for a progress line; `never` when the job never reached the state."""
-    return "never" if value is None else f"{value:.3f} s"
 
 
 def parse_pairs(text: str) -> dict[str, str]:
@@ -330,8 +326,8 @@ class Bench:
                 self.upload(job_id)
                 answer = self.warm[""].ask(op="latency", id=job_id)
                 self.latencies.append(answer)
-                print(f"claim latency: {seconds(answer['latency_s'])} (polled {seconds(answer['polled_latency_s'])})",
-                      file=sys.stderr, flush=True)
+                latency, polled = (render.seconds(answer[name], 3) for name in ("latency_s", "polled_latency_s"))
+                print(f"claim latency: {latency} (polled {polled})", file=sys.stderr, flush=True)
 
     def finish(self) -> str:
         audio_s = self.args.seconds

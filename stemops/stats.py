@@ -48,10 +48,10 @@ def gather(client: redis.Redis, settings: Settings) -> Stats:
     oldest = oldest_waiting_age_s(client, settings)
     now = time.time()
     recent = ended_since(client, settings, now - WINDOW_S)
-    done = [float(job["seconds"]) for job in recent if job["state"] == State.DONE.value and job["seconds"]]
+    done = [job for job in recent if job["state"] == State.DONE.value]
+    times = [float(job["seconds"]) for job in done if job["seconds"]]
     failed = sum(1 for job in recent if job["state"] == State.FAILED.value)
-    cached = sum(1 for job in recent if job["state"] == State.DONE.value and job["cached"] == "1")
     return Stats(queue=settings.queue_key, waiting=waiting, processing=processing, dead=dead, running=running,
-                 oldest_waiting_s=oldest, done_last_hour=sum(1 for job in recent if job["state"] == State.DONE.value),
-                 cached_last_hour=cached, failed_last_hour=failed,
-                 median_job_s_last_hour=statistics.median(done) if done else None, at=now)
+                 oldest_waiting_s=oldest, done_last_hour=len(done),
+                 cached_last_hour=sum(1 for job in done if job["cached"] == "1"), failed_last_hour=failed,
+                 median_job_s_last_hour=statistics.median(times) if times else None, at=now)

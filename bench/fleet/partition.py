@@ -32,6 +32,7 @@ import redis
 from bench.fleet.common import (
     QUEUE,
     Report,
+    Runner,
     RunnerPool,
     check_end_state,
     done_counts,
@@ -121,6 +122,14 @@ def record(client: redis.Redis) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in client.hgetall(f"status:{JOB}").items()}
 
 
+def cut_off(zombie: Runner, method: str, cut: bool) -> None:
+    """Cut the zombie runner off (`cut`) or let it back: its veth link down/up (netns), or SIGSTOP/SIGCONT."""
+    if method == "netns":
+        ip("link", "set", HOST_END, "down" if cut else "up")
+    else:
+        zombie.process.send_signal(signal.SIGSTOP if cut else signal.SIGCONT)
+
+
 def redis_now(client: redis.Redis) -> float:
     seconds, micros = client.time()
     return seconds + micros / 1e6
@@ -172,10 +181,7 @@ def scenario(report: Report, method: str, lease_s: int, services: LocalServices,
          "the zombie to be separating")
     (token, deadline), = client.zrange(leases_key(QUEUE), 0, -1, withscores=True)
     cut_at = time.monotonic()
-    if method == "netns":
-        subprocess.run(["ip", "link", "set", HOST_END, "down"], check=True)
-    else:
-        zombie.process.send_signal(signal.SIGSTOP)
+    cut_off(zombie, method, True)
     say(f"cut at progress {record(client).get('progress')}%; lease {token.decode()[:8]} expires at Redis time "
         f"{deadline:.1f}")
     wait(lambda: redis_now(client) > client.zscore(leases_key(QUEUE), token), lease_s + 30, "the lease to expire")
@@ -185,10 +191,7 @@ def scenario(report: Report, method: str, lease_s: int, services: LocalServices,
     done_record = record(client)
     say(f"rescuer exited {code}; status {done_record.get('state')}; callbacks so far {len(receiver.requests)}")
     restored_at = time.monotonic()
-    if method == "netns":
-        subprocess.run(["ip", "link", "set", HOST_END, "up"], check=True)
-    else:
-        zombie.process.send_signal(signal.SIGCONT)
+    cut_off(zombie, method, False)
     say(f"{'link restored' if method == 'netns' else 'SIGCONT sent'} after {restored_at - cut_at:.1f} s; "
         "waiting for the zombie")
     try:
