@@ -168,7 +168,8 @@ class Worker:
             flight = cleanup.enter_context(self.cache.begin(job, sha256.hexdigest(), device, status))
             timings["cache"] = time.monotonic() - tick
             if flight.hit is not None:
-                result = finish_hit(flight.hit, job, status, self.events, attempt, started, timings)
+                result = finish_hit(flight.hit, job, status, self.events, attempt, started, timings,
+                                    separation.resolve_precision(s.demucs_precision, device))
                 self.metrics.job_done(job.id, job.model, timings, flight.hit.entry.audio_seconds, cached=True)
                 return result
             tick = time.monotonic()

@@ -91,9 +91,13 @@ class TierClient:
         name = self.tier.stem_names.get(stem, stem)
         return output_key(self.settings.output_key, job_id, name, ext, model or self.settings.demucs_model)
 
+    def output_bucket(self, job_id: str) -> str:
+        """The bucket the tier's API hands stems out of."""
+        return self.settings.output_bucket
+
     def download(self, job_id: str, stem: str, ext: str = "mp3") -> bytes:
         """GET the stem the way the tier's API does."""
-        response = self.s3.get_object(self.settings.output_bucket, self.stem_key(job_id, stem, ext))
+        response = self.s3.get_object(self.output_bucket(job_id), self.stem_key(job_id, stem, ext))
         try:
             return response.read()
         finally:
