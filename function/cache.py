@@ -31,6 +31,7 @@ import redis
 import yaml
 
 from function import keys
+from function.buckets import render_bucket
 from function.clock import now_iso
 from function.config import Settings
 from function.errors import Interrupted, Transient
@@ -495,18 +496,19 @@ class ResultCache:
     def _copy(self, entry: Entry, job: Job) -> dict[str, dict[str, Any]] | None:
         """Copy every recorded stem to the job's own key, server-side; None when a source changed meanwhile."""
         s = self.settings
-        self.store.ensure_bucket(s.output_bucket)
+        bucket = render_bucket("OUTPUT_BUCKET", s.output_bucket, id=job.id, model=job.model, ext=job.format)
+        self.store.ensure_bucket(bucket)
         outputs: dict[str, dict[str, Any]] = {}
         for stem, stored in entry.stems.items():
             # The names a fresh run publishes (outputs.published_names), so a hit's objects and `outputs` match it.
             names = [output_key(s.output_key, job.id, name, job.format, job.model)
                      for name in published_names(s.stem_aliases, stem)]
             for key in names:
-                same_object = (stored.bucket, stored.key) == (s.output_bucket, key)
-                if not same_object and not self.store.copy(stored.bucket, stored.key, key,
-                                                           dest_bucket=s.output_bucket, match_etag=stored.etag):
+                same_object = (stored.bucket, stored.key) == (bucket, key)
+                if not same_object and not self.store.copy(stored.bucket, stored.key, key, dest_bucket=bucket,
+                                                           match_etag=stored.etag):
                     return None
-            outputs[stem] = {"bucket": s.output_bucket, "key": names[0], **({"keys": names} if len(names) > 1 else {})}
+            outputs[stem] = {"bucket": bucket, "key": names[0], **({"keys": names} if len(names) > 1 else {})}
         return outputs
 
     def record(self, key: str, job_id: str, outputs: dict[str, dict[str, str]], audio_seconds: float,

@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from function import keys
+from function.buckets import check_bucket_template
 from function.errors import ConfigError
 from function.signing import secret_bytes
 
@@ -245,6 +246,20 @@ class Settings(BaseSettings):
         for name in self.state_fields:
             if not name.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"STATE_FIELDS field {name!r} must be letters, digits, '_' or '-'")
+        return self
+
+    @model_validator(mode="after")
+    def _bucket_templates(self) -> Settings:
+        """INPUT_BUCKET and OUTPUT_BUCKET may be templates (`{id}`: a bucket per song); each must be able to give a
+        valid bucket name (function/buckets.py). Whether a given id fits is checked per job."""
+        _check_template("INPUT_BUCKET", self.input_bucket, {"id"})
+        _check_template("OUTPUT_BUCKET", self.output_bucket, {"id", "model", "ext"})
+        check_bucket_template("INPUT_BUCKET", self.input_bucket, {})
+        check_bucket_template("OUTPUT_BUCKET", self.output_bucket, {"model": sorted(self.allowed_models),
+                                                                     "ext": FORMATS})
+        for bucket in self.input_buckets:
+            _check_template("INPUT_BUCKETS", bucket, set())
+            check_bucket_template("INPUT_BUCKETS", bucket, {})
         return self
 
     @property

@@ -19,6 +19,7 @@ import torch
 from cloudevents.http import CloudEvent
 
 from function import audio, separation
+from function.buckets import render_bucket
 from function.cache import ResultCache, finish_hit
 from function.callback import deliver
 from function.clients import redis_client, s3_client
@@ -153,7 +154,9 @@ class Worker:
         s = self.settings
         timings: dict[str, float] = {}
         model_loading = self._pool.submit(separation.get_separator, job.model, s)
-        source_bucket = job.input_bucket or s.input_bucket
+        # Templated buckets (`{id}`) are rendered once, before any I/O: a job whose id gives no valid name is refused.
+        source_bucket = job.input_bucket or render_bucket("INPUT_BUCKET", s.input_bucket, id=job.id)
+        output_bucket = render_bucket("OUTPUT_BUCKET", s.output_bucket, id=job.id, model=job.model, ext=job.format)
         source_key = job.input_key or input_key(s.input_key, job.id)
         with tempfile.TemporaryDirectory(prefix=f"stemworker-{job.id}-") as tmp, contextlib.ExitStack() as cleanup:
             status.update(State.DOWNLOADING)
@@ -206,7 +209,7 @@ class Worker:
             timings["separate"] = time.monotonic() - tick
             status.update(State.UPLOADING, progress=100)
             tick = time.monotonic()
-            outputs = self._store_stems(job, stems, Path(tmp), separator.samplerate)
+            outputs = self._store_stems(job, stems, Path(tmp), separator.samplerate, output_bucket)
             timings["encode_upload"] = time.monotonic() - tick
             flight.record(outputs, audio_seconds, device)  # before the lock is released: waiters find it
         timings["total"] = time.monotonic() - started
@@ -227,12 +230,12 @@ class Worker:
             "seconds": {name: round(value, 3) for name, value in timings.items()},
         }
 
-    def _store_stems(self, job: Job, stems: dict[str, audio.StemFile], tmp: Path,
-                     samplerate: int) -> dict[str, Any]:
-        """Encode (chunk by chunk, from each stem's raw file) and upload every stem concurrently; returns
+    def _store_stems(self, job: Job, stems: dict[str, audio.StemFile], tmp: Path, samplerate: int,
+                     bucket: str) -> dict[str, Any]:
+        """Encode (chunk by chunk, from each stem's raw file) and upload every stem concurrently to `bucket`; returns
         stem -> {bucket, key} (plus `keys` when STEM_ALIASES gives it several names)."""
         s = self.settings
-        self.store.ensure_bucket(s.output_bucket)
+        self.store.ensure_bucket(bucket)
 
         def encode_and_upload(stem: str, raw: audio.StemFile) -> tuple[str, dict[str, Any]]:
             path = tmp / f"{stem}.{job.format}"
@@ -244,9 +247,9 @@ class Worker:
                 raw.unlink()
             keys = [output_key(s.output_key, job.id, name, job.format, job.model)
                     for name in published_names(s.stem_aliases, stem)]
-            entry = publish(self.store, s.output_bucket, keys, path, CONTENT_TYPES[job.format])
+            entry = publish(self.store, bucket, keys, path, CONTENT_TYPES[job.format])
             path.unlink()
-            self.events.info(f"job {job.id}: uploaded {stem} to {s.output_bucket}/{', '.join(keys)}", stage="uploading")
+            self.events.info(f"job {job.id}: uploaded {stem} to {bucket}/{', '.join(keys)}", stage="uploading")
             return stem, entry
 
         futures = [self._pool.submit(encode_and_upload, stem, raw) for stem, raw in stems.items()]

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from function.buckets import render_bucket
 from function.config import Settings
 from function.errors import InvalidJob
 
@@ -72,13 +73,26 @@ def require_object_key(key: Any) -> str:
     return key
 
 
+def allowed_input_buckets(data: dict[str, Any], settings: Settings) -> frozenset[str]:
+    """INPUT_BUCKETS and INPUT_BUCKET, the latter rendered for the message's id when it is a template (a message
+    may name its own per-song bucket)."""
+    if "{" not in settings.input_bucket:
+        return settings.allowed_input_buckets
+    from function.messages import ID_FIELDS, ID_PATTERN  # messages imports this module
+
+    job_id = next((data[name] for name in ID_FIELDS if name in data), None)
+    if not isinstance(job_id, str) or ID_PATTERN.fullmatch(job_id) is None:
+        return frozenset(settings.input_buckets)
+    return frozenset((render_bucket("INPUT_BUCKET", settings.input_bucket, id=job_id), *settings.input_buckets))
+
+
 def input_location(data: dict[str, Any], settings: Settings) -> tuple[str | None, str | None]:
     """The (bucket, key) a message names for its input; None for each one it leaves to INPUT_BUCKET/INPUT_KEY."""
     bucket = data.get("bucket")
     key = data.get("key")
     bucket = None if bucket == "" else bucket  # an empty field is an absent one, as tiers send them
     key = None if key == "" else key
-    if bucket is not None and (not isinstance(bucket, str) or bucket not in settings.allowed_input_buckets):
+    if bucket is not None and (not isinstance(bucket, str) or bucket not in allowed_input_buckets(data, settings)):
         shown = repr(bucket[:80]) if isinstance(bucket, str) else type(bucket).__name__
         raise InvalidJob(f"bucket {shown} is not an input bucket; allowed (INPUT_BUCKETS): "
                          f"{sorted(settings.allowed_input_buckets)}")

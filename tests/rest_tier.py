@@ -32,6 +32,7 @@ class Tier:
     id_field: str | None = "songhash"  # None: the message is the bare id
     fields: dict[str, Any] = field(default_factory=dict)  # what else its message carries (model, callback, ...)
     bucket: str | None = None  # the bucket it uploads to and names in the message (None: INPUT_BUCKET, unnamed)
+    upload_bucket: str | None = None  # a bucket template ({id}) it uploads to without naming it (None: INPUT_BUCKET)
     key: str | None = None  # its object key template ({id}), named in the message (None: INPUT_KEY, unnamed)
     own_status: dict[str, str] = field(default_factory=dict)  # its fields in the status hash, written at submit
     status_field: str = "state"  # the field its status endpoint reads
@@ -48,7 +49,7 @@ class TierClient:
         self.s3 = s3
 
     def input_location(self, job_id: str) -> tuple[str, str]:
-        bucket = self.tier.bucket or self.settings.input_bucket
+        bucket = (self.tier.bucket or self.tier.upload_bucket or self.settings.input_bucket).replace("{id}", job_id)
         key = self.tier.key.replace("{id}", job_id) if self.tier.key else input_key(self.settings.input_key, job_id)
         return bucket, key
 
@@ -57,7 +58,7 @@ class TierClient:
             return job_id
         body: dict[str, Any] = {self.tier.id_field: job_id, **self.tier.fields}
         if self.tier.bucket:
-            body["bucket"] = self.tier.bucket
+            body["bucket"] = self.tier.bucket.replace("{id}", job_id)
         if self.tier.key:
             body["key"] = self.input_location(job_id)[1]
         return json.dumps(body)
@@ -93,7 +94,7 @@ class TierClient:
 
     def output_bucket(self, job_id: str) -> str:
         """The bucket the tier's API hands stems out of."""
-        return self.settings.output_bucket
+        return self.settings.output_bucket.replace("{id}", job_id)
 
     def download(self, job_id: str, stem: str, ext: str = "mp3") -> bytes:
         """GET the stem the way the tier's API does."""

@@ -123,3 +123,33 @@ def test_rest_tier_defaults():
 def test_a_model_alias_names_its_target_and_the_allowed_models():
     with pytest.raises(ConfigError, match=r"MODEL_ALIASES maps 'default' to 'mdx'.*allowed.*\['htdemucs'\]"):
         load_settings(demucs_model="htdemucs", model_aliases="default:mdx")
+
+
+# --- templated buckets (function/buckets.py) --------------------------------------------------------------------
+
+@pytest.mark.parametrize(("env", "value", "reason"), [
+    ("INPUT_BUCKET", "{song}", "may only use the placeholders ['id'], got {song}"),
+    ("INPUT_BUCKET", "{id}_songs", "may only hold lowercase letters, digits, '.' and '-'"),
+    ("INPUT_BUCKET", "Songs-{id}", "may only hold lowercase letters, digits, '.' and '-'"),
+    ("INPUT_BUCKET", "-{id}", "must begin and end with a letter or digit"),
+    ("INPUT_BUCKET", "{id}." , "must begin and end with a letter or digit"),
+    ("INPUT_BUCKET", "a..{id}", "must not hold '..'"),
+    ("INPUT_BUCKET", "x" * 63 + "{id}", "a bucket name has 3 to 63"),
+    ("OUTPUT_BUCKET", "{id}-{stem}", "may only use the placeholders ['ext', 'id', 'model'], got {stem}"),
+    ("OUTPUT_BUCKET", "stems-{model}", "{model}='tiny_2'"),  # an allowed model's name holds '_'
+    ("OUTPUT_BUCKET", "ab", "is 2 characters"),
+    ("INPUT_BUCKETS", "uploads,Up_loads", "may only hold lowercase"),
+])
+def test_a_bucket_template_that_cannot_name_a_bucket_stops_the_start(monkeypatch, env, value, reason):
+    monkeypatch.setenv("DEMUCS_MODELS", "tiny_2")
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert env in str(raised.value) and reason in str(raised.value)
+
+
+@pytest.mark.parametrize(("input_bucket", "output_bucket"), [
+    ("{id}", "{id}"), ("songs-{id}", "stems.{id}.{ext}"), ("queue", "out-{model}"), ("{id}x", "output")])
+def test_bucket_templates_that_can_name_a_bucket_are_accepted(input_bucket, output_bucket):
+    s = load_settings(input_bucket=input_bucket, output_bucket=output_bucket)
+    assert (s.input_bucket, s.output_bucket) == (input_bucket, output_bucket)

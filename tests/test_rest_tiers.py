@@ -198,6 +198,48 @@ def test_an_unsafe_input_location_is_rejected_for_good(make_settings, redis_clie
     assert client.status("where2") == "failed" and reason in client.record("where2")["error"]
 
 
+# --- a bucket per song -------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def song_buckets(s3):
+    """Buckets named after songs, emptied and removed afterwards (each holds SeaweedFS volumes)."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        if s3.bucket_exists(name):
+            for item in s3.list_objects(name, recursive=True):
+                s3.remove_object(name, item.object_name)
+            s3.remove_bucket(name)
+
+
+def test_a_bucket_named_after_the_song(make_settings, redis_client, s3, short_song, song_buckets):
+    settings = make_settings(input_bucket="{id}", output_bucket="{id}", output_key="{id}/{stem}.{ext}")
+    song_buckets += ["persong1", "hit-persong1"]
+    client = tier(settings, redis_client, s3, upload_bucket="{id}", key="{id}/{id}.mp3")
+    hit_id = fresh_then_cached(settings, client, short_song, "persong1")
+    for job_id in ("persong1", hit_id):
+        assert {item.object_name for item in s3.list_objects(job_id, recursive=True)} == {
+            f"{job_id}/{job_id}.mp3", *(f"{job_id}/{stem}.mp3" for stem in ("bass", "drums", "other", "vocals"))}
+    assert any("downloaded persong1/persong1/persong1.mp3" in line for line in log_lines(redis_client, settings))
+
+
+@pytest.mark.parametrize(("job_id", "bucket", "reason"), [
+    ("Song1", None, "INPUT_BUCKET '{id}' gives bucket 'Song1' for this job, which may only hold lowercase"),
+    ("song_1", None, "gives bucket 'song_1' for this job"),
+    ("ab", None, "gives bucket 'ab' for this job, which is 2 characters"),
+    ("song1", "song2", "bucket 'song2' is not an input bucket"),  # only its own song's bucket
+])
+def test_an_id_that_names_no_valid_bucket_is_rejected_for_good(make_settings, redis_client, s3, job_id, bucket,
+                                                               reason):
+    settings = make_settings(input_bucket="{id}")
+    client = tier(settings, redis_client, s3, bucket=bucket, key="{id}.mp3" if bucket else None)
+    client.submit(job_id, None)
+    assert run(settings).outcome == Outcome.DEAD
+    (entry,) = dead_letters(redis_client, settings)
+    assert entry["permanent"] and reason in entry["error"]
+    assert client.status(job_id) == "failed" and reason in client.record(job_id)["error"]
+
+
 # --- a tier's own fields in the status hash ----------------------------------------------------------------------
 
 class CommandLog(threading.Thread):
