@@ -34,6 +34,7 @@ class Tier:
     bucket: str | None = None  # the bucket it uploads to and names in the message (None: INPUT_BUCKET, unnamed)
     upload_bucket: str | None = None  # a bucket template ({id}) it uploads to without naming it (None: INPUT_BUCKET)
     key: str | None = None  # its object key template ({id}), named in the message (None: INPUT_KEY, unnamed)
+    key_field: str = "key"  # the message field the key goes under (`object_name` in some tiers)
     own_status: dict[str, str] = field(default_factory=dict)  # its fields in the status hash, written at submit
     status_field: str = "state"  # the field its status endpoint reads
     stem_names: dict[str, str] = field(default_factory=dict)  # how its API spells a stem in object keys
@@ -60,7 +61,7 @@ class TierClient:
         if self.tier.bucket:
             body["bucket"] = self.tier.bucket.replace("{id}", job_id)
         if self.tier.key:
-            body["key"] = self.input_location(job_id)[1]
+            body[self.tier.key_field] = self.input_location(job_id)[1]
         return json.dumps(body)
 
     def submit(self, job_id: str, song: bytes | None) -> str:

@@ -181,7 +181,19 @@ def test_bucket_and_key_in_the_message(make_settings, redis_client, s3, short_so
     assert not s3.bucket_exists(settings.input_bucket)  # INPUT_BUCKET was never read
 
 
+def test_object_name_is_read_as_the_key(make_settings, redis_client, s3, short_song):
+    settings = make_settings()
+    client = tier(settings, redis_client, s3, key="uploads/{id}/original.mp3", key_field="object_name")
+    fresh_then_cached(settings, client, short_song, "objname1")
+    assert any(f"downloaded {settings.input_bucket}/uploads/objname1/original.mp3" in line
+               for line in log_lines(redis_client, settings))
+
+
 @pytest.mark.parametrize(("shape", "reason"), [
+    ({"key": "../{id}.mp3", "key_field": "object_name"}, "object_name '../where2.mp3' must not contain a '.' or '..'"),
+    ({"key": "/{id}.mp3", "key_field": "object_name"}, "object_name '/where2.mp3' must not start with '/'"),
+    ({"id_field": "songhash", "fields": {"key": "a.mp3", "object_name": "b.mp3"}},
+     "key 'a.mp3' and object_name 'b.mp3' name different objects"),
     ({"bucket": "not-listed", "key": "{id}.mp3"}, "bucket 'not-listed' is not an input bucket"),
     ({"key": "../{id}.mp3"}, "must not contain a '.' or '..' path segment"),
     ({"key": "/{id}.mp3"}, "must not start with '/'"),
