@@ -23,6 +23,8 @@ from function.signing import secret_bytes
 
 STEMS = ("drums", "bass", "other", "vocals")
 FORMATS = ("mp3", "wav", "flac")
+# The states STATE_MAP may rename or leave out: those between queued and done or failed.
+MAPPABLE_STATES = ("downloading", "separating", "uploading")
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
@@ -98,6 +100,9 @@ class Settings(BaseSettings):
     input_buckets: CommaList = ()
     # Names the job's state is written under in the status hash (a REST tier may read `status`).
     state_fields: CommaList = ("state",)
+    # How the intermediate states are written under the STATE_FIELDS names other than `state`, for a tier that
+    # knows only queued/processing/done/failed: `separating:processing`; an empty name leaves the state out.
+    state_map: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
 
     # DEMUCS
     demucs_model: str = "htdemucs"
@@ -261,6 +266,36 @@ class Settings(BaseSettings):
             _check_template("INPUT_BUCKETS", bucket, set())
             check_bucket_template("INPUT_BUCKETS", bucket, {})
         return self
+
+    @field_validator("state_map", mode="before")
+    @classmethod
+    def _state_map(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        mapped: dict[str, str] = {}
+        for pair in _split_commas(value):  # type: ignore[union-attr]
+            state, sep, name = pair.partition(":")
+            if not sep or state.strip() not in MAPPABLE_STATES:
+                raise ValueError(f"expected pairs like 'separating:processing' (or 'downloading:' to leave a state "
+                                 f"out) for the states {list(MAPPABLE_STATES)}, got {pair!r}")
+            if name.strip() and not name.strip().replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"STATE_MAP name {name.strip()!r} must be letters, digits, '_' or '-'")
+            mapped[state.strip()] = name.strip()
+        return mapped
+
+    @model_validator(mode="after")
+    def _state_map_has_fields(self) -> Settings:
+        if self.state_map and not set(self.state_fields) - {"state"}:
+            raise ValueError("STATE_MAP maps the states written under STATE_FIELDS names other than `state` (which "
+                             "keeps the worker's own states), and STATE_FIELDS names none: set e.g. "
+                             "STATE_FIELDS=state,status")
+        return self
+
+    @property
+    def status_ttl_explicit(self) -> bool:
+        """Whether STATUS_TTL_S was set: only then does a status hash that existed with its own expiry (a tier's)
+        get STATUS_TTL_S instead."""
+        return "status_ttl_s" in self.model_fields_set
 
     @property
     def allowed_models(self) -> frozenset[str]:

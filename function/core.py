@@ -83,10 +83,12 @@ class Worker:
         self._pool.submit(separation.get_separator, self.settings.demucs_model, self.settings)
 
     def status_for(self, job_id: str) -> StatusRecord:
-        key = status_key(self.settings.status_key, job_id)
+        s = self.settings
+        key = status_key(s.status_key, job_id)
+        options = {"keep_expiry": not s.status_ttl_explicit, "state_map": s.state_map}
         if self.fence is not None:
-            return self.fence.status_record(self.redis, key, self.settings.status_ttl_s, self.settings.state_fields)
-        return StatusRecord(self.redis, key, self.settings.status_ttl_s, self.settings.state_fields)
+            return self.fence.status_record(self.redis, key, s.status_ttl_s, s.state_fields, **options)
+        return StatusRecord(self.redis, key, s.status_ttl_s, s.state_fields, **options)
 
     def handle(self, event: CloudEvent) -> dict[str, Any]:
         """Separate the song the event names; raises a StemworkerError subclass on failure."""

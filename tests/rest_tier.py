@@ -36,6 +36,7 @@ class Tier:
     key: str | None = None  # its object key template ({id}), named in the message (None: INPUT_KEY, unnamed)
     key_field: str = "key"  # the message field the key goes under (`object_name` in some tiers)
     own_status: dict[str, str] = field(default_factory=dict)  # its fields in the status hash, written at submit
+    own_status_ttl_s: int | None = None  # the expiry it gives its status hash (None: none)
     status_field: str = "state"  # the field its status endpoint reads
     stem_names: dict[str, str] = field(default_factory=dict)  # how its API spells a stem in object keys
 
@@ -72,7 +73,9 @@ class TierClient:
                 self.s3.make_bucket(bucket)
             self.s3.put_object(bucket, key, io.BytesIO(song), len(song), content_type="audio/mpeg")
         if self.tier.own_status:
-            self.redis.hset(self.status_key(job_id), mapping=self.tier.own_status)  # a tier sets no expiry
+            self.redis.hset(self.status_key(job_id), mapping=self.tier.own_status)
+            if self.tier.own_status_ttl_s is not None:
+                self.redis.expire(self.status_key(job_id), self.tier.own_status_ttl_s)
         message = self.message(job_id)
         (self.redis.lpush if self.tier.push == "lpush" else self.redis.rpush)(self.settings.queue_key, message)
         return message

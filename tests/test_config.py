@@ -66,6 +66,10 @@ def test_endpoint_url_form_and_https():
         ("STATE_FIELDS", "state,st atus", "STATE_FIELDS"),
         ("STATE_FIELDS", " , ", "STATE_FIELDS"),
         ("CALLBACK_ALLOW_HOSTS", "10.0.0.1/8", "CALLBACK_ALLOW_HOSTS"),
+        ("STATE_MAP", "done:finished", "STATE_MAP"),  # only the intermediate states
+        ("STATE_MAP", "separating", "STATE_MAP"),
+        ("STATE_MAP", "separating:pro cessing", "STATE_MAP"),
+        ("STATE_MAP", "separating:processing", "STATE_MAP"),  # STATE_FIELDS names no field but `state`
         ("CALLBACK_ALLOW_HOSTS", "hooks.internal,10.0.0.0/33", "CALLBACK_ALLOW_HOSTS"),
     ],
 )
@@ -153,3 +157,13 @@ def test_a_bucket_template_that_cannot_name_a_bucket_stops_the_start(monkeypatch
 def test_bucket_templates_that_can_name_a_bucket_are_accepted(input_bucket, output_bucket):
     s = load_settings(input_bucket=input_bucket, output_bucket=output_bucket)
     assert (s.input_bucket, s.output_bucket) == (input_bucket, output_bucket)
+
+
+def test_state_map_and_an_explicit_status_ttl_are_read(monkeypatch):
+    monkeypatch.setenv("STATE_FIELDS", "state,status")
+    monkeypatch.setenv("STATE_MAP", "downloading:processing, separating:processing, uploading:")
+    s = load_settings()
+    assert s.state_map == {"downloading": "processing", "separating": "processing", "uploading": ""}
+    assert not s.status_ttl_explicit and s.status_ttl_s == 604800
+    monkeypatch.setenv("STATUS_TTL_S", "604800")
+    assert load_settings().status_ttl_explicit

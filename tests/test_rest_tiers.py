@@ -14,7 +14,7 @@ import redis
 from rest_tier import Tier, TierClient
 
 from function.runner import Outcome, Runner
-from function.status import OWN_FIELDS
+from function.status import OWN_FIELDS, State
 from workbench import sample_song
 
 
@@ -319,6 +319,43 @@ def test_the_worker_sets_an_expiry_only_on_hashes_it_created(make_settings, redi
     client.submit("ttl1", None)
     assert run(settings).outcome == Outcome.DEAD
     assert 0 < redis_client.ttl(client.status_key("ttl1")) <= settings.status_ttl_s
+
+
+DAY_S = 86400
+
+
+def test_a_tiers_own_expiry_is_kept_unless_status_ttl_is_set(make_settings, redis_client, s3, short_song):
+    tier_shape = {"own_status": {"status": "queued", "user": "42"}, "own_status_ttl_s": DAY_S,
+                  "status_field": "status"}
+    settings = make_settings(status_key="job:{id}", state_fields="status")
+    client = tier(settings, redis_client, s3, **tier_shape)
+    hit_id = fresh_then_cached(settings, client, short_song, "exp1")
+    for job_id in ("exp1", hit_id):
+        assert DAY_S - 60 < redis_client.ttl(f"job:{job_id}") <= DAY_S
+    # Set explicitly, STATUS_TTL_S replaces the tier's expiry (as before, and only then).
+    explicit = make_settings(status_key="job:{id}", state_fields="status", status_ttl_s=3 * DAY_S)
+    client = tier(explicit, redis_client, s3, **tier_shape)
+    client.submit("exp2", short_song)
+    assert run(explicit).outcome == Outcome.DONE and client.status("exp2") == "done"
+    assert 3 * DAY_S - 60 < redis_client.ttl("job:exp2") <= 3 * DAY_S
+
+
+def test_state_map_renames_or_leaves_out_the_intermediate_states(make_settings, redis_client, s3, short_song):
+    settings = make_settings(state_fields="state,status",
+                             state_map="downloading:processing, separating:processing, uploading:")
+    client = tier(settings, redis_client, s3, own_status={"status": "queued"}, status_field="status")
+    key = client.status_key("map1")
+    with CommandLog(settings.redis_connection_url) as commands:
+        fresh_then_cached(settings, client, short_song, "map1")
+    writes = [command for command in commands.commands if key in command]
+    names = {*(state.value for state in State), "processing"}  # what a field/value pair may hold (not a field)
+
+    def values(field: str) -> set[str]:
+        return {value for command in writes for value in re.findall(rf"\b{field} (\w+)", command)} & names
+
+    assert values("status") == {"queued", "processing", "done"}
+    assert values("state") == {"queued", "downloading", "separating", "uploading", "done"}  # the worker's own
+    assert client.record("map1")["state"] == "done"
 
 
 # --- a stem published under two names ----------------------------------------------------------------------------
