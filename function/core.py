@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -106,11 +107,12 @@ class Worker:
         for note in job.notes:
             self.events.info(f"job {job.id}: {note}")
         status = self.status_for(job.id)
+        published = self._published_before(status, job)
         status.start(model=job.model, model_requested=job.model_requested or job.model, format=job.format,
-                     attempts=attempt, event_id=job.event_id)
+                     attempts=attempt, event_id=job.event_id, published=json.dumps(published) if published else None)
         self.metrics.job_started(job.id)
         try:
-            result = self._separate(job, status, attempt, started)
+            result = self._separate(job, status, attempt, started, published)
         except StemworkerError as err:
             self._fail(job, status, err, started)
             raise
@@ -121,6 +123,19 @@ class Worker:
         if job.callback is not None:
             result["callback"] = self._notify(job, job.callback.data if job.callback.has_data else result)
         return result
+
+    @staticmethod
+    def _published_before(status: StatusRecord, job: Job) -> dict[str, Any]:
+        """The stems an earlier attempt of this same submission (same event id) published before it died: they are
+        still in the output bucket, so the status keeps listing them (`published`) until this attempt ends."""
+        try:
+            record = status.read()
+            if record.get("event_id") != job.event_id or not record.get("published"):
+                return {}
+            earlier = json.loads(record["published"])
+        except (Transient, ValueError):
+            return {}
+        return earlier if isinstance(earlier, dict) else {}
 
     def _reject(self, event: CloudEvent, err: InvalidJob, attempt: int) -> None:
         job_id = job_id_or_none(event)
@@ -149,7 +164,8 @@ class Worker:
         self.metrics.callback(outcome.delivered, outcome.reason)
         return {"delivered": outcome.delivered, "status": outcome.status, "reason": outcome.reason}
 
-    def _separate(self, job: Job, status: StatusRecord, attempt: int, started: float) -> dict[str, Any]:
+    def _separate(self, job: Job, status: StatusRecord, attempt: int, started: float,
+                  published: dict[str, Any]) -> dict[str, Any]:
         s = self.settings
         timings: dict[str, float] = {}
         model_loading = self._pool.submit(separation.get_separator, job.model, s)
@@ -205,7 +221,7 @@ class Worker:
             timings["separate"] = time.monotonic() - tick
             status.update(State.UPLOADING, progress=100)
             tick = time.monotonic()
-            outputs = self._store_stems(job, stems, Path(tmp), separator.samplerate)
+            outputs = self._store_stems(job, stems, Path(tmp), separator.samplerate, status, published)
             timings["encode_upload"] = time.monotonic() - tick
             flight.record(outputs, audio_seconds, device)  # before the lock is released: waiters find it
         timings["total"] = time.monotonic() - started
@@ -226,12 +242,21 @@ class Worker:
             "seconds": {name: round(value, 3) for name, value in timings.items()},
         }
 
-    def _store_stems(self, job: Job, stems: dict[str, audio.StemFile], tmp: Path,
-                     samplerate: int) -> dict[str, Any]:
+    def _store_stems(self, job: Job, stems: dict[str, audio.StemFile], tmp: Path, samplerate: int,
+                     status: StatusRecord, published: dict[str, Any]) -> dict[str, Any]:
         """Encode (chunk by chunk, from each stem's raw file) and upload every stem concurrently; returns
-        stem -> {bucket, key} (plus `keys` when STEM_ALIASES gives it several names)."""
+        stem -> {bucket, key} (plus `keys` when STEM_ALIASES gives it several names). Each stem is added to the
+        status's `published` as soon as it is in the bucket, so a job that dies or fails half-way through its
+        uploads says which of its outputs exist."""
         s = self.settings
         self.store.ensure_bucket(s.output_bucket)
+        published = dict(published)
+        lock = threading.Lock()
+
+        def record(stem: str, entry: dict[str, Any]) -> None:
+            with lock:
+                published[stem] = entry
+                status.update(published=json.dumps(published))
 
         def encode_and_upload(stem: str, raw: audio.StemFile) -> tuple[str, dict[str, Any]]:
             path = tmp / f"{stem}.{job.format}"
@@ -245,6 +270,7 @@ class Worker:
                     for name in published_names(s.stem_aliases, stem)]
             entry = publish(self.store, s.output_bucket, keys, path, CONTENT_TYPES[job.format])
             path.unlink()
+            record(stem, entry)
             self.events.info(f"job {job.id}: uploaded {stem} to {s.output_bucket}/{', '.join(keys)}", stage="uploading")
             return stem, entry
 

@@ -156,6 +156,10 @@ class Recorder:
 
         self._apply(f"a message {outcome}", write)
 
+    def redis_data_lost(self) -> None:
+        """A runner found that Redis lost its data while it held a claim (written into the new, empty dataset)."""
+        self._apply("a Redis data loss", lambda pipe: pipe.hincrby(self._counters, "redis_data_loss", 1))
+
     def callback(self, delivered: bool, reason: str) -> None:
         result = callback_result(delivered, reason)
         self._apply("a callback", lambda pipe: pipe.hincrby(self._counters, f"callbacks|{result}", 1))
@@ -246,9 +250,12 @@ class MetricsCollector(Collector):
         audio = {model: 0.0 for model in self.models()}
         hits = {model: 0.0 for model in self.models()}
         callbacks = {result: 0.0 for result in CALLBACK_RESULTS}
+        data_loss = 0.0
         for field, value in counters.items():
             parts = field.split("|")
-            if parts[0] == "jobs" and len(parts) == 3:
+            if field == "redis_data_loss":
+                data_loss = float(value)
+            elif parts[0] == "jobs" and len(parts) == 3:
                 jobs[(parts[1], parts[2])] = float(value)
             elif parts[0] == "audio_seconds" and len(parts) == 2:
                 audio[parts[1]] = float(value)
@@ -272,7 +279,10 @@ class MetricsCollector(Collector):
                                                labels=["result"])
         for result, value in sorted(callbacks.items()):
             callbacks_family.add_metric([result], value)
-        return [jobs_family, audio_family, hits_family, callbacks_family]
+        loss_family = CounterMetricFamily(
+            "stemworker_redis_data_loss", "Times a runner found that Redis lost its data (queued jobs may be gone)",
+            value=data_loss)
+        return [jobs_family, audio_family, hits_family, callbacks_family, loss_family]
 
 
 def registry_with(collector: Collector) -> CollectorRegistry:
