@@ -228,7 +228,7 @@ def key_parts(job: Job, settings: Settings, input_sha256: str, device: str) -> K
         shifts=settings.demucs_shifts,
         overlap=settings.demucs_overlap,
         segment=settings.demucs_segment,
-        precision=resolve_precision(settings.demucs_precision, device),
+        precision=resolve_precision(settings.demucs_precision, device, native=settings.native_bf16),
         format=job.format,
         mp3_bitrate=settings.mp3_bitrate if mp3 else None,
         mp3_preset=settings.mp3_preset if mp3 else None,

@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     # CUDA included (separation.resolve_precision): bf16 passed the SDR gate of docs/quality.md. `fp32`, `bf16`
     # and `fp16` force one.
     demucs_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # Whether the CPU computes bf16 natively, for `auto`: read from /proc/cpuinfo (`auto`), or stated (`yes`, `no`)
+    # where the flags do not tell (a VM that hides them) or to run the tests as on the other kind of CPU.
+    cpu_native_bf16: Literal["auto", "yes", "no"] = "auto"
     mp3_bitrate: int = Field(320, ge=32, le=320)
     mp3_preset: int = Field(2, ge=2, le=7)  # lameenc quality: 2 best, 7 fastest
 
@@ -246,6 +249,11 @@ class Settings(BaseSettings):
             if not name.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"STATE_FIELDS field {name!r} must be letters, digits, '_' or '-'")
         return self
+
+    @property
+    def native_bf16(self) -> bool | None:
+        """CPU_NATIVE_BF16 as a bool, or None to read the CPU's flags."""
+        return None if self.cpu_native_bf16 == "auto" else self.cpu_native_bf16 == "yes"
 
     @property
     def allowed_models(self) -> frozenset[str]:

@@ -201,7 +201,7 @@ class Worker:
             (Path(tmp) / "input").unlink()
             timings["decode"] = time.monotonic() - tick
             audio_seconds = wav.shape[-1] / separator.samplerate
-            precision = separation.resolve_precision(s.demucs_precision, device)
+            precision = separation.resolve_precision(s.demucs_precision, device, native=s.native_bf16)
             status.update(State.SEPARATING, progress=0, device=device, precision=precision,
                           audio_seconds=f"{audio_seconds:.3f}")
             self.events.info(f"job {job.id}: separating {audio_seconds:.1f} s of audio with {job.model} on {device}",
