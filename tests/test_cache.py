@@ -95,6 +95,7 @@ def test_copy_across_buckets_only_while_the_source_is_unchanged(settings, s3):
 # ----- hit and miss
 
 
+@pytest.mark.both_cpus
 def test_repeated_input_is_served_from_the_first_jobs_stems(make_settings, redis_client, upload, clip, s3,
                                                              receiver):
     worker = Worker(make_settings(callback_allow_hosts="127.0.0.1"))
@@ -231,6 +232,7 @@ def test_model_fingerprints_follow_the_weights(model_repo, tmp_path):
     assert model_fingerprint("hf://someone/model", None) is None
 
 
+@pytest.mark.both_cpus
 def test_each_setting_and_job_field_that_shapes_the_stems_misses(make_settings, redis_client, upload, clip, s3,
                                                                    tmp_path):
     """One separation records the entry; then every element of the key is changed in turn, and the Worker's own

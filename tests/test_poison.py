@@ -394,3 +394,44 @@ def test_only_the_head_of_an_answer_is_read(make_settings) -> None:
     finally:
         receiver.close()
     assert outcome.delivered and outcome.status == 200 and took < 2
+
+
+# ----- persistence, as operators see it
+
+
+def test_stemworker_stats_warns_when_redis_keeps_nothing_across_a_restart(env, redis_client) -> None:
+    from click.testing import CliRunner
+
+    from stemops.cli import cli
+    from stemops.persistence import read_persistence
+
+    assert read_persistence(redis_client).none  # the tests' Redis: --save "" --appendonly no
+    result = CliRunner().invoke(cli, ["stats", "--json"])
+    stats = json.loads(result.output)
+    assert stats["redis_persistence_none"] is True and "a Redis restart loses every queued job" in \
+        stats["redis_persistence"]
+    redis_client.config_set("appendonly", "yes")
+    try:
+        assert not read_persistence(redis_client).none
+        stats = json.loads(CliRunner().invoke(cli, ["stats", "--json"]).output)
+        assert stats["redis_persistence_none"] is False and "AOF on" in stats["redis_persistence"]
+    finally:
+        redis_client.config_set("appendonly", "no")
+
+
+def test_a_cut_dead_letter_is_not_requeued(env, settings, redis_client, capsys) -> None:
+    from stemops.cli import main
+
+    big = json.dumps({"id": "big1", "pad": "x" * 60_000})
+    redis_client.rpush("toWorker", big, "{bad")
+    assert Runner(settings).run_once(wait_s=0).outcome is Outcome.DEAD
+    assert Runner(settings).run_once(wait_s=0).outcome is Outcome.DEAD
+    first = json.loads(redis_client.lindex("toWorker:dead", 0))
+    assert first["truncated"] is True and len(first["message"]) == 4096 and first["message_bytes"] == len(big)
+    assert len(redis_client.lindex("toWorker:dead", 0)) < 6000  # bounded, whatever the message's size
+    capsys.readouterr()
+    assert main(["dead", "requeue", "0"]) != 0
+    assert "resubmit it from its source" in capsys.readouterr().err
+    assert main(["dead", "requeue", "--all"]) == 0
+    assert "1 dead letter(s) requeued" in capsys.readouterr().out
+    assert redis_client.lrange("toWorker", 0, -1) == [b"{bad"]
