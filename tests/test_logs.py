@@ -10,7 +10,7 @@ import logging
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 
 import pytest
 from support import REPO_ROOT, runner_env
