@@ -173,6 +173,12 @@ class Settings(BaseSettings):
     callback_attempts: int = Field(3, ge=1, le=10)
     callback_total_s: float = Field(30.0, gt=0)
 
+    # `stemworker exporter`: a scrape reads Redis for at most this long, then answers stemworker_redis_up 0 (well
+    # under the ServiceMonitor's 20 s scrape timeout); each Redis call of a scrape waits at most half of it.
+    exporter_scrape_budget_s: float = Field(5.0, gt=0, le=15)
+    # This pod's name (the downward API's metadata.name); the host name when unset. Recorded with each claim.
+    pod_name: str | None = None
+
     @field_validator("demucs_models", "input_buckets", "state_fields", mode="before")
     @classmethod
     def _comma_lists(cls, value: object) -> object:

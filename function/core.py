@@ -7,6 +7,7 @@ model (and the clients) are the only things kept between calls in one process.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import tempfile
@@ -27,6 +28,7 @@ from function.clock import now_iso
 from function.config import Settings, get_settings
 from function.errors import InvalidJob, StemworkerError, Transient, UnprocessableInput
 from function.keys import status_key
+from function.logs import job_context
 from function.messages import Job, event_id_or_none, job_from_event, job_id_or_none, save_event
 from function.metrics import Recorder
 from function.outputs import publish, published_names
@@ -88,8 +90,17 @@ class Worker:
             return self.fence.status_record(self.redis, key, self.settings.status_ttl_s, self.settings.state_fields)
         return StatusRecord(self.redis, key, self.settings.status_ttl_s, self.settings.state_fields)
 
+    def _submit(self, fn: Any, *args: Any) -> Any:
+        """Run `fn` on the pool in a copy of this context, so its log lines carry the job's fields."""
+        return self._pool.submit(contextvars.copy_context().run, fn, *args)
+
     def handle(self, event: CloudEvent) -> dict[str, Any]:
-        """Separate the song the event names; raises a StemworkerError subclass on failure."""
+        """Separate the song the event names; raises a StemworkerError subclass on failure. Every log line of the
+        call carries the job's id, attempt and event id (function/logs.py)."""
+        with job_context(job_id=job_id_or_none(event), attempt=attempt_of(event), event_id=event_id_or_none(event)):
+            return self._handle(event)
+
+    def _handle(self, event: CloudEvent) -> dict[str, Any]:
         started = time.monotonic()
         attempt = attempt_of(event)
         self.events.info(f"received event {event_id_or_none(event) or '(invalid id)'} (attempt {attempt})",
@@ -139,7 +150,8 @@ class Worker:
 
     def _reject(self, event: CloudEvent, err: InvalidJob, attempt: int) -> None:
         job_id = job_id_or_none(event)
-        self.events.error(f"job {job_id or '(invalid id)'} rejected: {err}", stage="failed")
+        self.events.error(f"job {job_id or '(invalid id)'} rejected: {err}", stage="failed",
+                          error_type=type(err).__name__)
         if job_id is not None:
             self.metrics.job_failed(job_id, None, err)
             self.status_for(job_id).start(state=State.FAILED, error=str(err), attempts=attempt,
@@ -147,7 +159,8 @@ class Worker:
 
     def _fail(self, job: Job, status: StatusRecord, err: StemworkerError, started: float) -> None:
         seconds = time.monotonic() - started
-        self.events.error(f"job {job.id}: failed after {seconds:.2f} s: {err}", stage="failed")
+        self.events.error(f"job {job.id}: failed after {seconds:.2f} s: {err}", stage="failed", duration_s=seconds,
+                          error_type=type(err).__name__)
         self.metrics.job_failed(job.id, job.model, err)
         try:
             status.update(State.FAILED, error=str(err), retryable=int(not err.permanent))
@@ -168,7 +181,7 @@ class Worker:
                   published: dict[str, Any]) -> dict[str, Any]:
         s = self.settings
         timings: dict[str, float] = {}
-        model_loading = self._pool.submit(separation.get_separator, job.model, s)
+        model_loading = self._submit(separation.get_separator, job.model, s)
         source_bucket = job.input_bucket or s.input_bucket
         source_key = job.input_key or input_key(s.input_key, job.id)
         with tempfile.TemporaryDirectory(prefix=f"stemworker-{job.id}-") as tmp, contextlib.ExitStack() as cleanup:
@@ -178,7 +191,7 @@ class Worker:
             size = self.store.download(source_bucket, source_key, Path(tmp) / "input", s.max_input_bytes, sha256)
             timings["download"] = time.monotonic() - tick
             self.events.info(f"job {job.id}: downloaded {source_bucket}/{source_key} ({size} bytes)",
-                             stage="downloading")
+                             stage="downloading", duration_s=timings["download"])
             device = separation.resolve_device(s.demucs_device)
             tick = time.monotonic()
             flight = cleanup.enter_context(self.cache.begin(job, sha256.hexdigest(), device, status))
@@ -226,7 +239,7 @@ class Worker:
             flight.record(outputs, audio_seconds, device)  # before the lock is released: waiters find it
         timings["total"] = time.monotonic() - started
         status.update(State.DONE, outputs=json.dumps(outputs), seconds=f"{timings['total']:.3f}")
-        self.events.info(f"job {job.id}: done in {timings['total']:.2f} s", stage="done")
+        self.events.info(f"job {job.id}: done in {timings['total']:.2f} s", stage="done", duration_s=timings["total"])
         self.metrics.job_done(job.id, job.model, timings, audio_seconds)
         return {
             "id": job.id,
@@ -274,7 +287,7 @@ class Worker:
             self.events.info(f"job {job.id}: uploaded {stem} to {s.output_bucket}/{', '.join(keys)}", stage="uploading")
             return stem, entry
 
-        futures = [self._pool.submit(encode_and_upload, stem, raw) for stem, raw in stems.items()]
+        futures = [self._submit(encode_and_upload, stem, raw) for stem, raw in stems.items()]
         return dict(future.result() for future in futures)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -194,20 +195,56 @@ def _histograms(fields: Mapping[str, str], bounds: tuple[float, ...],
     return result
 
 
+class ScrapeTimeout(Exception):
+    """Redis did not answer a scrape within its budget."""
+
+
+# Scrapes of one collector waiting on Redis at once; a further one fails at once instead of adding a thread.
+MAX_SCRAPES_IN_FLIGHT = 4
+
+
 class MetricsCollector(Collector):
     """Reads the queue lengths and the recorded hashes from Redis on every scrape and yields them as metric
     families. A failed read yields only `stemworker_redis_up 0` and the scrape-error counter, so a scrape
-    never answers 500. Subclasses add gauges by extending `families`."""
+    never answers 500. With `budget_s`, a scrape whose reads have not finished within that many seconds also
+    answers that way, whatever Redis does (the reads go on in a daemon thread until their socket timeouts end
+    them). Subclasses add gauges by extending `families`."""
 
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, budget_s: float | None = None) -> None:
         self.client = client
         self.settings = settings
         self.queue = WorkQueue(client, settings.queue_key)
+        self.budget_s = budget_s
         self.scrape_errors = 0
+        self._slots = threading.BoundedSemaphore(MAX_SCRAPES_IN_FLIGHT)
+
+    def _families_within_budget(self) -> list[Metric]:
+        if self.budget_s is None:
+            return list(self.families())
+        if not self._slots.acquire(blocking=False):
+            raise ScrapeTimeout(f"{MAX_SCRAPES_IN_FLIGHT} earlier scrapes are still waiting on Redis")
+        outcome: dict[str, Any] = {}
+
+        def read() -> None:
+            try:
+                outcome["families"] = list(self.families())
+            except Exception as err:  # handed to the scrape's own thread below
+                outcome["error"] = err
+            finally:
+                self._slots.release()
+
+        reader = threading.Thread(target=read, name="metrics-scrape", daemon=True)
+        reader.start()
+        reader.join(self.budget_s)
+        if reader.is_alive():
+            raise ScrapeTimeout(f"Redis did not answer within the scrape budget of {self.budget_s:g} s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["families"]
 
     def collect(self) -> Iterator[Metric]:
         try:
-            families = list(self.families())
+            families = self._families_within_budget()
             up = 1
         except Exception as err:  # any failure is counted and reported, never a 500 for the scraper
             self.scrape_errors += 1

@@ -20,6 +20,7 @@ In-process API: `Runner(settings).run_once(wait_s)` processes at most one messag
 from __future__ import annotations
 
 import argparse
+import contextvars
 import logging
 import os
 import signal
@@ -45,7 +46,7 @@ from function.errors import (
     Transient,
 )
 from function.fencing import Fence
-from function.logs import Timeline, configure_logging
+from function.logs import Timeline, bind_job, configure_logging, unbind_job
 from function.messages import event_from_message, job_id_or_none
 from function.queue import Claim, WorkQueue, dead_letter_fields
 from function.status import State, StatusRecord
@@ -80,8 +81,12 @@ class Heartbeat(threading.Thread):
         self._queue = queue
         self._claim = claim
         self._stop_event = threading.Event()
+        self._context = contextvars.copy_context()  # its log lines carry the job's fields
 
     def run(self) -> None:
+        self._context.run(self._beat)
+
+    def _beat(self) -> None:
         interval = max(0.5, self._queue.lease_s / 3)
         while not self._stop_event.wait(interval):
             try:
@@ -148,12 +153,14 @@ class Runner:
         if claim.exhausted:
             return self._exhausted(claim)
         self.worker.fence = Fence(self.queue, claim)
+        job_fields = bind_job(attempt=claim.attempts)  # every line of this claim carries them (function/logs.py)
         try:
             return self._process(claim)
         except LeaseLost as err:
             return self._lost(claim, err)
         finally:
             self.worker.fence = None
+            unbind_job(job_fields)
 
     def _job_id_of(self, claim: Claim) -> str | None:
         """The claim's job id, when its message has a valid one (parsing never raises past InvalidJob)."""
@@ -216,10 +223,11 @@ class Runner:
         try:
             event = event_from_message(claim.message, self.settings.max_message_bytes, claim.first_seen_at)
         except InvalidJob as err:
-            self.events.error(f"malformed message dead-lettered: {err}", stage="dead")
+            self.events.error(f"malformed message dead-lettered: {err}", stage="dead", error_type=type(err).__name__)
             return self._dead_letter(claim, None, err, started)
         event[ATTEMPT_ATTRIBUTE] = str(claim.attempts)
         job_id = job_id_or_none(event)
+        bind_job(job_id=job_id, event_id=event.get("id"))  # undone by run_once with the attempt's binding
         self.events.info(f"claimed job {job_id or '(invalid id)'} (attempt {claim.attempts}/"
                          f"{self.settings.max_attempts})", stage="claimed", job_id=job_id)
         heartbeat = Heartbeat(self.queue, claim)
@@ -240,7 +248,8 @@ class Runner:
             self.queue.requeue(claim, count_attempt=False)
             self.worker.metrics.message_outcome("interrupted", event)
             self.events.info(f"job {job_id}: interrupted ({err}); message requeued after "
-                             f"{time.monotonic() - started:.2f} s", stage="interrupted")
+                             f"{time.monotonic() - started:.2f} s", stage="interrupted",
+                             duration_s=time.monotonic() - started, error_type=type(err).__name__)
             return Result(Outcome.INTERRUPTED, job_id, claim.attempts, str(err))
         except Exception as caught:
             self._busy = False
@@ -254,7 +263,7 @@ class Runner:
             self.worker.metrics.message_outcome("requeued", event)
             self.events.info(f"job {job_id}: requeued after a transient error, attempt {claim.attempts}/"
                              f"{self.settings.max_attempts} ({time.monotonic() - started:.2f} s): {err}",
-                             stage="requeued")
+                             stage="requeued", duration_s=time.monotonic() - started, error_type=type(err).__name__)
             return Result(Outcome.REQUEUED, job_id, claim.attempts, str(err))
         heartbeat.stop()
         self.queue.complete(claim)
@@ -281,7 +290,8 @@ class Runner:
         self.queue.dead_letter(claim, entry)
         self.worker.metrics.message_outcome("dead", event)
         self.events.error(f"job {job_id or '(invalid id)'}: dead-lettered after {claim.attempts} attempt(s) "
-                          f"({time.monotonic() - started:.2f} s): {err}", stage="dead")
+                          f"({time.monotonic() - started:.2f} s): {err}", stage="dead",
+                          duration_s=time.monotonic() - started, error_type=type(err).__name__)
         return Result(Outcome.DEAD, job_id, claim.attempts, str(err))
 
 
@@ -362,7 +372,8 @@ def main(argv: list[str] | None = None, timeline: Timeline | None = None) -> int
             timeline.mark("message")
             if result.seconds:
                 timeline.jobs.append(result.seconds)
-            log.info("outcome %s job=%s attempts=%s", result.outcome, result.job_id, result.attempts)
+            log.info("outcome %s job=%s attempts=%s", result.outcome, result.job_id, result.attempts,
+                     extra={"job_id": result.job_id, "attempt": result.attempts, "outcome": str(result.outcome)})
             if result.outcome is Outcome.REQUEUED:
                 # A dependency failed; the message is back in the queue for another pod.
                 log.error("infrastructure failure, exiting 1 (message requeued): %s", result.error)
