@@ -1,7 +1,7 @@
 """Benchmark of the result cache: a repeated song against its first separation, the stems' bytes, and what a
 miss costs with the cache on against the cache off; in one run, on one runner process, side by side.
 
-    python bench/cache.py [--seconds 30] [--repeat 3] [--model htdemucs] [--device auto] [--shifts 1]
+    python -m bench.cache [--seconds 30] [--repeat 3] [--model htdemucs] [--device auto] [--shifts 1]
                           [--out bench/out]
 
 One process holds two in-process job runners (`function.runner.Runner`) sharing one loaded model: one with the
@@ -40,12 +40,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.run import machine, resolve_device
+from workbench import model_repo, sample_song
+from workbench.local_services import LocalServices
 
-from bench.run import machine, resolve_device  # noqa: E402
-from workbench import model_repo, sample_song  # noqa: E402
-from workbench.local_services import LocalServices  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 HIT_RATIO_MAX = 0.05
 MISS_OVERHEAD_MAX = 0.01
@@ -265,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.close()
     print(text)
-    command = " ".join(["python bench/cache.py", *sys.argv[1:]])
+    command = " ".join(["python -m bench.cache", *sys.argv[1:]])
     (bench.out / "cache.md").write_text(f"`{command}`\n\n{text}")
     (bench.out / "cache.json").write_text(json.dumps({"command": command, "rows": bench.rows,
                                                       "identical": bench.identical}, indent=2))

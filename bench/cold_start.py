@@ -1,9 +1,9 @@
 """Cold-start breakdown: where the seconds of a cold job (`python -m function.runner --max-messages 1`, one pod's
 life) go beyond the separation a warm worker does too.
 
-    python bench/cold_start.py [--seconds 30] [--repeat 2] [--model htdemucs] [--out bench/out/cold-start]
+    python -m bench.cold_start [--seconds 30] [--repeat 2] [--model htdemucs] [--out bench/out/cold-start]
 
-Per repeat, against real Redis and S3 on loopback (the same song and model repo as bench/run.py):
+Per repeat, against real Redis and S3 on loopback (the same song and model repo as bench.run):
 - `python -c pass`: the bare interpreter;
 - `python -X importtime -c "import function.runner"`: what the runner's imports cost, by top-level package;
 - the cold job itself, with LOG_LEVEL=DEBUG so the runner logs its `timeline` line (logs.Timeline): process
@@ -30,11 +30,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench import run
+from bench.measure import run_tree
 
-from bench import run  # noqa: E402
-from bench.measure import run_tree  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|\s*(\S+)")
 
@@ -162,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                                    cwd=ROOT, capture_output=True, text=True, check=True)
             imports.append(import_costs(timed.stderr))
             rows.append(cold_job(bench, index))
-            command = [sys.executable, str(Path(__file__).resolve()), "--probe", str(bench.song), "--model",
+            command = [sys.executable, "-m", "bench.cold_start", "--probe", str(bench.song), "--model",
                        args.model, "--repo", str(args.repo.resolve()), "--precision", args.precision,
                        "--warmup-seconds", str(args.warmup_seconds)]
             output = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout

@@ -1,7 +1,7 @@
 """Record a flood run through the local ScaledJob emulator in the format `bench/plan.py validate` reads.
 
-    python bench/flood_measure.py push --ids IDS.txt --rate R --pushes PUSHES.jsonl [--redis-url URL] [--queue toWorker]
-    python bench/flood_measure.py collect --pushes PUSHES.jsonl --scaler-log SCALER.log
+    python -m bench.flood_measure push --ids IDS.txt --rate R --pushes PUSHES.jsonl [--redis-url URL] [--queue toWorker]
+    python -m bench.flood_measure collect --pushes PUSHES.jsonl --scaler-log SCALER.log
         --scaler-started-at EPOCH --workdir WORKDIR [--redis-url URL] [--status-key 'status:{id}'] --out FLOOD.json
 
 `push` RPUSHes `{"songhash": ID}` for each id (songs already uploaded under those ids) at R per second and
@@ -26,18 +26,15 @@ import argparse
 import json
 import os
 import re
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench.planning.fleet import fleet_from_manifests
+from bench.planning.validation import FORMAT
 
-from bench.planning.fleet import fleet_from_manifests  # noqa: E402
-from bench.planning.validation import FORMAT  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 POLL_LINE = re.compile(r"^\[\s*([\d.]+) s\] queue=\d+ .*created=\+(\d+)")
 HEADER_FIELDS = re.compile(r"(strategy|maxReplicaCount|listLength|pollingInterval)=(\S+)")
@@ -174,7 +171,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench/flood_measure.py", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.flood_measure", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     push = sub.add_parser("push")

@@ -1,21 +1,17 @@
 """Measure the worker's performance levers one at a time, A against B, alternating, in one process.
 
-    python bench/levers.py [--seconds 30] [--repeat 2] [--levers precision,grad,segment,encode,load,threads,
-                                                           batch,precast,channels_last,compile]
+    python -m bench.levers [--seconds 30] [--repeat 2] [--levers precision,grad,segment,encode,load]
 
 Each lever runs its variants in an order that rotates every repeat and prints the median wall seconds,
 CPU seconds and the peak RSS of that run (VmHWM reset before each), plus, where the lever changes the
 numbers, the SNR of every stem against the default fp32 output and the largest absolute difference of any
 sample (the random shift of `shifts=1` is seeded identically for both, so they measure only the lever).
-Same model, repo and generated song as run.py. The network variants (batch, precast, channels_last,
-compile) are in bench/model_variants.py; a variant's one-off cost (tracing, compiling) is printed as a note.
+Same model, repo and generated song as bench.run.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import random
 import statistics
 import sys
@@ -26,19 +22,17 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import torch
+from demucs.api import Separator
+from demucs.audio import save_audio
+
+from bench.measure import in_process
+from function import audio
+from workbench import model_repo, sample_song
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-from demucs.api import Separator  # noqa: E402
-from demucs.audio import save_audio  # noqa: E402
-
-from bench import model_variants  # noqa: E402
-from bench.measure import in_process  # noqa: E402
-from function import audio  # noqa: E402
-from workbench import model_repo, sample_song  # noqa: E402
-
-LEVERS = ("precision", "grad", "segment", "encode", "load", "threads", "batch", "precast", "channels_last", "compile")
+LEVERS = ("precision", "grad", "segment", "encode", "load")
 MIB = 1024 * 1024
 
 
@@ -49,6 +43,10 @@ def snr_db(reference: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -
         noise = (other[name].float() - ref.float()).pow(2).mean().clamp_min(1e-20)
         out[name] = round(float(10 * torch.log10(ref.float().pow(2).mean() / noise)), 1)
     return out
+
+
+def max_abs_diff(reference: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> float:
+    return max(float((other[name].float() - ref.float()).abs().max()) for name, ref in reference.items())
 
 
 class LeverBench:
@@ -63,7 +61,6 @@ class LeverBench:
         self.separator = Separator(model=args.model, repo=args.repo, device=args.device, progress=False)
         self.wav = audio.decode(song, self.separator.samplerate, self.separator.audio_channels, 1e9)
         self.rows: list[dict[str, Any]] = []
-        self.notes: list[str] = []
 
     def separate(self, autocast: torch.dtype | None = None, grad: str = "inference_mode",
                  segment: float | None = None) -> dict[str, torch.Tensor]:
@@ -100,7 +97,7 @@ class LeverBench:
             }
             if reference and name != reference and isinstance(outputs[name], dict):
                 row["snr_db"] = ", ".join(f"{k} {v}" for k, v in snr_db(outputs[reference], outputs[name]).items())
-                row["max_abs_diff"] = f"{model_variants.max_abs_diff(outputs[reference], outputs[name]):.2e}"
+                row["max_abs_diff"] = f"{max_abs_diff(outputs[reference], outputs[name]):.2e}"
             self.rows.append(row)
 
     # ----- levers
@@ -149,90 +146,13 @@ class LeverBench:
 
         self.compare("load", {"torch.load": lambda: load(False), "torch.load(mmap=True)": lambda: load(True)})
 
-    def threads(self) -> None:
-        current = torch.get_num_threads()
-
-        def with_threads(count: int) -> dict[str, torch.Tensor]:
-            torch.set_num_threads(count)
-            try:
-                return self.separate()
-            finally:
-                torch.set_num_threads(current)
-
-        variants = {f"{current} threads (cgroup)": lambda: with_threads(current)}
-        if current > 1:
-            variants[f"{current * 2} threads (oversubscribed)"] = lambda: with_threads(current * 2)
-        self.compare("threads", variants)
-
-    # ----- network variants (bench/model_variants.py)
-    @contextlib.contextmanager
-    def model(self, bag: Any):
-        """Run the separator with another bag of models for the duration."""
-        original = self.separator._model
-        self.separator._model = bag
-        try:
-            yield
-        finally:
-            self.separator._model = original
-
-    def separate_with(self, bag: Any, autocast: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        with self.model(bag):
-            return self.separate(autocast)
-
-    def batch(self) -> None:
-        def batched(size: int) -> dict[str, torch.Tensor]:
-            random.seed(1234)
-            with torch.inference_mode():
-                return model_variants.separate_batched(self.separator, self.wav, size)
-
-        unbatched = self.separate()
-        same = model_variants.max_abs_diff(unbatched, batched(1))
-        self.notes.append(f"batch: the batch-1 loop against demucs' separate_tensor: max abs diff {same:.1e} "
-                          f"({'bit-identical' if same == 0 else 'NOT identical'})")
-        self.compare("batch", {"1 chunk per pass (worker)": lambda: self.separate(),
-                               "2 chunks per pass": lambda: batched(2),
-                               "3 chunks per pass": lambda: batched(3),
-                               "4 chunks per pass": lambda: batched(4)}, reference="1 chunk per pass (worker)")
-
-    def precast(self) -> None:
-        started = time.perf_counter()
-        bag = model_variants.precast_bf16(self.separator)
-        self.notes.append(f"precast: casting a copy of the weights to bf16 took {time.perf_counter() - started:.2f} s; "
-                          f"CPU flags: {cpu_bf16_note()}")
-        self.compare("precast", {"fp32": lambda: self.separate(),
-                                 "bf16 autocast": lambda: self.separate(torch.bfloat16),
-                                 "bf16 weights pre-cast": lambda: self.separate_with(bag)}, reference="fp32")
-
-    def channels_last(self) -> None:
-        bag, counts = model_variants.channels_last(self.separator)
-        self.notes.append("channels_last: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-        self.compare("chan_last", {"contiguous (default)": lambda: self.separate(),
-                                   "channels_last 4-D weights+inputs": lambda: self.separate_with(bag)},
-                     reference="contiguous (default)")
-
-    def compile(self) -> None:
-        # A private inductor cache: never a half-written kernel from another run (bench/compile_cache.py measures
-        # what a warm cache saves).
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.args.out.resolve() / "inductor-cache"))
-        variants: dict[str, Callable[[], Any]] = {"eager (default)": lambda: self.separate()}
-        for name, build in (("jit.trace+freeze+optimize_for_inference", model_variants.traced),
-                            ("torch.compile (inductor)", model_variants.compiled)):
-            try:
-                bag, seconds = build(self.separator)
-            except Exception as err:  # a variant that cannot be built is a result, reported as such
-                self.notes.append(f"compile: {name} failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
-                continue
-            self.notes.append(f"compile: {name}: {seconds:.1f} s to build and run once on one chunk")
-            variants[name] = lambda bag=bag: self.separate_with(bag)
-        self.compare("compile", variants, reference="eager (default)")
-
     def markdown(self) -> str:
         lines = ["| lever | variant | wall median s | CPU median s | peak RSS MiB | SNR vs default, dB | "
                  "max abs diff |", "|---|---|---|---|---|---|---|"]
         for r in self.rows:
             lines.append(f"| {r['lever']} | {r['variant']} | {r['wall_median_s']:.2f} | {r['cpu_median_s']:.1f} | "
                          f"{r['peak_rss_mib']:.0f} | {r['snr_db']} | {r['max_abs_diff']} |")
-        return "\n".join(lines) + "\n" + "".join(f"\n- {note}" for note in self.notes) + ("\n" if self.notes else "")
+        return "\n".join(lines) + "\n"
 
 
 def cpu_bf16_note() -> str:
@@ -262,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     for lever in args.levers.split(","):
         getattr(bench, lever.strip())()
     text = (f"Levers on a {args.seconds:g} s song, {args.model} (seeded random weights), {args.device}, "
-            f"{torch.get_num_threads()} threads, {args.repeat} repeats, started {started}\n\n" + bench.markdown())
+            f"{torch.get_num_threads()} threads, {args.repeat} repeats, started {started}; "
+            f"CPU: {cpu_bf16_note()}\n\n" + bench.markdown())
     (args.out / "levers.md").write_text(text)
     print(text)
     return 0

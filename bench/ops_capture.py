@@ -1,6 +1,6 @@
 """What an operator sees during a small flood through the local ScaledJob emulator, captured as text.
 
-    python bench/ops_capture.py --out ops-capture.txt [--count 12] [--seconds 2.5] [--max-replicas 2]
+    python -m bench.ops_capture --out ops-capture.txt [--count 12] [--seconds 2.5] [--max-replicas 2]
 
 It starts a real redis-server and SeaweedFS S3 on loopback and a tiny model repo, pushes `--count` jobs with
 `stemworker flood`, runs `python -m workbench.emulator --manifests keda` (pods are `python -m function.runner`
@@ -27,11 +27,10 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from workbench.local_services import LocalServices, free_port
+from workbench.model_repo import write_model
 
-from workbench.local_services import LocalServices, free_port  # noqa: E402
-from workbench.model_repo import write_model  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SESSION = "stemops-capture"
 
@@ -151,7 +150,7 @@ def main() -> int:
     with args.out.open("w") as out:
         out.write(f"# {args.count} jobs of {args.seconds} s (tiny model) pushed with `stemworker flood --count "
                   f"{args.count}`, run by `python -m workbench.emulator --manifests keda --max-replicas "
-                  f"{args.max_replicas}`\n# produced by: python bench/ops_capture.py --out {args.out.name} "
+                  f"{args.max_replicas}`\n# produced by: python -m bench.ops_capture --out {args.out.name} "
                   f"--count {args.count} --seconds {args.seconds} --max-replicas {args.max_replicas}\n\n")
         out.write("\n".join(frames))
         out.write(f"\n---- emulator (last lines)\n{emulator_tail}\n")

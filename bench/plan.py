@@ -1,11 +1,11 @@
 """Capacity planner: a discrete-event simulation of the stemworker ScaledJob fleet (KEDA polls, Jobs, pods,
 the Redis list, nodes) that predicts latency, fleet size and cost.
 
-    python bench/plan.py [simulate] [options]          one scenario: summary, --json, --png
-    python bench/plan.py compare [options]             the four KEDA strategies and drain mode, side by side
-    python bench/plan.py table [--write docs/capacity.md]   the planning table (CPU and GPU, mean and peak load,
+    python -m bench.plan [simulate] [options]          one scenario: summary, --json, --png
+    python -m bench.plan compare [options]             the four KEDA strategies and drain mode, side by side
+    python -m bench.plan table [--write docs/capacity.md]   the planning table (CPU and GPU, mean and peak load,
                                                        0/20/50 % cache hits) and the comparison for each node kind
-    python bench/plan.py validate --measured FLOOD.json     predicted vs measured drain time and p95 latency
+    python -m bench.plan validate --measured FLOOD.json     predicted vs measured drain time and p95 latency
 
 The scaling decision is KEDA's own math (`decide`), with the ScaledJob's pollingInterval, maxReplicaCount,
 scalingStrategy and pendingPodConditions read from `--manifests` (flags override). Cost profiles come from a
@@ -20,16 +20,15 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench.planning import profiles, tables, validation
+from bench.planning.chart import write_png
+from bench.planning.cli_args import add_common, build_scenario, node_kinds, profile_set
+from bench.planning.metrics import timeline_dict
+from bench.planning.scenario import Scenario, run
+from bench.planning.workload import RateProfile
+from function.errors import ConfigError
 
-from bench.planning import profiles, tables, validation  # noqa: E402
-from bench.planning.chart import write_png  # noqa: E402
-from bench.planning.cli_args import add_common, build_scenario, node_kinds, profile_set  # noqa: E402
-from bench.planning.metrics import timeline_dict  # noqa: E402
-from bench.planning.scenario import Scenario, run  # noqa: E402
-from bench.planning.workload import RateProfile  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 COMMANDS = ("simulate", "compare", "table", "validate")
 TABLE_BEGIN = "<!-- plan-table:begin -->"
@@ -37,7 +36,7 @@ TABLE_END = "<!-- plan-table:end -->"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench/plan.py", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.plan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
     simulate = sub.add_parser("simulate", help="one scenario")
@@ -174,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"simulate": cmd_simulate, "compare": cmd_compare, "table": cmd_table,
                 "validate": cmd_validate}[args.command](args)
-    except (ValueError, OSError, KeyError) as err:
+    except (ValueError, OSError, KeyError, ConfigError) as err:
         print(f"plan: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
 

@@ -1,7 +1,7 @@
 """Benchmark: stemworker beside the bare DEMUCS CLI and a seed-style worker, in one run, on one song.
 
-    python bench/run.py [--seconds 30[,120,300]] [--repeat 3] [--device auto|cpu|cuda] [--model htdemucs]
-                        [--variant NAME:KEY=VALUE,...] [--json PATH] [--out bench/out] [--fleet]
+    python -m bench.run [--seconds 30[,120,300]] [--repeat 3] [--device auto|cpu|cuda] [--model htdemucs]
+                        [--variant NAME:KEY=VALUE,...] [--json PATH] [--out bench/out]
 
 Scenarios (each run --repeat times, in an order that rotates every repeat):
 - inference:        `demucs.api.Separator.separate_tensor` on the already decoded song (the floor)
@@ -11,7 +11,7 @@ Scenarios (each run --repeat times, in an order that rotates every repeat):
 - stemworker_cold:  `python -m function.runner --max-messages 1` in a new process: the same job plus the
                     interpreter start, imports and model load
 - cli:              `python -m demucs.separate --mp3 --repo REPO -n MODEL` on the same file
-- seed_style:       bench/seed_worker.py: pop, fget_object, the CLI through os.system, fput_object per stem
+- seed_style:       bench.seed_worker: pop, fget_object, the CLI through os.system, fput_object per stem
 Then a warm runner blocked in BLMOVE on an empty queue gets a message; the seconds from the push to the
 job's status `separating` are the claim latency.
 
@@ -21,8 +21,7 @@ A `--variant` adds a warm and a cold stemworker scenario run with extra environm
 (e.g. `--variant bf16:DEMUCS_PRECISION=bf16`) is measured side by side with the default.
 Outputs: a Markdown table (stdout and OUT/results.md), OUT/results.json (or --json), OUT/results.png.
 Several `--seconds` (comma-separated) run the whole benchmark once per length, each in OUT/<S>s/, and end with
-the peak RSS target at every length. `--fleet` then runs bench/fleet_throughput.py (8 songs of 60 s through the
-ScaledJob emulator against the seed-style worker) and prints its target too.
+the peak RSS target at every length.
 """
 
 from __future__ import annotations
@@ -43,14 +42,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench import report
+from bench.measure import Sample, run_tree
+from stemops import render
+from workbench import model_repo, sample_song
+from workbench.local_services import LocalServices
 
-from bench import report  # noqa: E402
-from bench.measure import Sample, run_tree  # noqa: E402
-from stemops import render  # noqa: E402
-from workbench import model_repo, sample_song  # noqa: E402
-from workbench.local_services import LocalServices  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SCENARIOS = ("inference", "stemworker_warm", "stemworker_cold", "cli", "seed_style")
 STEMS = ("bass", "drums", "other", "vocals")
@@ -78,9 +76,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON (default OUT/results.json)")
     parser.add_argument("--no-png", action="store_true", help="skip the matplotlib chart")
     parser.add_argument("--machine", default=env("BENCH_MACHINE"), help="machine description for the table")
-    parser.add_argument("--fleet", action="store_true",
-                        help="also run bench/fleet_throughput.py (8 x 60 s songs, emulator vs seed-style worker)")
-    parser.add_argument("--fleet-args", default="", help="extra arguments for bench/fleet_throughput.py")
     args = parser.parse_args(argv)
     try:
         args.lengths = [float(part) for part in str(args.seconds).split(",") if part.strip()]
@@ -137,12 +132,12 @@ def machine(device: str) -> str:
 
 
 class WarmProcess:
-    """bench/warm.py in a child process, spoken to over stdin/stdout."""
+    """bench.warm in a child process, spoken to over stdin/stdout."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.log_path = log
         self._log = log.open("ab")
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "warm.py")], env=env, cwd=ROOT,
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.warm"], env=env, cwd=ROOT,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True)
         self.hello = self._read()
 
@@ -294,7 +289,7 @@ class Bench:
         else:  # seed_style
             self.upload(job_id)
             self.push(job_id)
-            argv = [sys.executable, str(ROOT / "bench" / "seed_worker.py"), "--max-messages", "1"]
+            argv = [sys.executable, "-m", "bench.seed_worker", "--max-messages", "1"]
             sample = run_tree(label, argv, env=self.env(), cwd=ROOT, log=self.work / "seed.log")
         sample.ok = sample.ok and self.stems_uploaded(job_id)
         return sample
@@ -407,15 +402,6 @@ def main(argv: list[str] | None = None) -> int:
         verdicts += [line for line in text.splitlines() if line.startswith(("PASS", "FAIL")) and "peak RSS" in line]
     if len(args.lengths) > 1:
         print("Peak RSS at every length:\n```\n" + "\n".join(verdicts) + "\n```")
-    if args.fleet:
-        from bench import fleet_throughput
-
-        fleet_out = args.out.resolve() / "fleet"
-        fleet_argv = ["--model", args.model, "--repo", str(args.repo), "--out", str(fleet_out),
-                      *args.fleet_args.split()]
-        codes.append(fleet_throughput.main(fleet_argv))
-        for text, ok in fleet_throughput.result_lines(fleet_out):
-            print(f"{'PASS' if ok else 'FAIL'}: {text}")
     return max(codes)
 
 

@@ -5,7 +5,7 @@ as a separate program with `os.system(...)`, checks that it worked, uploads each
 logs to the `logging` list and POSTs the callback. No model stays loaded: every job pays for a new Python,
 a torch import and a model load inside the CLI.
 
-    python bench/seed_worker.py [--max-messages N]
+    python -m bench.seed_worker [--max-messages N]
 
 Settings come from the same environment variables the real worker reads (REDIS_URL, MINIO_ENDPOINT,
 MINIO_ACCESS_KEY, MINIO_SECRET_KEY, INPUT_BUCKET, OUTPUT_BUCKET, DEMUCS_MODEL, DEMUCS_REPO, DEMUCS_DEVICE).

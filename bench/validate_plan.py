@@ -1,6 +1,6 @@
 """Check the capacity planner against a real flood through the local ScaledJob emulator, in one command.
 
-    python bench/validate_plan.py [--count 12] [--seconds 4] [--max-replicas 2] [--polling-interval 5]
+    python -m bench.validate_plan [--count 12] [--seconds 4] [--max-replicas 2] [--polling-interval 5]
                                   [--out bench/out/validate]
 
 It starts a real redis-server and SeaweedFS S3 on loopback and a tiny model repo, uploads `--count` distinct
@@ -21,14 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from function.clients import s3_client
+from function.config import load_settings
+from workbench import sample_song
+from workbench.local_services import LocalServices
+from workbench.model_repo import write_model
 
-from function.clients import s3_client  # noqa: E402
-from function.config import load_settings  # noqa: E402
-from workbench import sample_song  # noqa: E402
-from workbench.local_services import LocalServices  # noqa: E402
-from workbench.model_repo import write_model  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             client.put_object(settings.input_bucket, f"{job_id}.mp3", io.BytesIO(song), len(song))
         (out / "ids.txt").write_text("\n".join(ids) + "\n")
         pushes = out / "pushes.jsonl"
-        subprocess.run([python, "bench/flood_measure.py", "push", "--ids", str(out / "ids.txt"), "--rate", "1000",
+        subprocess.run([python, "-m", "bench.flood_measure", "push", "--ids", str(out / "ids.txt"), "--rate", "1000",
                         "--pushes", str(pushes), "--redis-url", services.env()["REDIS_URL"]],
                        cwd=ROOT, env=env, check=True)
         started_at = time.time()
@@ -67,11 +66,11 @@ def main(argv: list[str] | None = None) -> int:
                             "--max-replicas", str(args.max_replicas), "--polling-interval",
                             str(args.polling_interval), "--max-seconds", "1800"],
                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
-        subprocess.run([python, "bench/flood_measure.py", "collect", "--pushes", str(pushes), "--scaler-log",
+        subprocess.run([python, "-m", "bench.flood_measure", "collect", "--pushes", str(pushes), "--scaler-log",
                         str(out / "scaler.log"), "--scaler-started-at", f"{started_at:.6f}", "--workdir",
                         str(workdir), "--redis-url", services.env()["REDIS_URL"], "--out", str(out / "flood.json")],
                        cwd=ROOT, env=env, check=True)
-    return subprocess.run([python, "bench/plan.py", "validate", "--measured", str(out / "flood.json")],
+    return subprocess.run([python, "-m", "bench.plan", "validate", "--measured", str(out / "flood.json")],
                           cwd=ROOT, env=env, check=False).returncode
 
 

@@ -230,7 +230,7 @@ def key_parts(job: Job, settings: Settings, input_sha256: str, device: str) -> K
         shifts=settings.demucs_shifts,
         overlap=settings.demucs_overlap,
         segment=settings.demucs_segment,
-        precision=resolve_precision(settings.demucs_precision, device),
+        precision=resolve_precision(settings.demucs_precision, device, native=settings.native_bf16),
         format=job.format,
         mp3_bitrate=settings.mp3_bitrate if mp3 else None,
         mp3_preset=settings.mp3_preset if mp3 else None,
@@ -553,7 +553,7 @@ def finish_hit(hit: Hit, job: Job, status: StatusRecord, events: EventLog, attem
     source = hit.entry.job_id
     status.update(State.DONE, progress=100, outputs=json.dumps(hit.outputs), seconds=f"{timings['total']:.3f}",
                   cached=1, cached_from=source, audio_seconds=f"{hit.entry.audio_seconds:.3f}",
-                  device=hit.entry.device, precision=precision)
+                  device=hit.entry.device, precision=precision, published=json.dumps(hit.outputs))
     events.info(f"job {job.id}: done in {timings['total']:.2f} s from the result cache (same input and settings "
                 f"as job {source}, key {hit.key[:12]})")
     return {

@@ -5,9 +5,14 @@
   is skipped with a reason, it does not fail the job.
 - Signed: with WEBHOOK_SECRET, Standard Webhooks headers (`function.signing`); `webhook-id` is the job's
   CloudEvent id, the same on every attempt.
-- Bounded: at most CALLBACK_ATTEMPTS attempts, each within CALLBACK_TIMEOUT_S, all within CALLBACK_TOTAL_S.
-  5xx, 429 and connection errors are retried after an exponential, jittered back-off (a 429/503 Retry-After
-  is honoured up to RETRY_AFTER_MAX_S). A redirect is never followed; only a 2xx answer counts as delivered.
+- Bounded by the wall clock, whatever the receiver does (trickles its answer a byte at a time, stalls after the
+  headers, is slow to finish TLS): at most CALLBACK_ATTEMPTS attempts; each attempt ends CALLBACK_TIMEOUT_S after
+  it starts (or when CALLBACK_TOTAL_S runs out, if sooner); the DNS look-up, every attempt and every back-off fit
+  in CALLBACK_TOTAL_S from the start of the delivery. An attempt runs on a thread of its own; at its deadline the
+  job stops waiting for it and its socket is shut down. Only the status line and headers are read: the answer's
+  body never is. 5xx, 429 and connection errors are retried after an exponential, jittered back-off (a 429/503
+  Retry-After is honoured up to RETRY_AFTER_MAX_S). A redirect is never followed; only a 2xx answer counts as
+  delivered.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +73,33 @@ def retry_after_s(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def post_within(session: requests.Session, adapter: netguard.PinnedAdapter, budget_s: float, url: str,
+                **kwargs: Any) -> requests.Response:
+    """`session.post(url, stream=True, ...)` that returns or raises within `budget_s` seconds of wall clock.
+
+    A socket timeout bounds one read, not a request, so the request runs on a daemon thread and this one waits for
+    it; past the budget the adapter's sockets are shut down (the thread fails at once) and requests.Timeout is
+    raised here. The answer's body is never read (stream=True): a receiver cannot hold the job with it."""
+    done = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def attempt() -> None:
+        try:
+            outcome["response"] = session.post(url, stream=True, timeout=budget_s, **kwargs)
+        except BaseException as err:  # handed to the waiting thread as it is
+            outcome["error"] = err
+        finally:
+            done.set()
+
+    threading.Thread(target=attempt, name="callback-attempt", daemon=True).start()
+    if not done.wait(budget_s):
+        adapter.cut()
+        raise requests.Timeout(f"no complete answer within {budget_s:.1f} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["response"]
+
+
 def encode_body(body: Any) -> bytes:
     """The exact bytes sent and signed: compact JSON, ASCII only."""
     return json.dumps(body, separators=(",", ":"), default=str).encode("ascii")
@@ -113,6 +146,8 @@ def _deliver(
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret is not None else None
     attempts, status, last = 0, None, "no attempt made"
     with netguard.pinned_session(target) as session:
+        adapter = session.get_adapter(target.url)
+        assert isinstance(adapter, netguard.PinnedAdapter)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -125,11 +160,13 @@ def _deliver(
             }
             wait: float | None = None
             try:
-                response = session.post(
+                response = post_within(
+                    session,
+                    adapter,
+                    min(settings.callback_timeout_s, remaining),
                     target.url,
                     data=payload,
                     headers=headers,
-                    timeout=min(settings.callback_timeout_s, remaining),
                     allow_redirects=False,
                 )
             except requests.exceptions.SSLError:

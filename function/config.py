@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     # CUDA included (separation.resolve_precision): bf16 passed the SDR gate of docs/quality.md. `fp32`, `bf16`
     # and `fp16` force one.
     demucs_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # Whether the CPU computes bf16 natively, for `auto`: read from /proc/cpuinfo (`auto`), or stated (`yes`, `no`)
+    # where the flags do not tell (a VM that hides them) or to run the tests as on the other kind of CPU.
+    cpu_native_bf16: Literal["auto", "yes", "no"] = "auto"
     mp3_bitrate: int = Field(320, ge=32, le=320)
     mp3_preset: int = Field(2, ge=2, le=7)  # lameenc quality: 2 best, 7 fastest
 
@@ -175,6 +178,12 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None
     callback_attempts: int = Field(3, ge=1, le=10)
     callback_total_s: float = Field(30.0, gt=0)
+
+    # `stemworker exporter`: a scrape reads Redis for at most this long, then answers stemworker_redis_up 0 (well
+    # under the ServiceMonitor's 20 s scrape timeout); each Redis call of a scrape waits at most half of it.
+    exporter_scrape_budget_s: float = Field(5.0, gt=0, le=15)
+    # This pod's name (the downward API's metadata.name); the host name when unset. Recorded with each claim.
+    pod_name: str | None = None
 
     @field_validator("demucs_models", "input_buckets", "state_fields", mode="before")
     @classmethod
@@ -296,6 +305,11 @@ class Settings(BaseSettings):
         """Whether STATUS_TTL_S was set: only then does a status hash that existed with its own expiry (a tier's)
         get STATUS_TTL_S instead."""
         return "status_ttl_s" in self.model_fields_set
+
+    @property
+    def native_bf16(self) -> bool | None:
+        """CPU_NATIVE_BF16 as a bool, or None to read the CPU's flags."""
+        return None if self.cpu_native_bf16 == "auto" else self.cpu_native_bf16 == "yes"
 
     @property
     def allowed_models(self) -> frozenset[str]:

@@ -7,9 +7,11 @@ model (and the clients) are the only things kept between calls in one process.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +29,7 @@ from function.clock import now_iso
 from function.config import Settings, get_settings
 from function.errors import InvalidJob, StemworkerError, Transient, UnprocessableInput
 from function.keys import status_key
+from function.logs import job_context
 from function.messages import Job, event_id_or_none, job_from_event, job_id_or_none, save_event
 from function.metrics import Recorder
 from function.outputs import publish, published_names
@@ -90,8 +93,17 @@ class Worker:
             return self.fence.status_record(self.redis, key, s.status_ttl_s, s.state_fields, **options)
         return StatusRecord(self.redis, key, s.status_ttl_s, s.state_fields, **options)
 
+    def _submit(self, fn: Any, *args: Any) -> Any:
+        """Run `fn` on the pool in a copy of this context, so its log lines carry the job's fields."""
+        return self._pool.submit(contextvars.copy_context().run, fn, *args)
+
     def handle(self, event: CloudEvent) -> dict[str, Any]:
-        """Separate the song the event names; raises a StemworkerError subclass on failure."""
+        """Separate the song the event names; raises a StemworkerError subclass on failure. Every log line of the
+        call carries the job's id, attempt and event id (function/logs.py)."""
+        with job_context(job_id=job_id_or_none(event), attempt=attempt_of(event), event_id=event_id_or_none(event)):
+            return self._handle(event)
+
+    def _handle(self, event: CloudEvent) -> dict[str, Any]:
         started = time.monotonic()
         attempt = attempt_of(event)
         self.events.info(f"received event {event_id_or_none(event) or '(invalid id)'} (attempt {attempt})",
@@ -109,11 +121,12 @@ class Worker:
         for note in job.notes:
             self.events.info(f"job {job.id}: {note}")
         status = self.status_for(job.id)
+        published = self._published_before(status, job)
         status.start(model=job.model, model_requested=job.model_requested or job.model, format=job.format,
-                     attempts=attempt, event_id=job.event_id)
+                     attempts=attempt, event_id=job.event_id, published=json.dumps(published) if published else None)
         self.metrics.job_started(job.id)
         try:
-            result = self._separate(job, status, attempt, started)
+            result = self._separate(job, status, attempt, started, published)
         except StemworkerError as err:
             self._fail(job, status, err, started)
             raise
@@ -125,9 +138,23 @@ class Worker:
             result["callback"] = self._notify(job, job.callback.data if job.callback.has_data else result)
         return result
 
+    @staticmethod
+    def _published_before(status: StatusRecord, job: Job) -> dict[str, Any]:
+        """The stems an earlier attempt of this same submission (same event id) published before it died: they are
+        still in the output bucket, so the status keeps listing them (`published`) until this attempt ends."""
+        try:
+            record = status.read()
+            if record.get("event_id") != job.event_id or not record.get("published"):
+                return {}
+            earlier = json.loads(record["published"])
+        except (Transient, ValueError):
+            return {}
+        return earlier if isinstance(earlier, dict) else {}
+
     def _reject(self, event: CloudEvent, err: InvalidJob, attempt: int) -> None:
         job_id = job_id_or_none(event)
-        self.events.error(f"job {job_id or '(invalid id)'} rejected: {err}", stage="failed")
+        self.events.error(f"job {job_id or '(invalid id)'} rejected: {err}", stage="failed",
+                          error_type=type(err).__name__)
         if job_id is not None:
             self.metrics.job_failed(job_id, None, err)
             self.status_for(job_id).start(state=State.FAILED, error=str(err), attempts=attempt,
@@ -135,7 +162,8 @@ class Worker:
 
     def _fail(self, job: Job, status: StatusRecord, err: StemworkerError, started: float) -> None:
         seconds = time.monotonic() - started
-        self.events.error(f"job {job.id}: failed after {seconds:.2f} s: {err}", stage="failed")
+        self.events.error(f"job {job.id}: failed after {seconds:.2f} s: {err}", stage="failed", duration_s=seconds,
+                          error_type=type(err).__name__)
         self.metrics.job_failed(job.id, job.model, err)
         try:
             status.update(State.FAILED, error=str(err), retryable=int(not err.permanent))
@@ -152,10 +180,11 @@ class Worker:
         self.metrics.callback(outcome.delivered, outcome.reason)
         return {"delivered": outcome.delivered, "status": outcome.status, "reason": outcome.reason}
 
-    def _separate(self, job: Job, status: StatusRecord, attempt: int, started: float) -> dict[str, Any]:
+    def _separate(self, job: Job, status: StatusRecord, attempt: int, started: float,
+                  published: dict[str, Any]) -> dict[str, Any]:
         s = self.settings
         timings: dict[str, float] = {}
-        model_loading = self._pool.submit(separation.get_separator, job.model, s)
+        model_loading = self._submit(separation.get_separator, job.model, s)
         # Templated buckets (`{id}`) are rendered once, before any I/O: a job whose id gives no valid name is refused.
         source_bucket = job.input_bucket or render_bucket("INPUT_BUCKET", s.input_bucket, id=job.id)
         output_bucket = render_bucket("OUTPUT_BUCKET", s.output_bucket, id=job.id, model=job.model, ext=job.format)
@@ -167,7 +196,7 @@ class Worker:
             size = self.store.download(source_bucket, source_key, Path(tmp) / "input", s.max_input_bytes, sha256)
             timings["download"] = time.monotonic() - tick
             self.events.info(f"job {job.id}: downloaded {source_bucket}/{source_key} ({size} bytes)",
-                             stage="downloading")
+                             stage="downloading", duration_s=timings["download"])
             device = separation.resolve_device(s.demucs_device)
             tick = time.monotonic()
             flight = cleanup.enter_context(self.cache.begin(job, sha256.hexdigest(), device, status))
@@ -191,7 +220,7 @@ class Worker:
             (Path(tmp) / "input").unlink()
             timings["decode"] = time.monotonic() - tick
             audio_seconds = wav.shape[-1] / separator.samplerate
-            precision = separation.resolve_precision(s.demucs_precision, device)
+            precision = separation.resolve_precision(s.demucs_precision, device, native=s.native_bf16)
             status.update(State.SEPARATING, progress=0, device=device, precision=precision,
                           audio_seconds=f"{audio_seconds:.3f}")
             self.events.info(f"job {job.id}: separating {audio_seconds:.1f} s of audio with {job.model} on {device}",
@@ -211,12 +240,12 @@ class Worker:
             timings["separate"] = time.monotonic() - tick
             status.update(State.UPLOADING, progress=100)
             tick = time.monotonic()
-            outputs = self._store_stems(job, stems, Path(tmp), separator.samplerate, output_bucket)
+            outputs = self._store_stems(job, stems, Path(tmp), separator.samplerate, status, published, output_bucket)
             timings["encode_upload"] = time.monotonic() - tick
             flight.record(outputs, audio_seconds, device)  # before the lock is released: waiters find it
         timings["total"] = time.monotonic() - started
         status.update(State.DONE, outputs=json.dumps(outputs), seconds=f"{timings['total']:.3f}")
-        self.events.info(f"job {job.id}: done in {timings['total']:.2f} s", stage="done")
+        self.events.info(f"job {job.id}: done in {timings['total']:.2f} s", stage="done", duration_s=timings["total"])
         self.metrics.job_done(job.id, job.model, timings, audio_seconds)
         return {
             "id": job.id,
@@ -233,11 +262,20 @@ class Worker:
         }
 
     def _store_stems(self, job: Job, stems: dict[str, audio.StemFile], tmp: Path, samplerate: int,
-                     bucket: str) -> dict[str, Any]:
+                     status: StatusRecord, published: dict[str, Any], bucket: str) -> dict[str, Any]:
         """Encode (chunk by chunk, from each stem's raw file) and upload every stem concurrently to `bucket`; returns
-        stem -> {bucket, key} (plus `keys` when STEM_ALIASES gives it several names)."""
+        stem -> {bucket, key} (plus `keys` when STEM_ALIASES gives it several names). Each stem is added to the
+        status's `published` as soon as it is in the bucket, so a job that dies or fails half-way through its
+        uploads says which of its outputs exist."""
         s = self.settings
         self.store.ensure_bucket(bucket)
+        published = dict(published)
+        lock = threading.Lock()
+
+        def record(stem: str, entry: dict[str, Any]) -> None:
+            with lock:
+                published[stem] = entry
+                status.update(published=json.dumps(published))
 
         def encode_and_upload(stem: str, raw: audio.StemFile) -> tuple[str, dict[str, Any]]:
             path = tmp / f"{stem}.{job.format}"
@@ -251,10 +289,11 @@ class Worker:
                     for name in published_names(s.stem_aliases, stem)]
             entry = publish(self.store, bucket, keys, path, CONTENT_TYPES[job.format])
             path.unlink()
+            record(stem, entry)
             self.events.info(f"job {job.id}: uploaded {stem} to {bucket}/{', '.join(keys)}", stage="uploading")
             return stem, entry
 
-        futures = [self._pool.submit(encode_and_upload, stem, raw) for stem, raw in stems.items()]
+        futures = [self._submit(encode_and_upload, stem, raw) for stem, raw in stems.items()]
         return dict(future.result() for future in futures)
 
 

@@ -52,6 +52,13 @@ def orphans_key(queue_key: str) -> str:
     return f"{queue_key}:orphans"
 
 
+def dataset_key(queue_key: str) -> str:
+    """String: a random marker the first claim writes (SET NX) and every later claim reads. A runner holding a claim
+    that finds it gone or changed knows Redis lost its data (a restart without persistence, a flush, a failover to
+    an empty replica), and with it the queued messages."""
+    return f"{queue_key}:dataset"
+
+
 def status_key(template: str, job_id: str) -> str:
     """The status hash of one job; `job_id` must already be validated."""
     return template.format(id=job_id)

@@ -31,6 +31,7 @@ from cloudevents.conversion import to_json
 from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_dict, from_http
 
+from function import json_limits
 from function.config import FORMATS, Settings
 from function.errors import InvalidJob
 from function.tier import input_location, resolve_model
@@ -93,33 +94,51 @@ def require_size(size: int, max_message_bytes: int, what: str = "message") -> No
 
 
 def event_from_message(raw: bytes | str, max_message_bytes: int, first_seen: str | None = None) -> CloudEvent:
-    """Turn one queue message into the CloudEvent `handle` takes.
+    """Turn one queue message into the CloudEvent `handle` takes; any message that cannot become one raises
+    InvalidJob, whatever its bytes (the runner dead-letters it), never another exception.
 
     `first_seen` (the time the queue first claimed this message, kept across its requeues) goes into the event
     id, so every retry of one submission carries the same id and a second submission of the same bytes another.
     """
+    try:
+        return _event_from_message(raw, max_message_bytes, first_seen)
+    except InvalidJob:
+        raise
+    except Exception as err:  # a message that trips anything unforeseen is still only a bad message
+        raise InvalidJob(f"message could not be read: {type(err).__name__}: {str(err)[:200]}") from None
+
+
+def _event_from_message(raw: bytes | str, max_message_bytes: int, first_seen: str | None) -> CloudEvent:
     body = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     require_size(len(body), max_message_bytes)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as err:
         raise InvalidJob(f"message is not UTF-8 text: {err}") from None
-    stripped = text.strip()
-    if not stripped:
-        raise InvalidJob("message is empty")
     # The id is the `webhook-id` receivers de-duplicate on: stable across retries, distinct across submissions.
     seed = "stemworker:" + hashlib.sha256(body).hexdigest() + (f"@{first_seen}" if first_seen else "")
     event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, seed))
-    if ID_PATTERN.fullmatch(stripped) and not stripped.isdigit():
-        # A bare id with no JSON quoting; all-digit text is a JSON number and is rejected as an id.
-        return new_event(stripped, event_id)
-    try:
-        payload = json.loads(stripped)
-    except json.JSONDecodeError as err:
-        raise InvalidJob(f"message is not valid JSON: {err.msg} at position {err.pos}") from None
+    payload = decode_payload(text, "message")
     if isinstance(payload, dict) and "specversion" in payload:
         return event_from_dict(payload)
     return new_event(payload, event_id)
+
+
+def decode_payload(text: str, what: str) -> Any:
+    """A message's text as a value: a bare id (no JSON quotes) as that string, anything else as bounded JSON
+    (function/json_limits.py). A JSON scalar that is not a string (`null`, `true`, `-1`, `1e309`, `NaN`) is
+    never read as a bare id. Raises InvalidJob for empty text, text that is not JSON, and JSON over the limits."""
+    stripped = text.strip()
+    if not stripped:
+        raise InvalidJob(f"{what} is empty")
+    if ID_PATTERN.fullmatch(stripped) and json_limits.SCALAR.fullmatch(stripped) is None:
+        return stripped
+    try:
+        return json_limits.loads(stripped)
+    except json_limits.JSONLimitError as err:
+        raise InvalidJob(f"{what} is refused: {err}") from None
+    except json.JSONDecodeError as err:
+        raise InvalidJob(f"{what} is not valid JSON: {err.msg} at position {err.pos}") from None
 
 
 def require_attributes(attributes: Mapping[str, Any]) -> None:
@@ -153,8 +172,11 @@ def event_from_request(headers: Mapping[str, str], body: bytes, max_message_byte
     """The CloudEvent of an HTTP request in binary or structured mode; anything else raises InvalidJob."""
     require_size(len(body), max_message_bytes, "request body")
     try:
+        json_limits.nesting_depth(body.decode("utf-8", "replace"))
         event = from_http(dict(headers.items()), body)
-    except (GenericException, ValueError, TypeError) as err:
+    except json_limits.JSONLimitError as err:
+        raise InvalidJob(f"request body is refused: {err}") from None
+    except (GenericException, ValueError, TypeError, RecursionError) as err:
         raise InvalidJob(f"not a CloudEvent (binary ce-* headers or application/cloudevents+json): {err}") from None
     require_attributes(event.get_attributes())
     return event
@@ -180,13 +202,10 @@ def data_size(data: Any) -> int:
 def _decode_data(data: Any) -> Any:
     if isinstance(data, bytes | bytearray):
         try:
-            text = bytes(data).decode("utf-8").strip()
+            text = bytes(data).decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidJob("event data is not UTF-8 text") from None
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            return text
+        return decode_payload(text, "event data")
     return data
 
 
@@ -237,7 +256,7 @@ def job_id_or_none(event: CloudEvent) -> str | None:
     """The event's job id when it is a valid id, else None (an invalid id never names a key)."""
     try:
         data = _decode_data(event.data)
-    except InvalidJob:
+    except Exception:  # whatever the data, an unreadable one names no job
         return None
     if isinstance(data, dict):
         data = next((data[name] for name in ID_FIELDS if name in data), None)
@@ -245,7 +264,17 @@ def job_id_or_none(event: CloudEvent) -> str | None:
 
 
 def job_from_event(event: CloudEvent, settings: Settings) -> Job:
-    """Validate the event's data into a `Job`; raises InvalidJob naming the bad field."""
+    """Validate the event's data into a `Job`; raises InvalidJob naming the bad field, and InvalidJob for data
+    that trips anything unforeseen (an event built in code can hold any Python value)."""
+    try:
+        return _job_from_event(event, settings)
+    except InvalidJob:
+        raise
+    except Exception as err:
+        raise InvalidJob(f"event data could not be read: {type(err).__name__}: {str(err)[:200]}") from None
+
+
+def _job_from_event(event: CloudEvent, settings: Settings) -> Job:
     event_id = event_id_or_none(event)
     if event_id is None:
         raise InvalidJob("CloudEvent attribute 'id' must be 1-256 printable ASCII characters without spaces")
@@ -308,7 +337,7 @@ def save_event(event: CloudEvent, directory: Path) -> Path:
 def read_event_file(path: Path) -> CloudEvent:
     """The CloudEvent saved in `path`; an unreadable or malformed file raises InvalidJob."""
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
+        payload = json_limits.loads(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise InvalidJob(f"cannot read {path}: {err.strerror}") from None
     except ValueError as err:

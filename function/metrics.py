@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -156,6 +157,10 @@ class Recorder:
 
         self._apply(f"a message {outcome}", write)
 
+    def redis_data_lost(self) -> None:
+        """A runner found that Redis lost its data while it held a claim (written into the new, empty dataset)."""
+        self._apply("a Redis data loss", lambda pipe: pipe.hincrby(self._counters, "redis_data_loss", 1))
+
     def callback(self, delivered: bool, reason: str) -> None:
         result = callback_result(delivered, reason)
         self._apply("a callback", lambda pipe: pipe.hincrby(self._counters, f"callbacks|{result}", 1))
@@ -190,20 +195,56 @@ def _histograms(fields: Mapping[str, str], bounds: tuple[float, ...],
     return result
 
 
+class ScrapeTimeout(Exception):
+    """Redis did not answer a scrape within its budget."""
+
+
+# Scrapes of one collector waiting on Redis at once; a further one fails at once instead of adding a thread.
+MAX_SCRAPES_IN_FLIGHT = 4
+
+
 class MetricsCollector(Collector):
     """Reads the queue lengths and the recorded hashes from Redis on every scrape and yields them as metric
     families. A failed read yields only `stemworker_redis_up 0` and the scrape-error counter, so a scrape
-    never answers 500. Subclasses add gauges by extending `families`."""
+    never answers 500. With `budget_s`, a scrape whose reads have not finished within that many seconds also
+    answers that way, whatever Redis does (the reads go on in a daemon thread until their socket timeouts end
+    them). Subclasses add gauges by extending `families`."""
 
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, budget_s: float | None = None) -> None:
         self.client = client
         self.settings = settings
         self.queue = WorkQueue(client, settings.queue_key)
+        self.budget_s = budget_s
         self.scrape_errors = 0
+        self._slots = threading.BoundedSemaphore(MAX_SCRAPES_IN_FLIGHT)
+
+    def _families_within_budget(self) -> list[Metric]:
+        if self.budget_s is None:
+            return list(self.families())
+        if not self._slots.acquire(blocking=False):
+            raise ScrapeTimeout(f"{MAX_SCRAPES_IN_FLIGHT} earlier scrapes are still waiting on Redis")
+        outcome: dict[str, Any] = {}
+
+        def read() -> None:
+            try:
+                outcome["families"] = list(self.families())
+            except Exception as err:  # handed to the scrape's own thread below
+                outcome["error"] = err
+            finally:
+                self._slots.release()
+
+        reader = threading.Thread(target=read, name="metrics-scrape", daemon=True)
+        reader.start()
+        reader.join(self.budget_s)
+        if reader.is_alive():
+            raise ScrapeTimeout(f"Redis did not answer within the scrape budget of {self.budget_s:g} s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["families"]
 
     def collect(self) -> Iterator[Metric]:
         try:
-            families = list(self.families())
+            families = self._families_within_budget()
             up = 1
         except Exception as err:  # any failure is counted and reported, never a 500 for the scraper
             self.scrape_errors += 1
@@ -246,9 +287,12 @@ class MetricsCollector(Collector):
         audio = {model: 0.0 for model in self.models()}
         hits = {model: 0.0 for model in self.models()}
         callbacks = {result: 0.0 for result in CALLBACK_RESULTS}
+        data_loss = 0.0
         for field, value in counters.items():
             parts = field.split("|")
-            if parts[0] == "jobs" and len(parts) == 3:
+            if field == "redis_data_loss":
+                data_loss = float(value)
+            elif parts[0] == "jobs" and len(parts) == 3:
                 jobs[(parts[1], parts[2])] = float(value)
             elif parts[0] == "audio_seconds" and len(parts) == 2:
                 audio[parts[1]] = float(value)
@@ -272,7 +316,10 @@ class MetricsCollector(Collector):
                                                labels=["result"])
         for result, value in sorted(callbacks.items()):
             callbacks_family.add_metric([result], value)
-        return [jobs_family, audio_family, hits_family, callbacks_family]
+        loss_family = CounterMetricFamily(
+            "stemworker_redis_data_loss", "Times a runner found that Redis lost its data (queued jobs may be gone)",
+            value=data_loss)
+        return [jobs_family, audio_family, hits_family, callbacks_family, loss_family]
 
 
 def registry_with(collector: Collector) -> CollectorRegistry:

@@ -9,6 +9,7 @@ still use the name), so a second DNS answer can not move the request elsewhere (
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import threading
@@ -18,6 +19,8 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util import parse_url
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -234,6 +237,28 @@ def inside_allowed_network(addresses: list[IPAddress], allow_hosts: Iterable[str
     )
 
 
+def _tracked_pools(opened: list[HTTPConnection]) -> dict[str, type[HTTPConnectionPool]]:
+    """Connection pool classes whose connections add themselves to `opened` when they connect."""
+
+    class TrackedHTTPConnection(HTTPConnection):
+        def connect(self) -> None:
+            opened.append(self)
+            super().connect()
+
+    class TrackedHTTPSConnection(HTTPSConnection):
+        def connect(self) -> None:
+            opened.append(self)
+            super().connect()
+
+    class TrackedHTTPPool(HTTPConnectionPool):
+        ConnectionCls = TrackedHTTPConnection
+
+    class TrackedHTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = TrackedHTTPSConnection
+
+    return {"http": TrackedHTTPPool, "https": TrackedHTTPSPool}
+
+
 class PinnedAdapter(HTTPAdapter):
     """A transport that connects to the vetted address only, whatever the URL's host resolves to now.
 
@@ -242,8 +267,23 @@ class PinnedAdapter(HTTPAdapter):
     """
 
     def __init__(self, target: Target) -> None:
+        self.opened: list[HTTPConnection] = []  # every connection made, for `cut` (before super() builds pools)
         super().__init__(max_retries=0)
         self.target = target
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _tracked_pools(self.opened)  # type: ignore[assignment]
+
+    def cut(self) -> None:
+        """Shut down every socket this adapter opened, from any thread: a request blocked reading from a peer that
+        trickles or stalls fails at once. (During a TLS handshake there is no socket to reach; the caller's
+        wall-clock wait still ends on time.)"""
+        for connection in list(self.opened):
+            sock = getattr(connection, "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     def build_connection_pool_key_attributes(
         self, request: requests.PreparedRequest, verify: Any, cert: Any = None

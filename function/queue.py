@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,9 +29,33 @@ from function import keys, queue_scripts
 from function.clock import now_iso
 from function.errors import LeaseLost, RedisUnavailable
 
+# A dead-letter entry keeps this much of its message (the rest is told by its size and digest): a 1 MB message
+# must not make a 1 MB entry.
+DEAD_LETTER_MESSAGE_BYTES = 4096
+# BLMOVE never times out below this: Redis reads a blocking timeout in milliseconds, and 0 means "forever".
+MIN_BLOCK_S = 0.01
+
 
 def digest(message: bytes) -> str:
     return hashlib.sha256(message).hexdigest()[:32]
+
+
+def dead_letter_fields(message: bytes) -> dict[str, Any]:
+    """What a dead-letter entry keeps of its message: the first DEAD_LETTER_MESSAGE_BYTES as text (undecodable
+    bytes replaced), its size, its sha256, and whether it was cut (a cut message cannot be requeued from the
+    entry: `stemworker dead requeue` refuses it)."""
+    return {
+        "message": message[:DEAD_LETTER_MESSAGE_BYTES].decode("utf-8", "replace"),
+        "message_bytes": len(message),
+        "message_sha256": hashlib.sha256(message).hexdigest(),
+        "truncated": len(message) > DEAD_LETTER_MESSAGE_BYTES,
+    }
+
+
+def block_slice_s(socket_timeout_s: float) -> float:
+    """The longest single BLMOVE for a client whose socket times out after `socket_timeout_s`: the blocking wait
+    plus the reply's round trip must fit inside it, or the claim would fail as "Redis unavailable"."""
+    return max(MIN_BLOCK_S, socket_timeout_s / 2, socket_timeout_s - 2.0)
 
 
 @dataclass
@@ -41,6 +66,8 @@ class Claim:
     attempts: int
     first_seen_at: str
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    dataset: str = ""  # the Redis dataset marker at claim time (keys.dataset_key)
+    exhausted: bool = False  # dead-lettered by the claim itself: its attempts were used up by runners that died
 
     @property
     def digest(self) -> str:
@@ -52,7 +79,8 @@ class WorkQueue:
     write for a claim raise LeaseLost when the claim's lease is gone."""
 
     def __init__(self, client: redis.Redis, queue_key: str, pop: Literal["left", "right"] = "left",
-                 lease_s: int = 120, orphan_grace_s: float = 10.0) -> None:
+                 lease_s: int = 120, orphan_grace_s: float = 10.0, max_attempts: int = 3,
+                 block_s: float | None = None) -> None:
         self.client = client
         self.queue_key = queue_key
         self.processing_key = keys.processing_key(queue_key)
@@ -61,7 +89,12 @@ class WorkQueue:
         self.leased_key = keys.leased_key(queue_key)
         self.attempts_key = keys.attempts_key(queue_key)
         self.orphans_key = keys.orphans_key(queue_key)
+        self.dataset_key = keys.dataset_key(queue_key)
         self.pop = pop
+        self.max_attempts = max_attempts
+        # One BLMOVE waits at most this long (a longer claim wait is several), so it never outlives the socket.
+        timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        self.block_s = block_s if block_s is not None else block_slice_s(timeout) if timeout else 5.0
         self.lease_s = lease_s
         self.orphan_grace_s = orphan_grace_s
         self._claim = client.register_script(queue_scripts.CLAIM)
@@ -71,29 +104,58 @@ class WorkQueue:
         self._reap = client.register_script(queue_scripts.REAP)
 
     def claim(self, wait_s: float) -> Claim | None:
-        """Move the next message into the processing list and lease it; None when the queue stays empty.
+        """Move the next message into the processing list and lease it; None when the queue stays empty for
+        `wait_s`. The wait is made of BLMOVEs no longer than `block_s`, so any wait works with any socket timeout.
+
+        A message whose attempts are used up (MAX_ATTEMPTS runners claimed it and died) comes back as a Claim with
+        `exhausted` set: the claim script has already dead-lettered it, and it holds no lease.
         Raises LeaseLost when a reaper requeued the message before its lease was written (the lease write came
         more than `orphan_grace_s` after the move, e.g. across a Redis outage): another runner will take it."""
         side = "LEFT" if self.pop == "left" else "RIGHT"
+        deadline = time.monotonic() + wait_s
         try:
-            if wait_s > 0:
-                raw = self.client.blmove(self.queue_key, self.processing_key, wait_s, side, "LEFT")
-            else:
-                raw = self.client.lmove(self.queue_key, self.processing_key, side, "LEFT")
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining >= MIN_BLOCK_S:
+                    raw = self.client.blmove(self.queue_key, self.processing_key, min(remaining, self.block_s),
+                                             side, "LEFT")
+                else:
+                    raw = self.client.lmove(self.queue_key, self.processing_key, side, "LEFT")
+                if raw is not None or time.monotonic() >= deadline - MIN_BLOCK_S:
+                    break
             if raw is None:
                 return None
             claim = Claim(message=bytes(raw), attempts=0, first_seen_at="")
-            leased = self._claim(keys=[self.processing_key, self.leases_key, self.leased_key, self.attempts_key],
-                                 args=[claim.token, claim.message, claim.digest, self.lease_s, now_iso()])
+            preview = json.dumps({**dead_letter_fields(claim.message), "job_id": None, "event": None})
+            leased = self._claim(
+                keys=[self.processing_key, self.leases_key, self.leased_key, self.attempts_key, self.dead_key,
+                      self.dataset_key],
+                args=[claim.token, claim.message, claim.digest, self.lease_s, now_iso(), self.max_attempts,
+                      uuid.uuid4().hex, preview],
+            )
         except redis.RedisError as err:
             raise RedisUnavailable(f"Redis unavailable while claiming from {self.queue_key}: {err}") from None
         if leased is None:
             raise LeaseLost(f"the message claimed from {self.queue_key} was requeued by a reaper before its lease "
                             f"was written (more than ORPHAN_GRACE_SECONDS={self.orphan_grace_s:g} after the claim)")
-        attempts, first_seen = leased
+        attempts, first_seen, dataset, exhausted = leased
         claim.attempts = int(attempts)
         claim.first_seen_at = first_seen.decode() if first_seen else now_iso()
+        claim.dataset = dataset.decode() if isinstance(dataset, bytes) else str(dataset or "")
+        claim.exhausted = bool(int(exhausted))
         return claim
+
+    def dataset(self) -> str | None:
+        """The dataset marker Redis holds now (None when it holds none: it lost its data, or no claim ran yet)."""
+        try:
+            value = self.client.get(self.dataset_key)
+        except redis.RedisError as err:
+            raise RedisUnavailable(f"Redis unavailable while reading {self.dataset_key}: {err}") from None
+        return value.decode() if isinstance(value, bytes) else value
+
+    def lost_data_since(self, claim: Claim) -> bool:
+        """Whether Redis lost its data since `claim` was made: its dataset marker is gone or another one."""
+        return bool(claim.dataset) and self.dataset() != claim.dataset
 
     def renew(self, claim: Claim) -> None:
         """Extend the lease (heartbeat); LeaseLost when it is gone."""

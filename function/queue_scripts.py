@@ -27,13 +27,20 @@ local function now_s()
 end
 """
 
-# KEYS: processing, leases, leased, attempts. ARGV: token, message, attempts field, lease seconds, now (ISO).
-# Returns {attempts, first_seen}, or nil when this claim's copy of the message is no longer in the processing
-# list (a reaper requeued it because the lease write came later than ORPHAN_GRACE_SECONDS after the claim).
+# KEYS: processing, leases, leased, attempts, dead, dataset.
+# ARGV: token, message, attempts field, lease seconds, now (ISO), max attempts, a new dataset marker,
+#       the dead-letter entry's bounded message preview (JSON string fields, see queue.dead_letter_fields).
+# Returns {attempts, first_seen, dataset marker, exhausted}, or nil when this claim's copy of the message is no
+# longer in the processing list (a reaper requeued it because the lease write came later than
+# ORPHAN_GRACE_SECONDS after the claim). `exhausted` is 1 when the message had already been claimed MAX_ATTEMPTS
+# times and every runner died with it: it is dead-lettered here, before any code parses it, and no lease is taken.
 CLAIM = _NOW + """
+redis.call('SET', KEYS[6], ARGV[7], 'NX')
+local dataset = redis.call('GET', KEYS[6])
 if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
   -- A retried call whose first run went through (the reply was lost): the lease is written, count nothing twice.
-  return {tonumber(redis.call('HGET', KEYS[4], ARGV[3]) or '1'), redis.call('HGET', KEYS[4], ARGV[3] .. ':first_seen')}
+  return {tonumber(redis.call('HGET', KEYS[4], ARGV[3]) or '1'), redis.call('HGET', KEYS[4], ARGV[3] .. ':first_seen'),
+          dataset, 0}
 end
 local copies = #redis.call('LPOS', KEYS[1], ARGV[2], 'COUNT', 0)
 local held = 0
@@ -41,11 +48,27 @@ for _, message in ipairs(redis.call('HVALS', KEYS[3])) do
   if message == ARGV[2] then held = held + 1 end
 end
 if copies <= held then return false end
-redis.call('ZADD', KEYS[2], now_s() + tonumber(ARGV[4]), ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 local attempts = redis.call('HINCRBY', KEYS[4], ARGV[3], 1)
 redis.call('HSETNX', KEYS[4], ARGV[3] .. ':first_seen', ARGV[5])
-return {attempts, redis.call('HGET', KEYS[4], ARGV[3] .. ':first_seen')}
+local first_seen = redis.call('HGET', KEYS[4], ARGV[3] .. ':first_seen')
+if attempts > tonumber(ARGV[6]) then
+  local ran = attempts - 1
+  local entry = cjson.decode(ARGV[8])
+  entry['error'] = 'crashed the runner ' .. ran .. ' times: every runner that claimed this message died or was ' ..
+                   'killed before it could finish or give it back (MAX_ATTEMPTS=' .. ARGV[6] .. ')'
+  entry['error_type'] = 'Exhausted'
+  entry['permanent'] = false
+  entry['attempts'] = ran
+  entry['first_seen_at'] = first_seen
+  entry['failed_at'] = ARGV[5]
+  redis.call('LREM', KEYS[1], -1, ARGV[2])
+  redis.call('HDEL', KEYS[4], ARGV[3], ARGV[3] .. ':first_seen')
+  redis.call('RPUSH', KEYS[5], cjson.encode(entry))
+  return {ran, first_seen, dataset, 1}
+end
+redis.call('ZADD', KEYS[2], now_s() + tonumber(ARGV[4]), ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+return {attempts, first_seen, dataset, 0}
 """
 
 # KEYS: leases. ARGV: token, lease seconds. Returns 1 when renewed, 0 when the lease is gone (reaped).

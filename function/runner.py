@@ -20,6 +20,7 @@ In-process API: `Runner(settings).run_once(wait_s)` processes at most one messag
 from __future__ import annotations
 
 import argparse
+import contextvars
 import logging
 import os
 import signal
@@ -45,10 +46,10 @@ from function.errors import (
     Transient,
 )
 from function.fencing import Fence
-from function.logs import Timeline, configure_logging
+from function.logs import Timeline, bind_job, configure_logging, unbind_job
 from function.messages import event_from_message, job_id_or_none
-from function.queue import Claim, WorkQueue
-from function.status import State
+from function.queue import Claim, WorkQueue, dead_letter_fields
+from function.status import State, StatusRecord
 
 log = logging.getLogger("stemworker.job")
 
@@ -80,8 +81,12 @@ class Heartbeat(threading.Thread):
         self._queue = queue
         self._claim = claim
         self._stop_event = threading.Event()
+        self._context = contextvars.copy_context()  # its log lines carry the job's fields
 
     def run(self) -> None:
+        self._context.run(self._beat)
+
+    def _beat(self) -> None:
         interval = max(0.5, self._queue.lease_s / 3)
         while not self._stop_event.wait(interval):
             try:
@@ -104,7 +109,7 @@ class Runner:
         self.settings = settings
         self.worker = worker or Worker(settings)
         self.queue = WorkQueue(self.worker.redis, settings.queue_key, settings.queue_pop,
-                               settings.lease_seconds, settings.orphan_grace_seconds)
+                               settings.lease_seconds, settings.orphan_grace_seconds, settings.max_attempts)
         self.events = self.worker.events
         self.stopping = False
         self._busy = False
@@ -145,40 +150,84 @@ class Runner:
             self._busy = False
         if claim is None:
             return Result(Outcome.EMPTY)
+        if claim.exhausted:
+            return self._exhausted(claim)
         self.worker.fence = Fence(self.queue, claim)
+        job_fields = bind_job(attempt=claim.attempts)  # every line of this claim carries them (function/logs.py)
         try:
             return self._process(claim)
         except LeaseLost as err:
             return self._lost(claim, err)
         finally:
             self.worker.fence = None
+            unbind_job(job_fields)
+
+    def _job_id_of(self, claim: Claim) -> str | None:
+        """The claim's job id, when its message has a valid one (parsing never raises past InvalidJob)."""
+        try:
+            return job_id_or_none(event_from_message(claim.message, self.settings.max_message_bytes))
+        except InvalidJob:
+            return None
 
     def _lost(self, claim: Claim, err: LeaseLost) -> Result:
-        """The claim's lease was reaped (this runner was cut off or paused for longer than LEASE_SECONDS): another
-        runner has the message now. Nothing is acknowledged and no status is written; the runner moves on."""
-        try:
-            job_id = job_id_or_none(event_from_message(claim.message, self.settings.max_message_bytes))
-        except InvalidJob:
-            job_id = None
+        """The claim's lease is gone. Either the runner was cut off or paused for longer than LEASE_SECONDS and a
+        reaper handed the message to another runner (nothing is acknowledged and no status is written; the runner
+        moves on), or Redis lost its data (restarted without persistence, flushed, failed over to an empty
+        replica): then the message and any queued ones may be gone, and that is said and counted."""
+        job_id = self._job_id_of(claim)
+        if self._data_lost(claim, job_id):
+            return Result(Outcome.LOST, job_id, claim.attempts, f"Redis lost its data: {err}")
         self.events.error(f"job {job_id or '(invalid id)'}: lease lost, leaving the message to the runner that "
                           f"has it now: {err}")
         return Result(Outcome.LOST, job_id, claim.attempts, str(err))
+
+    def _data_lost(self, claim: Claim, job_id: str | None) -> bool:
+        """Whether Redis lost its data since the claim; when it did, log it at error level and count it."""
+        try:
+            lost = self.queue.lost_data_since(claim)
+        except Transient:
+            return False
+        if lost:
+            self.worker.metrics.redis_data_lost()
+            self.events.error(
+                f"Redis lost its data since job {job_id or '(invalid id)'} was claimed (the dataset marker "
+                f"{self.queue.dataset_key} is gone or new: a restart without persistence, a flush or a failover). "
+                "This job's message and any queued messages may be lost: resubmit them from the REST tier. "
+                "Turn on Redis persistence (appendonly yes) for the queue.", stage="data-lost", job_id=job_id)
+        return lost
+
+    def _exhausted(self, claim: Claim) -> Result:
+        """The claim script dead-lettered a message whose attempts were used up by runners that died with it
+        (crashed, OOM-killed, evicted); now, with the message safely out of the queue, record it."""
+        job_id = self._job_id_of(claim)
+        reason = (f"crashed the runner {claim.attempts} times: every runner that claimed this message died or was "
+                  f"killed before it could finish or give it back (MAX_ATTEMPTS={self.settings.max_attempts})")
+        if job_id is not None:
+            # Not fenced: the claim holds no lease, and no other runner can hold this message any more.
+            self._mark_failed(self.worker.status_for(job_id), job_id, reason, claim.attempts)
+        self.worker.metrics.message_outcome("dead", None)
+        self.events.error(f"job {job_id or '(invalid id)'}: dead-lettered after {claim.attempts} attempt(s): "
+                          f"{reason}", stage="dead", job_id=job_id)
+        return Result(Outcome.DEAD, job_id, claim.attempts, reason)
+
+    def _mark_failed(self, status: StatusRecord, job_id: str, reason: str, attempts: int) -> None:
+        try:
+            status.update(State.FAILED, error=reason, retryable=0, attempts=attempts, failed_at=now_iso())
+        except LeaseLost:
+            raise
+        except Transient as status_err:
+            log.warning("could not mark job %s failed: %s", job_id, status_err)
 
     def _process(self, claim: Claim) -> Result:
         started = time.monotonic()
         try:
             event = event_from_message(claim.message, self.settings.max_message_bytes, claim.first_seen_at)
         except InvalidJob as err:
-            self.events.error(f"malformed message dead-lettered: {err}", stage="dead")
+            self.events.error(f"malformed message dead-lettered: {err}", stage="dead", error_type=type(err).__name__)
             return self._dead_letter(claim, None, err, started)
         event[ATTEMPT_ATTRIBUTE] = str(claim.attempts)
         job_id = job_id_or_none(event)
-        if claim.attempts > self.settings.max_attempts:
-            # This claim is not a run: the job ran `claim.attempts - 1` times, and each of its runners died.
-            ran = claim.attempts - 1
-            err = Transient(f"gave up after {ran} attempts: the worker died or was stopped while processing this "
-                            "message each time")
-            return self._dead_letter(claim, event, err, started, job_id, mark_status=True, attempts=ran)
+        bind_job(job_id=job_id, event_id=event.get("id"))  # undone by run_once with the attempt's binding
         self.events.info(f"claimed job {job_id or '(invalid id)'} (attempt {claim.attempts}/"
                          f"{self.settings.max_attempts})", stage="claimed", job_id=job_id)
         heartbeat = Heartbeat(self.queue, claim)
@@ -199,53 +248,62 @@ class Runner:
             self.queue.requeue(claim, count_attempt=False)
             self.worker.metrics.message_outcome("interrupted", event)
             self.events.info(f"job {job_id}: interrupted ({err}); message requeued after "
-                             f"{time.monotonic() - started:.2f} s", stage="interrupted")
+                             f"{time.monotonic() - started:.2f} s", stage="interrupted",
+                             duration_s=time.monotonic() - started, error_type=type(err).__name__)
             return Result(Outcome.INTERRUPTED, job_id, claim.attempts, str(err))
-        except StemworkerError as err:
+        except Exception as caught:
             self._busy = False
             heartbeat.stop()
+            # A bug must not kill the runner: it is retried like a dependency failure, then dead-lettered.
+            err = caught if isinstance(caught, StemworkerError) else Transient(
+                f"internal error: {type(caught).__name__}: {str(caught)[:300]}")
             if err.permanent or claim.attempts >= self.settings.max_attempts:
                 return self._dead_letter(claim, event, err, started, job_id, mark_status=not err.permanent)
             self.queue.requeue(claim)
             self.worker.metrics.message_outcome("requeued", event)
             self.events.info(f"job {job_id}: requeued after a transient error, attempt {claim.attempts}/"
                              f"{self.settings.max_attempts} ({time.monotonic() - started:.2f} s): {err}",
-                             stage="requeued")
+                             stage="requeued", duration_s=time.monotonic() - started, error_type=type(err).__name__)
             return Result(Outcome.REQUEUED, job_id, claim.attempts, str(err))
         heartbeat.stop()
         self.queue.complete(claim)
         return Result(Outcome.DONE, job_id, claim.attempts, seconds=handled.get("seconds"))
 
     def _dead_letter(self, claim: Claim, event: Any, err: StemworkerError, started: float,
-                     job_id: str | None = None, mark_status: bool = False, attempts: int | None = None) -> Result:
-        """Dead-letter the claim; `attempts` is how many times the job ran (the claim's count unless given)."""
-        ran = claim.attempts if attempts is None else attempts
+                     job_id: str | None = None, mark_status: bool = False) -> Result:
+        """Dead-letter the claim with a bounded entry: the message's first few KB, its size and digest (the event
+        only when the message was kept whole)."""
+        fields = dead_letter_fields(claim.message)
         entry = {
-            "message": claim.message.decode("utf-8", "replace"),
-            "event": to_dict(event) if event is not None else None,
+            **fields,
+            "event": _event_dict(event) if event is not None and not fields["truncated"] else None,
             "job_id": job_id,
-            "error": str(err),
+            "error": str(err)[:2000],
             "error_type": type(err).__name__,
             "permanent": err.permanent,
-            "attempts": ran,
+            "attempts": claim.attempts,
             "first_seen_at": claim.first_seen_at,
             "failed_at": now_iso(),
         }
-        if entry["event"] is not None and isinstance(entry["event"].get("data"), bytes):
-            entry["event"]["data"] = entry["event"]["data"].decode("utf-8", "replace")
         if mark_status and job_id is not None:
-            try:
-                self.worker.status_for(job_id).update(State.FAILED, error=str(err), retryable=0, attempts=ran)
-            except LeaseLost:
-                raise
-            except Transient as status_err:
-                log.warning("could not mark job %s failed: %s", job_id, status_err)
+            self._mark_failed(self.worker.status_for(job_id), job_id, str(err), claim.attempts)
         self.queue.dead_letter(claim, entry)
         self.worker.metrics.message_outcome("dead", event)
-        self.events.error(f"job {job_id or '(invalid id)'}: dead-lettered after {ran} attempt(s) "
-                          f"({time.monotonic() - started:.2f} s): {err}", stage="dead")
-        return Result(Outcome.DEAD, job_id, ran, str(err))
+        self.events.error(f"job {job_id or '(invalid id)'}: dead-lettered after {claim.attempts} attempt(s) "
+                          f"({time.monotonic() - started:.2f} s): {err}", stage="dead",
+                          duration_s=time.monotonic() - started, error_type=type(err).__name__)
+        return Result(Outcome.DEAD, job_id, claim.attempts, str(err))
 
+
+def _event_dict(event: Any) -> dict[str, Any] | None:
+    """The event as a JSON-ready dict for a dead-letter entry (bytes data as text), or None when it has none."""
+    try:
+        entry: dict[str, Any] = to_dict(event)
+    except Exception:  # the entry is a record of a failure: it never fails itself
+        return None
+    if isinstance(entry.get("data"), bytes):
+        entry["data"] = entry["data"].decode("utf-8", "replace")
+    return entry
 
 
 def redis_hint(err: Transient, settings: Settings) -> str:
@@ -314,7 +372,8 @@ def main(argv: list[str] | None = None, timeline: Timeline | None = None) -> int
             timeline.mark("message")
             if result.seconds:
                 timeline.jobs.append(result.seconds)
-            log.info("outcome %s job=%s attempts=%s", result.outcome, result.job_id, result.attempts)
+            log.info("outcome %s job=%s attempts=%s", result.outcome, result.job_id, result.attempts,
+                     extra={"job_id": result.job_id, "attempt": result.attempts, "outcome": str(result.outcome)})
             if result.outcome is Outcome.REQUEUED:
                 # A dependency failed; the message is back in the queue for another pod.
                 log.error("infrastructure failure, exiting 1 (message requeued): %s", result.error)
@@ -322,8 +381,9 @@ def main(argv: list[str] | None = None, timeline: Timeline | None = None) -> int
             if result.outcome in (Outcome.EMPTY, Outcome.INTERRUPTED):
                 break
     except Transient as err:
-        log.error("infrastructure failure, exiting 1: %s. No message was lost: a claimed message stays in the "
-                  "queue or the processing list.%s", err, redis_hint(err, settings))
+        log.error("infrastructure failure, exiting 1: %s. A claimed message stays in the queue or the processing "
+                  "list as long as Redis keeps its data; a later runner reports it if Redis lost it.%s", err,
+                  redis_hint(err, settings))
         return 1
     return 0
 

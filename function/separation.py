@@ -154,15 +154,17 @@ def native_bf16(cpuinfo_path: Path = CPUINFO) -> bool:
         return False
 
 
-def resolve_precision(setting: str, device: str, cpuinfo: str | None = None) -> str:
-    """The precision a DEMUCS_PRECISION value means on `device`: `auto` is bf16 on a CPU with native bf16
-    (`cpuinfo` text, else this machine's /proc/cpuinfo) and fp32 elsewhere, CUDA included (no gain was measured
-    there); any other value is itself."""
+def resolve_precision(setting: str, device: str, cpuinfo: str | None = None, native: bool | None = None) -> str:
+    """The precision a DEMUCS_PRECISION value means on `device`: `auto` is bf16 on a CPU with native bf16 and fp32
+    elsewhere, CUDA included (no gain was measured there); any other value is itself. Whether the CPU has native
+    bf16 is `native` when given (CPU_NATIVE_BF16=yes|no), else read from `cpuinfo` text, else from this machine's
+    /proc/cpuinfo."""
     if setting != "auto":
         return setting
     if torch.device(device).type != "cpu":
         return "fp32"
-    native = bool(cpu_flags(cpuinfo) & NATIVE_BF16_FLAGS) if cpuinfo is not None else native_bf16(CPUINFO)
+    if native is None:
+        native = bool(cpu_flags(cpuinfo) & NATIVE_BF16_FLAGS) if cpuinfo is not None else native_bf16(CPUINFO)
     return "bf16" if native else "fp32"
 
 

@@ -37,7 +37,7 @@ class State(StrEnum):
 OWN_FIELDS = frozenset({
     "state", "progress", "received_at", "model", "model_requested", "format", "attempts", "event_id", "error",
     "retryable", "failed_at", "device", "precision", "audio_seconds", "outputs", "seconds", "cached", "cached_from",
-    "waiting_for", *(f"{state}_at" for state in State),
+    "waiting_for", "published", *(f"{state}_at" for state in State),
 })
 
 # KEYS[1] the hash; ARGV[1] TTL s, ARGV[2] n, ARGV[3..2+n] fields to clear, then field/value pairs to set.
@@ -74,9 +74,10 @@ class EventLog:
         self._key = key
         self._prefix = f"{host or socket.gethostname()}.worker"
 
-    def _push(self, level: str, message: str, stage: str | None = None, job_id: str | None = None) -> None:
-        # stage and job_id become fields of LOG_FORMAT=json lines (function/logs.py); the list line is unchanged.
-        extra = {name: value for name, value in (("stage", stage), ("job_id", job_id)) if value is not None}
+    def _push(self, level: str, message: str, fields: dict[str, object]) -> None:
+        # The fields (stage, job_id, duration_s, error_type) go on LOG_FORMAT=json lines (function/logs.py); the
+        # list line is unchanged.
+        extra = {name: value for name, value in fields.items() if value is not None}
         (log.error if level == "error" else log.info)(message, extra=extra)
         try:
             with self._client.pipeline(transaction=False) as pipe:
@@ -86,11 +87,19 @@ class EventLog:
         except redis.RedisError as err:
             log.warning("could not write to the Redis log list %s: %s", self._key, err)
 
-    def info(self, message: str, *, stage: str | None = None, job_id: str | None = None) -> None:
-        self._push("info", message, stage, job_id)
+    def info(self, message: str, *, stage: str | None = None, job_id: str | None = None,
+             duration_s: float | None = None, error_type: str | None = None) -> None:
+        self._push("info", message, {"stage": stage, "job_id": job_id, "duration_s": rounded(duration_s),
+                                     "error_type": error_type})
 
-    def error(self, message: str, *, stage: str | None = None, job_id: str | None = None) -> None:
-        self._push("error", message, stage, job_id)
+    def error(self, message: str, *, stage: str | None = None, job_id: str | None = None,
+              duration_s: float | None = None, error_type: str | None = None) -> None:
+        self._push("error", message, {"stage": stage, "job_id": job_id, "duration_s": rounded(duration_s),
+                                      "error_type": error_type})
+
+
+def rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 class StatusRecord:

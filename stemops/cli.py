@@ -9,7 +9,7 @@
 
 It reads the worker's settings from the environment (REDIS_URL or REDIS_HOST/REDIS_PORT, QUEUE_KEY, ...; see
 function/config.py) and talks to Redis only (and S3 for `flood`). Every option can also be set from
-STEMWORKER_<COMMAND>_<OPTION> (e.g. STEMWORKER_JOBS_LIMIT=50). Every command takes --json for scripts.
+STEMWORKER_<COMMAND>_<OPTION> (e.g. STEMWORKER_JOBS_LIMIT=50). Every command but `exporter` takes --json for scripts.
 Exit codes: 0 success; 1 failure (Redis or S3 unreachable, a watched job failed, purge not confirmed);
 2 usage or configuration error, or no such job / dead letter; 3 `watch` deadline passed.
 """
@@ -41,7 +41,7 @@ from function.logs import configure_logging
 from function.messages import event_from_message, require_job_id
 from function.status import State
 from stemops import deadletters, flood, render
-from stemops.exporter import serve
+from stemops.exporter import scrape_client, serve
 from stemops.recent import FINAL, GONE, outputs_of, recent_jobs, status_of
 from stemops.stats import gather
 
@@ -374,24 +374,21 @@ def generated_song(seconds: float) -> bytes:
 @cli.command()
 @click.option("--port", type=click.IntRange(0, 65535), help="listen port (default: EXPORTER_PORT, 9090)")
 @click.option("--address", default="0.0.0.0", show_default=True, help="listen address")
-@json_option
 @click.pass_obj
-def exporter(ops: Ops, port: int | None, address: str, as_json: bool) -> int:
-    """Serve Prometheus /metrics read from Redis on each scrape, until SIGTERM or Ctrl-C."""
+def exporter(ops: Ops, port: int | None, address: str) -> int:
+    """Serve Prometheus /metrics read from Redis on each scrape, until SIGTERM or Ctrl-C. Prints one line,
+    `serving /metrics on ADDRESS:PORT for queue QUEUE`, once it listens. Each scrape reads Redis for at most
+    EXPORTER_SCRAPE_BUDGET_S seconds (a Redis that does not answer gives stemworker_redis_up 0)."""
     settings = ops.settings
     configure_logging(settings)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        server = serve(ops.redis, settings, settings.exporter_port if port is None else port, address)
+        server = serve(scrape_client(settings), settings, settings.exporter_port if port is None else port, address)
     except OSError as err:
         raise OpsError(f"cannot listen on {address}:{port}: {err.strerror or err}") from None
-    where = f"{address}:{server.server_port}"
-    if as_json:
-        emit_json({"listening": where, "path": "/metrics", "queue": settings.queue_key})
-    else:
-        click.echo(f"serving /metrics on {where} for queue {settings.queue_key}")
+    click.echo(f"serving /metrics on {address}:{server.server_port} for queue {settings.queue_key}")
     sys.stdout.flush()
     while not stop.wait(1.0):
         pass

@@ -31,6 +31,10 @@ class NoSuchEntry(LookupError):
     """The index names no dead letter."""
 
 
+class CutMessage(NoSuchEntry):
+    """The entry keeps only the first few KB of its message (`truncated`): it cannot be requeued from it."""
+
+
 def parse_duration_s(text: str) -> float:
     """Seconds of `90`, `90s`, `30m`, `12h`, `7d` or `2w`; anything else raises ValueError naming it."""
     match = DURATION.fullmatch(text.strip())
@@ -112,6 +116,11 @@ def requeue(client: redis.Redis, settings: Settings, index: int | None) -> list[
         if index is not None and not 0 <= index < len(raws):
             raise NoSuchEntry(f"no dead letter #{index} in {key} (it holds {len(raws)})")
         chosen = [index] if index is not None else list(range(len(raws)))
+        if index is not None and _parse(index, raws[index]).entry.get("truncated"):
+            raise CutMessage(f"dead letter #{index} keeps only the first part of its message "
+                             f"({_parse(index, raws[index]).entry.get('message_bytes')} bytes): resubmit it from "
+                             "its source")
+        chosen = [position for position in chosen if not _parse(position, raws[position]).entry.get("truncated")]
         pipe.multi()
         # Oldest first, each pushed to the head: with --all the newest letter is claimed first.
         for position in chosen:

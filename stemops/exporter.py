@@ -2,6 +2,11 @@
 each scrape (as rq-exporter does for rq). The job-runner pods record their counters and histograms in Redis
 (function/metrics.py); this adds what only an observer can see: running jobs (live leases), the age of the
 oldest waiting message, and the ScaledJob's maxReplicaCount when SCALEDJOB_MAX_REPLICAS is set.
+
+A scrape never outlives its budget (EXPORTER_SCRAPE_BUDGET_S, 5 s by default, well under the ServiceMonitor's 20 s
+scrape timeout and the liveness probe's): the exporter reads Redis through its own client, whose every call waits
+at most half the budget (connect included) and is never retried, and the collector gives the whole scrape that
+budget. A Redis that accepts connections and never answers reads as `stemworker_redis_up 0` within the budget.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from wsgiref.simple_server import WSGIServer
 import redis
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from function.config import Settings
 from function.metrics import MetricsCollector, registry_with
@@ -48,8 +55,22 @@ class ExporterCollector(MetricsCollector):
                                 value=time.monotonic() - started)
 
 
+def scrape_call_timeout_s(settings: Settings) -> float:
+    """How long one Redis call of a scrape may wait: half the scrape budget, or REDIS_TIMEOUT_S when shorter."""
+    return min(settings.redis_timeout_s, settings.exporter_scrape_budget_s / 2)
+
+
+def scrape_client(settings: Settings) -> redis.Redis:
+    """The exporter's own Redis client: every call (and every connect) times out after `scrape_call_timeout_s`
+    and none is retried, so a hung Redis costs a scrape one timeout, not the worker client's retries."""
+    timeout = scrape_call_timeout_s(settings)
+    return redis.Redis.from_url(settings.redis_connection_url, socket_timeout=timeout,
+                                socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0), retry_on_error=[],
+                                health_check_interval=0)
+
+
 def exporter_registry(client: redis.Redis, settings: Settings) -> CollectorRegistry:
-    return registry_with(ExporterCollector(client, settings))
+    return registry_with(ExporterCollector(client, settings, budget_s=settings.exporter_scrape_budget_s))
 
 
 def serve(client: redis.Redis, settings: Settings, port: int, address: str = "0.0.0.0",
@@ -57,7 +78,7 @@ def serve(client: redis.Redis, settings: Settings, port: int, address: str = "0.
     """Serve `/metrics` on `address:port` in a background thread; blocks until `stop` is set when one is given
     (returns the server at once otherwise)."""
     server, thread = start_http_server(port, addr=address, registry=exporter_registry(client, settings))
-    log.info("serving /metrics on %s:%d for queue %s", address, server.server_port, settings.queue_key)
+    log.debug("serving /metrics on %s:%d for queue %s", address, server.server_port, settings.queue_key)
     if stop is not None:
         stop.wait()
         server.shutdown()

@@ -63,6 +63,9 @@ def stats_view(stats: Stats) -> Table:
     table.add_row("last hour", f"done {stats.done_last_hour} ({stats.cached_last_hour} cached)",
                   f"failed {stats.failed_last_hour}",
                   f"median job {seconds(stats.median_job_s_last_hour)}")
+    if stats.redis_persistence:
+        table.add_row("redis persistence", Text(stats.redis_persistence,
+                                                style="bold red" if stats.redis_persistence_none else ""), "", "")
     return table
 
 

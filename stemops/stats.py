@@ -13,6 +13,7 @@ from function.config import Settings
 from function.queue import WorkQueue
 from function.status import State
 from stemops.leases import running_jobs
+from stemops.persistence import read_persistence
 from stemops.recent import ended_since
 from stemops.waiting import oldest_waiting_age_s
 
@@ -32,6 +33,8 @@ class Stats:
     failed_last_hour: int
     median_job_s_last_hour: float | None
     at: float
+    redis_persistence: str = ""  # AOF/RDB as Redis reports them (stemops/persistence.py)
+    redis_persistence_none: bool = False  # a restart would lose every queued job
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,7 +54,9 @@ def gather(client: redis.Redis, settings: Settings) -> Stats:
     done = [job for job in recent if job["state"] == State.DONE.value]
     times = [float(job["seconds"]) for job in done if job["seconds"]]
     failed = sum(1 for job in recent if job["state"] == State.FAILED.value)
-    return Stats(queue=settings.queue_key, waiting=waiting, processing=processing, dead=dead, running=running,
+    persistence = read_persistence(client)
+    return Stats(redis_persistence=persistence.describe(), redis_persistence_none=persistence.none,
+                 queue=settings.queue_key, waiting=waiting, processing=processing, dead=dead, running=running,
                  oldest_waiting_s=oldest, done_last_hour=len(done),
                  cached_last_hour=sum(1 for job in done if job["cached"] == "1"), failed_last_hour=failed,
                  median_job_s_last_hour=statistics.median(times) if times else None, at=now)

@@ -43,6 +43,25 @@ def child_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["TMPDIR"] = previous
 
 
+CPU_KINDS = {"native-bf16": "yes", "no-bf16": "no"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked `both_cpus` runs twice: as on a CPU with native bf16 and as on one without
+    (CPU_NATIVE_BF16=yes|no), whatever this machine's CPU is, since `DEMUCS_PRECISION=auto` differs between them."""
+    if metafunc.definition.get_closest_marker("both_cpus") is not None:
+        metafunc.fixturenames.append("cpu_kind")
+        metafunc.parametrize("cpu_kind", list(CPU_KINDS), ids=list(CPU_KINDS))
+
+
+@pytest.fixture(autouse=True)
+def as_cpu_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sets CPU_NATIVE_BF16 for a `both_cpus` test before any of its settings are read (autouse runs first)."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and "cpu_kind" in callspec.params:
+        monkeypatch.setenv("CPU_NATIVE_BF16", CPU_KINDS[callspec.params["cpu_kind"]])
+
+
 @pytest.fixture(scope="session")
 def services() -> Iterator[LocalServices]:
     with LocalServices() as running:

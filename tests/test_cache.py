@@ -95,6 +95,7 @@ def test_copy_across_buckets_only_while_the_source_is_unchanged(settings, s3):
 # ----- hit and miss
 
 
+@pytest.mark.both_cpus
 def test_repeated_input_is_served_from_the_first_jobs_stems(make_settings, redis_client, upload, clip, s3,
                                                              receiver):
     worker = Worker(make_settings(callback_allow_hosts="127.0.0.1"))
@@ -231,11 +232,12 @@ def test_model_fingerprints_follow_the_weights(model_repo, tmp_path):
     assert model_fingerprint("hf://someone/model", None) is None
 
 
+@pytest.mark.both_cpus
 def test_each_setting_and_job_field_that_shapes_the_stems_misses(make_settings, redis_client, upload, clip, s3,
                                                                    tmp_path):
     """One separation records the entry; then every element of the key is changed in turn, and the Worker's own
     lookup (`cache.begin`, as handle calls it) misses; changing only names hits, and copies under the new names."""
-    settings = make_settings(demucs_models="tiny2")
+    settings = make_settings(demucs_models="tiny2", demucs_precision="fp32")  # pinned: `auto` differs by CPU
     upload("base", clip)
     run(Worker(settings), "base")
     digest = hashlib.sha256(clip).hexdigest()
@@ -251,6 +253,8 @@ def test_each_setting_and_job_field_that_shapes_the_stems_misses(make_settings, 
         ("overlap", {"demucs_overlap": 0.5}, {}, digest, False),
         ("segment", {"demucs_segment": 2.0}, {}, digest, False),
         ("precision", {"demucs_precision": "bf16"}, {}, digest, False),
+        ("auto on a native-bf16 CPU", {"demucs_precision": "auto", "cpu_native_bf16": "yes"}, {}, digest, False),
+        ("auto on a CPU without bf16", {"demucs_precision": "auto", "cpu_native_bf16": "no"}, {}, digest, True),
         ("format", {}, {"format": "wav"}, digest, False),
         ("mp3 bitrate", {"mp3_bitrate": 192}, {}, digest, False),
         ("mp3 preset", {"mp3_preset": 5}, {}, digest, False),
@@ -262,7 +266,7 @@ def test_each_setting_and_job_field_that_shapes_the_stems_misses(make_settings, 
     ]
     try:
         for label, overrides, fields, input_sha256, hit_expected in cases:
-            case_settings = make_settings(demucs_models="tiny2", **overrides)
+            case_settings = make_settings(**{"demucs_models": "tiny2", "demucs_precision": "fp32", **overrides})
             worker = Worker(case_settings)
             job_id = "case-" + label.replace(" ", "-")
             job = job_from_event(event_from_message(json.dumps({"id": job_id, **fields}), 65536), case_settings)

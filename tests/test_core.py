@@ -29,7 +29,9 @@ def log_lines(redis_client) -> list[str]:
     return [line.decode() for line in reversed(redis_client.lrange("logging", 0, -1))]
 
 
-def test_bare_id_separates_into_four_stems(worker, upload, song, s3, redis_client):
+@pytest.mark.both_cpus
+def test_bare_id_separates_into_four_stems(cpu_kind, worker, upload, song, s3, redis_client):
+    """With the shipped DEMUCS_PRECISION=auto, as on either kind of CPU."""
     upload("abc123", song)
     result = run(worker, "abc123")
     assert result["state"] == "done"
@@ -41,6 +43,7 @@ def test_bare_id_separates_into_four_stems(worker, upload, song, s3, redis_clien
         assert rate == 44100 and decoded.shape[1] == 2 and decoded.shape[0] > 44100 * 2.5
     record = status(redis_client, "abc123")
     assert record["state"] == "done" and record["progress"] == "100"
+    assert record["precision"] == result["precision"] == {"native-bf16": "bf16", "no-bf16": "fp32"}[cpu_kind]
     assert json.loads(record["outputs"])["vocals"]["key"] == "abc123-vocals.mp3"
     lines = log_lines(redis_client)
     assert any(".worker.info:received event" in line for line in lines)

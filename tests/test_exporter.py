@@ -9,10 +9,13 @@ import hashlib
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 
 import functions_framework
 import pytest
@@ -23,10 +26,10 @@ from support import REPO_ROOT, runner_env, settings_env
 
 from function import core, keys
 from function.config import get_settings
-from function.metrics import DURATION_BUCKETS_S, STAGES, Recorder, exposition
+from function.metrics import DURATION_BUCKETS_S, MAX_SCRAPES_IN_FLIGHT, STAGES, Recorder, exposition
 from function.queue import WorkQueue
 from function.runner import Outcome, Runner
-from stemops.exporter import exporter_registry, serve
+from stemops.exporter import exporter_registry, scrape_client, serve
 from stemops.waiting import oldest_waiting_age_s
 
 DASHBOARD = REPO_ROOT / "keda" / "monitoring" / "grafana-dashboard.json"
@@ -150,13 +153,111 @@ def test_scrape_errors_are_counted_and_never_a_500(make_settings):
 def test_exporter_command_serves_until_sigterm(settings, redis_client):
     Recorder(redis_client, settings).job_done("cmd1", "tiny", {"total": 1.5, "separate": 1.0}, 3.0)
     process = subprocess.Popen([sys.executable, "-m", "stemops", "exporter", "--port", "0", "--address",
-                                "127.0.0.1", "--json"], cwd=REPO_ROOT, env=runner_env(settings),
+                                "127.0.0.1"], cwd=REPO_ROOT, env=runner_env(settings, LOG_FORMAT="text"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        started = json.loads(process.stdout.readline())
-        found = samples(scrape(f"http://{started['listening']}/metrics"))
+        line = process.stdout.readline()
+        match = re.fullmatch(r"serving /metrics on (127\.0\.0\.1:\d+) for queue (\S+)\n", line)
+        assert match is not None and match[2] == settings.queue_key, line
+        found = samples(scrape(f"http://{match[1]}/metrics"))
         assert value(found, "stemworker_jobs_total", outcome="done", model="tiny") == 1
         assert value(found, "stemworker_job_duration_seconds_count", stage="total", model="tiny") == 1
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        rest, errors = process.stdout.read(), process.stderr.read()
+        assert "serving" not in rest + errors  # the serving line is printed once, on stdout
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
+
+
+def test_exporter_command_has_no_json_flag(settings):
+    done = subprocess.run([sys.executable, "-m", "stemops", "exporter", "--json"], cwd=REPO_ROOT,
+                          env=runner_env(settings), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "No such option '--json'" in done.stderr
+
+
+@pytest.fixture
+def hung_redis() -> Iterator[str]:
+    """A Redis URL on a loopback port that accepts connections and never replies (and never closes them)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+def test_a_hung_redis_reads_as_down_within_the_scrape_budget(make_settings, hung_redis):
+    """Default REDIS_TIMEOUT_S (10 s) and the default budget (5 s): the exporter's own client answers at the first
+    call's timeout (2.5 s), far under the ServiceMonitor's 20 s scrape timeout; the worker's client took over 100 s."""
+    settings = make_settings(redis_url=hung_redis, redis_timeout_s=10.0)
+    registry = exporter_registry(scrape_client(settings), settings)
+    started = time.monotonic()
+    found = samples(exposition(registry).decode())
+    elapsed = time.monotonic() - started
+    assert value(found, "stemworker_redis_up") == 0
+    assert value(found, "stemworker_exporter_scrape_errors_total") == 1
+    assert elapsed < settings.exporter_scrape_budget_s + 1, elapsed
+
+
+def test_the_scrape_budget_bounds_a_client_without_short_timeouts(make_settings, hung_redis):
+    """Whatever client the collector is given (here one that waits 60 s per call and retries), the whole scrape
+    ends with stemworker_redis_up 0 once EXPORTER_SCRAPE_BUDGET_S has passed."""
+    settings = make_settings(redis_url=hung_redis, exporter_scrape_budget_s=1.0)
+    slow = redis.Redis.from_url(hung_redis, socket_timeout=60, socket_connect_timeout=60)
+    registry = exporter_registry(slow, settings)
+    started = time.monotonic()
+    found = samples(exposition(registry).decode())
+    elapsed = time.monotonic() - started
+    assert value(found, "stemworker_redis_up") == 0
+    assert elapsed < 3.0, elapsed
+    # Scrapes keep answering at once even while earlier ones are still stuck on their sockets.
+    for _ in range(MAX_SCRAPES_IN_FLIGHT + 2):
+        assert value(samples(exposition(registry).decode()), "stemworker_redis_up") == 0
+    assert threading.active_count() < 50
+
+
+def test_exporter_command_answers_redis_down_when_redis_hangs(make_settings, hung_redis):
+    """The command end to end, at the default settings: each scrape answers 200 with stemworker_redis_up 0 within a
+    few seconds, under the ServiceMonitor's 20 s scrape timeout and the liveness probe's."""
+    settings = make_settings(redis_url=hung_redis)
+    env = runner_env(settings, REDIS_URL=hung_redis, REDIS_TIMEOUT_S="10", LOG_FORMAT="text")
+    env.pop("EXPORTER_SCRAPE_BUDGET_S", None)
+    process = subprocess.Popen([sys.executable, "-m", "stemops", "exporter", "--port", "0", "--address",
+                                "127.0.0.1"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        where = process.stdout.readline().split()[3]
+        for _ in range(2):
+            started = time.monotonic()
+            found = samples(scrape(f"http://{where}/metrics"))
+            assert value(found, "stemworker_redis_up") == 0
+            assert time.monotonic() - started < 8.0
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:

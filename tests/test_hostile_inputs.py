@@ -9,6 +9,7 @@ Everything runs against the real Redis, the real S3 and the tiny generated model
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import struct
@@ -68,6 +69,24 @@ REJECTED_MESSAGES = [
     Rejected("no-id-field", '{"name": "song"}', "job object has no id"),
     Rejected("not-json", "{id: abc}", "message is not valid JSON"),
     Rejected("not-utf8", b"\xff\xfe\x00abc", "message is not UTF-8 text"),
+    # Poison messages that once escaped the parser and crashed every runner (issue: robust by default).
+    Rejected("deep-list", "[" * 1000 + "]" * 1000, "nested deeper than 64 levels"),
+    Rejected("deep-unclosed", "[" * 2000, "nested deeper than 64 levels"),
+    Rejected("deep-in-callback", '{"id": "d1", "callback": {"url": "http://x/", "data": ' + "[" * 900 + "]" * 900
+             + "}}", "nested deeper than 64 levels"),
+    Rejected("huge-number", "7" * 5000, "JSON number of 5000 characters"),
+    Rejected("huge-number-id", '{"id": ' + "7" * 5000 + "}", "JSON number of 5000 characters"),
+    Rejected("huge-float", "1." + "5" * 5000, "JSON number of 5002 characters"),
+    # JSON literals are not ids, bare or quoted-less: rejected before any I/O, with no status record.
+    Rejected("bare-null", "null", "got NoneType"),
+    Rejected("bare-true", "true", "got bool"),
+    Rejected("bare-false", "false", "got bool"),
+    Rejected("bare-minus-one", "-1", "got int"),
+    Rejected("bare-inf-float", "1e309", "JSON number 1e309 is out of range"),
+    Rejected("bare-nan", "NaN", "NaN is not a JSON value"),
+    Rejected("bare-infinity", "-Infinity", "-Infinity is not a JSON value"),
+    Rejected("id-nan", '{"id": NaN}', "NaN is not a JSON value"),
+    Rejected("lone-surrogate", r'{"id": "\ud800"}', "job id must be"),
     Rejected("empty", "   ", "message is empty"),
     Rejected("huge", json.dumps({"id": "big1", "pad": "x" * 70_000}), "over MAX_MESSAGE_BYTES=65536"),
     Rejected("bad-cloudevent-version", json.dumps({"specversion": "0.3", "id": "e", "source": "s", "type": "t",
@@ -135,8 +154,10 @@ def test_rejected_message(case: Rejected, settings, worker, redis_client, s3) ->
     assert case.phrase in entry["error"]
     assert entry["job_id"] == case.status_id
     assert entry["attempts"] == 1
-    raw = case.message if isinstance(case.message, str) else case.message.decode("utf-8", "replace")
-    assert entry["message"] == raw
+    body = case.message.encode() if isinstance(case.message, str) else case.message
+    assert entry["message"] == body[:4096].decode("utf-8", "replace")  # bounded: a few KB, plus size and digest
+    assert entry["message_bytes"] == len(body) and entry["truncated"] is (len(body) > 4096)
+    assert entry["message_sha256"] == hashlib.sha256(body).hexdigest()
     assert _output_is_empty(s3, settings.output_bucket)
 
 

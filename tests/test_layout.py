@@ -1,4 +1,5 @@
-"""The package's shape: `function/` is the worker only, imports one way, and loads torch only where it must.
+"""The package's shape: `function/` is the worker only, imports one way, and loads torch only where it must;
+the workbench and the benchmark harness (`bench/`, run as `python -m bench.…`) import the worker, never the reverse.
 
 Each module is imported in a fresh interpreter, so what one import pulls in is measured, not guessed."""
 
@@ -46,22 +47,34 @@ def imports_of(path: Path) -> set[str]:
     return found
 
 
-def test_import_graph_has_no_cycle_and_no_arrow_from_worker_to_workbench() -> None:
-    graph: dict[str, set[str]] = {}
-    for package in ("function", "workbench"):
-        for path in (ROOT / package).glob("*.py"):
-            name = package if path.stem == "__init__" else f"{package}.{path.stem}"
-            graph[name] = {m for m in imports_of(path) if m in {*graph, *_all_modules()} and m != name}
-    for name, targets in graph.items():
-        if name.startswith("function"):
-            assert not any(t.startswith("workbench") for t in targets), (name, targets)
+# The packages whose imports are checked: the worker, the operator tools, the workbench and the benchmark harness.
+PACKAGES = ("function", "stemops", "workbench", "bench")
+
+
+def module_files() -> dict[str, Path]:
+    """Every module of PACKAGES, subpackages included, by dotted name (a package is its __init__)."""
+    files = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return files
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = module_files()
+    return {name: {m for m in imports_of(path) if m in files and m != name} for name, path in files.items()}
+
+
+def test_import_graph_has_no_cycle() -> None:
+    graph = import_graph()
     state: dict[str, int] = {}
 
     def visit(node: str, trail: list[str]) -> None:
         state[node] = 1
-        for target in graph.get(node, ()):
-            if target == "function" or target == "workbench":
-                continue  # the package's own __init__ (lazy) is not an edge back into a module
+        for target in graph[node]:
+            if node.startswith(target + "."):
+                continue  # a module importing its own package's __init__ (lazy re-exports) is not an edge back
             assert state.get(target) != 1, "import cycle: " + " -> ".join([*trail, node, target])
             if target not in state:
                 visit(target, [*trail, node])
@@ -72,11 +85,37 @@ def test_import_graph_has_no_cycle_and_no_arrow_from_worker_to_workbench() -> No
             visit(node, [])
 
 
-def _all_modules() -> set[str]:
-    names = set()
-    for package in ("function", "workbench"):
-        names.update(f"{package}.{p.stem}" for p in (ROOT / package).glob("*.py") if p.stem != "__init__")
-    return names
+@pytest.mark.parametrize(("package", "never"), [("function", ("workbench", "stemops", "bench")),
+                                                 ("stemops", ("workbench", "bench")),
+                                                 ("workbench", ("bench",))])
+def test_imports_point_one_way(package: str, never: tuple[str, ...]) -> None:
+    """function <- stemops <- workbench <- bench: nothing imports a package that stands beside or above it
+    (stemops' generated clip is an optional, guarded import of the workbench and is the one exception)."""
+    allowed = {("stemops.cli", "workbench")}
+    for name, targets in import_graph().items():
+        if name == package or name.startswith(package + "."):
+            wrong = {t for t in targets if t.split(".")[0] in never and (name, t.split(".")[0]) not in allowed}
+            assert not wrong, (name, sorted(wrong))
+
+
+def edits_sys_path(path: Path) -> bool:
+    """Whether a file changes `sys.path` (insert, append, assignment): a package needs none of that."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        target = node.func.value if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) else None
+        if isinstance(node, ast.Assign | ast.AugAssign):
+            target = node.targets[0] if isinstance(node, ast.Assign) else node.target
+            target = target.value if isinstance(target, ast.Subscript) else target
+        if isinstance(target, ast.Attribute) and target.attr == "path" and isinstance(target.value, ast.Name) \
+                and target.value.id == "sys":
+            return True
+    return False
+
+
+def test_no_module_edits_sys_path() -> None:
+    """Only the functions-framework entry file may: the framework loads it as a file, without the package root."""
+    assert edits_sys_path(ROOT / "tests" / "test_main.py")  # the check sees a real edit (it restores sys.path)
+    editing = [name for name, path in module_files().items() if edits_sys_path(path)]
+    assert editing == ["function.main"], editing
 
 
 def test_handle_is_exposed_lazily() -> None:

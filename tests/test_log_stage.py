@@ -38,9 +38,9 @@ def test_each_state_change_line_names_its_stage(worker, upload, redis_client, se
         worker.handle(new_event({"songhash": "nosong"}))
     lines = json_lines()
     staged = [line["stage"] for line in lines if line.get("job_id") == "staged" and "stage" in line]
-    assert staged == ["downloading", "separating", "uploading", "done"]
+    assert staged == ["received", "downloading", "separating", "uploading", "done"]  # the id from the job context
     failed = [line for line in lines if line.get("job_id") == "nosong"]
-    assert [line["stage"] for line in failed] == ["failed"] and failed[0]["level"] == "error"
+    assert [line["stage"] for line in failed] == ["received", "failed"] and failed[-1]["level"] == "error"
     assert [line["stage"] for line in lines if line["message"].startswith("received event")] == ["received"] * 2
     # The Redis list keeps its format: no JSON, no stage field.
     listed = [raw.decode() for raw in redis_client.lrange(settings.log_key, 0, -1)]

@@ -48,6 +48,29 @@ SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
 }
 
 
+# The part of the PrometheusRule CRD (monitoring.coreos.com/v1) the alert rules use.
+DURATION = {"type": "string", "pattern": r"^(\d+(ms|s|m|h|d|w|y))+$"}
+PROMETHEUS_RULE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    **STRICT,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": SERVICE_MONITOR_SCHEMA["properties"]["metadata"],
+        "spec": {"type": "object", "required": ["groups"], **STRICT, "properties": {
+            "groups": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["name", "rules"], **STRICT, "properties": {
+                    "name": {"type": "string", "minLength": 1}, "interval": DURATION,
+                    "rules": {"type": "array", "minItems": 1, "items": {
+                        "type": "object", "required": ["alert", "expr"], **STRICT, "properties": {
+                            "alert": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                            "expr": {"type": "string", "minLength": 1}, "for": DURATION,
+                            "labels": LABELS, "annotations": LABELS}}}}}}}},
+    },
+}
+
+
 def load(name: str) -> dict[str, Any]:
     (doc,) = [d for d in yaml.safe_load_all((MONITORING / name).read_text()) if d]
     return doc
@@ -68,6 +91,8 @@ def dashboard_config_map() -> dict[str, Any]:
 def validate(doc: dict[str, Any]) -> None:
     if doc["kind"] == "ServiceMonitor":
         jsonschema.validate(doc, SERVICE_MONITOR_SCHEMA, cls=jsonschema.Draft7Validator)
+    elif doc["kind"] == "PrometheusRule":
+        jsonschema.validate(doc, PROMETHEUS_RULE_SCHEMA, cls=jsonschema.Draft7Validator)
     else:
         validate_core(doc)
 
@@ -75,7 +100,7 @@ def validate(doc: dict[str, Any]) -> None:
 def test_kustomization_lists_every_manifest():
     on_disk = {p.name for p in MONITORING.glob("*.yaml")} - {"kustomization.yaml"}
     assert set(kustomization()["resources"]) == on_disk
-    assert {load(name)["kind"] for name in on_disk} == {"Deployment", "Service", "ServiceMonitor"}
+    assert {load(name)["kind"] for name in on_disk} == {"Deployment", "Service", "ServiceMonitor", "PrometheusRule"}
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in MONITORING.glob("*.yaml") if p.name != "kustomization.yaml"))
@@ -137,6 +162,8 @@ def broken_copies() -> list[tuple[str, str, Any]]:
         ("servicemonitor.yaml", "empty selector", edit(["spec", "selector"], {})),
         ("exporter-deployment.yaml", "port as text", edit([*container, "ports", 0, "containerPort"], "metrics")),
         ("exporter-deployment.yaml", "misspelt probe field", edit([*container, "readinessProbe", "periodSecond"], 3)),
+        ("prometheusrule.yaml", "misspelt rule field", edit(["spec", "groups", 0, "rules", 0, "expression"], "up")),
+        ("prometheusrule.yaml", "for not a duration", edit(["spec", "groups", 0, "rules", 1, "for"], "soon")),
         ("exporter-service.yaml", "no ports", edit(["spec", "ports", 0, "port"], drop=True)),
     ]
 

@@ -47,10 +47,10 @@ RUN_FIELDS = {"received_at", "seconds", "event_id", "attempts", "attempt", "cach
 
 def comparable(values: dict, job_id: str) -> dict:
     """`values` (a status hash or a callback body) with the job's id replaced by `{id}`, minus RUN_FIELDS; the
-    hash's `outputs` is parsed (the order of its stems is no part of what a tier reads)."""
+    hash's `outputs` and `published` are parsed (the order of its stems is no part of what a tier reads)."""
     if not isinstance(values, dict):
         return values
-    parsed = {name: json.loads(value) if name == "outputs" else value for name, value in values.items()}
+    parsed = {name: json.loads(value) if name in ("outputs", "published") else value for name, value in values.items()}
     return {name: json.loads(json.dumps(value).replace(job_id, "{id}")) for name, value in parsed.items()
             if name not in RUN_FIELDS and not name.endswith("_at")}
 

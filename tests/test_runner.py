@@ -102,7 +102,7 @@ def test_poison_message_is_dead_lettered_after_max_attempts(make_settings, redis
     result = Runner(settings).run_once(wait_s=1)
     assert result.outcome is Outcome.DEAD and result.attempts == 3
     (entry,) = dead_entries(redis_client)
-    assert "gave up after 3 attempts" in entry["error"] and entry["attempts"] == 3  # the giving-up claim is no run
+    assert "crashed the runner 3 times" in entry["error"] and entry["attempts"] == 3  # the giving-up claim is no run
     assert redis_client.llen("toWorker") == 0 and redis_client.llen("toWorker:processing") == 0
 
 

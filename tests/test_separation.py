@@ -9,6 +9,7 @@ import torch
 from demucs.api import Separator
 
 from function import separation
+from function.config import load_settings
 from workbench import sample_song
 
 
@@ -52,6 +53,17 @@ def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16(flags: str, device
 def test_explicit_precision_is_kept_whatever_the_cpu(setting: str) -> None:
     assert separation.resolve_precision(setting, "cpu", cpuinfo=cpuinfo(ZEN3_FLAGS)) == setting
     assert separation.resolve_precision(setting, "cuda", cpuinfo=cpuinfo(ZEN4_FLAGS)) == setting
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_cpu_native_bf16_setting_overrides_the_flags(native: bool, expected: str) -> None:
+    """CPU_NATIVE_BF16=yes|no decides `auto` whatever the CPU's flags say (what lets CI run as either kind)."""
+    for flags in (ZEN3_FLAGS, ZEN4_FLAGS):
+        assert separation.resolve_precision("auto", "cpu", cpuinfo=cpuinfo(flags), native=native) == expected
+    assert separation.resolve_precision("fp32", "cpu", native=True) == "fp32"
+    assert load_settings(cpu_native_bf16="yes").native_bf16 is True
+    assert load_settings(cpu_native_bf16="no").native_bf16 is False
+    assert load_settings(cpu_native_bf16="auto").native_bf16 is None
 
 
 def test_cpuinfo_without_flags_means_no_native_bf16() -> None:

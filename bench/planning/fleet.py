@@ -1,6 +1,6 @@
 """The ScaledJob settings the simulation needs, read from `keda/` or given directly.
 
-This is the planner's only import of KEDA's scaling decision, so moving that module touches one line here.
+This is the planner's only import of KEDA's scaling decision and of the manifest parser, both the emulator's.
 """
 
 from __future__ import annotations
@@ -9,16 +9,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from workbench.emulator import load_documents
+from workbench.emulator import DEFAULT_POLLING_INTERVAL_S, load_manifests
 from workbench.scaling import STRATEGIES, Decision, ScalingStrategy, decide
 
 __all__ = ["STRATEGIES", "Decision", "FleetSpec", "ScalingStrategy", "decide", "fleet_from_manifests"]
 
-# KEDA and Kubernetes defaults for fields a manifest leaves out.
-DEFAULT_POLLING_INTERVAL_S = 30.0
-DEFAULT_MAX_REPLICA_COUNT = 100
-DEFAULT_LIST_LENGTH = 5.0
-# function.config's default when the ConfigMap sets no CLAIM_WAIT_SECONDS.
+# function.config's default when the ConfigMap sets no claim wait.
 DEFAULT_CLAIM_WAIT_S = 30.0
 
 
@@ -54,32 +50,17 @@ class FleetSpec:
 
 
 def fleet_from_manifests(folder: Path) -> FleetSpec:
-    """The ScaledJob's scaling fields, its redis trigger, and CLAIM_WAIT_SECONDS / MAX_MESSAGES from its ConfigMaps."""
-    docs = load_documents(folder)
-    scaled = [d for d in docs if d.get("kind") == "ScaledJob"]
-    if len(scaled) != 1:
-        raise ValueError(f"expected exactly one ScaledJob in {folder}, found {len(scaled)}")
-    spec = scaled[0]["spec"]
-    trigger = next(t for t in spec["triggers"] if t["type"] == "redis")["metadata"]
-    scaling = spec.get("scalingStrategy", {})
-    config: dict[str, str] = {}
-    for doc in docs:
-        if doc.get("kind") == "ConfigMap":
-            config.update({k: str(v) for k, v in (doc.get("data") or {}).items()})
-    conditions = tuple(scaling.get("pendingPodConditions", ()))
+    """The ScaledJob as the emulator reads it (`workbench.emulator.load_manifests`), with the job runner's claim
+    wait and MAX_MESSAGES from its pod's environment."""
+    job = load_manifests(folder).scaled_job
+    env = job.pod.env
+    claim_wait_s = env.get("CLAIM_WAIT_S", env.get("CLAIM_WAIT_SECONDS", DEFAULT_CLAIM_WAIT_S))
     return FleetSpec(
-        strategy=ScalingStrategy(
-            name=scaling.get("strategy", "default"),
-            max_replica_count=int(spec.get("maxReplicaCount", DEFAULT_MAX_REPLICA_COUNT)),
-            min_replica_count=int(spec.get("minReplicaCount", 0)),
-            queue_length_deduction=scaling.get("customScalingQueueLengthDeduction"),
-            running_job_percentage=scaling.get("customScalingRunningJobPercentage"),
-            pending_pod_conditions=conditions,
-        ),
-        polling_interval_s=float(spec.get("pollingInterval", DEFAULT_POLLING_INTERVAL_S)),
-        list_length=float(trigger.get("listLength", DEFAULT_LIST_LENGTH)),
-        activation_list_length=float(trigger.get("activationListLength", 0)),
-        claim_wait_s=float(config.get("CLAIM_WAIT_SECONDS", DEFAULT_CLAIM_WAIT_S)),
-        max_messages=int(config.get("MAX_MESSAGES", 1)),
-        pending_until="claim" if conditions else "running",
+        strategy=job.strategy,
+        polling_interval_s=job.polling_interval_s,
+        list_length=job.list_length,
+        activation_list_length=job.activation_list_length,
+        claim_wait_s=float(claim_wait_s),
+        max_messages=int(env.get("MAX_MESSAGES", 1)),
+        pending_until="claim" if job.strategy.pending_pod_conditions else "running",
     )

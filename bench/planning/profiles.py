@@ -63,10 +63,10 @@ class NodeKind:
             raise ValueError(f"node kind {self.name}: every figure must be >= 0")
 
 
-CPU2_SOURCE = ("README 'Results: 2-core CPU': `python bench/run.py --seconds 30 --repeat 3`, htdemucs fp32 on "
+CPU2_SOURCE = ("README 'Results: 2-core CPU': `python -m bench.run --seconds 30 --repeat 3`, htdemucs fp32 on "
                "2 shared AMD EPYC cores: warm job 15.37 s, cold job 19.65 s for 30 s of audio, cold peak RSS "
                "1318 MiB")
-GPU_SOURCE = ("README 'Results: one H100': `python bench/run.py --device cuda --seconds 30 --repeat 2`: warm job "
+GPU_SOURCE = ("README 'Results: one H100': `python -m bench.run --device cuda --seconds 30 --repeat 2`: warm job "
               "1.34 s, cold job 9.70 s for 30 s of audio, cold peak RSS 1499 MiB (host memory)")
 CPU4_SPEEDUP = 1.7  # assumed, not measured: 2 -> 4 torch threads rarely scales linearly
 
