@@ -21,7 +21,7 @@ import torch
 from cloudevents.http import CloudEvent
 
 from function import audio, separation
-from function.buckets import render_bucket
+from function.buckets import job_input_bucket, render_bucket
 from function.cache import ResultCache, finish_hit
 from function.callback import deliver
 from function.clients import redis_client, s3_client
@@ -186,7 +186,7 @@ class Worker:
         timings: dict[str, float] = {}
         model_loading = self._submit(separation.get_separator, job.model, s)
         # Templated buckets (`{id}`) are rendered once, before any I/O: a job whose id gives no valid name is refused.
-        source_bucket = job.input_bucket or render_bucket("INPUT_BUCKET", s.input_bucket, id=job.id)
+        source_bucket = job_input_bucket(s.input_bucket, job.id, job.input_bucket, s.input_buckets)
         output_bucket = render_bucket("OUTPUT_BUCKET", s.output_bucket, id=job.id, model=job.model, ext=job.format)
         source_key = job.input_key or input_key(s.input_key, job.id)
         with tempfile.TemporaryDirectory(prefix=f"stemworker-{job.id}-") as tmp, contextlib.ExitStack() as cleanup:

@@ -6,6 +6,7 @@
     stemworker dead list|show N|requeue N|--all|purge [--older-than 7d] [--yes]
     stemworker flood --count N [--wait]        a load test: N jobs the way the REST tier sends them
     stemworker exporter [--port 9090]          serve Prometheus /metrics from Redis
+    stemworker doctor [--watch [--timeout S]]  check the setup; read a REST tier's settings off one submission
 
 It reads the worker's settings from the environment (REDIS_URL or REDIS_HOST/REDIS_PORT, QUEUE_KEY, ...; see
 function/config.py) and talks to Redis only (and S3 for `flood`). Every option can also be set from
@@ -41,9 +42,11 @@ from function.logs import configure_logging
 from function.messages import event_from_message, require_job_id
 from function.status import State
 from stemops import deadletters, flood, render
+from stemops import doctor as doctor_checks
 from stemops.exporter import scrape_client, serve
 from stemops.recent import FINAL, GONE, outputs_of, recent_jobs, status_of
 from stemops.stats import gather
+from stemops.tierwatch import NothingSeen, WatchUnavailable
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -395,6 +398,45 @@ def exporter(ops: Ops, port: int | None, address: str) -> int:
     server.shutdown()
     server.server_close()
     return 0
+
+
+# ------------------------------------------------------------------------------------------------ doctor
+@cli.command()
+@click.option("--watch", "watch_mode", is_flag=True,
+              help="observe one song submitted through the REST tier and print the settings that serve it")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="with --watch: seconds to wait for the submission")
+@click.option("--no-model", is_flag=True, help="skip loading the model")
+@json_option
+@click.pass_obj
+def doctor(ops: Ops, watch_mode: bool, timeout_s: float, no_model: bool, as_json: bool) -> int:
+    """Check the settings, Redis (and its persistence), S3, the buckets, the model, the claim wait and the queue.
+    With --watch: submit one song through the tier while it watches; it prints the environment block (QUEUE_KEY,
+    QUEUE_POP, INPUT_BUCKET, INPUT_KEY, STATUS_KEY, STATE_FIELDS, MODEL_ALIASES, ...) that serves the tier, and
+    what it could not tell as commented-out lines. It only reads the tier's data. Exit 0 when all is well, 1 on a
+    failed check or a tier the block cannot serve, 3 when no submission came within --timeout."""
+    settings = ops.settings
+    if not watch_mode:
+        checks = doctor_checks.static_checks(settings, with_model=not no_model)
+        if as_json:
+            emit_json(doctor_checks.checks_as_dict(checks))
+        else:
+            for check in checks:
+                click.echo(f"{check.level:<5} {check.name:<14} {check.detail}")
+        return 0 if all(check.level != "fail" for check in checks) else EXIT_FAILED
+    click.echo(f"stemworker doctor: watching Redis for {timeout_s:g} s: submit one song through the tier now",
+               err=True)
+    try:
+        _, profile = doctor_checks.watch_tier(settings, timeout_s)
+    except NothingSeen as err:
+        raise OpsError(str(err), EXIT_TIMEOUT) from None
+    except WatchUnavailable as err:
+        raise OpsError(str(err)) from None
+    if as_json:
+        emit_json(profile.as_dict())
+    else:
+        click.echo("\n".join(doctor_checks.watch_text(profile.observed.get("watched_with", ""), profile)))
+    return 0 if not profile.problems else EXIT_FAILED
 
 
 # ------------------------------------------------------------------------------------------------ entry point

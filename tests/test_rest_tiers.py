@@ -235,11 +235,20 @@ def test_a_bucket_named_after_the_song(make_settings, redis_client, s3, short_so
     assert any("downloaded persong1/persong1/persong1.mp3" in line for line in log_lines(redis_client, settings))
 
 
+def test_a_message_may_name_its_own_songs_bucket(make_settings, redis_client, s3, short_song, song_buckets):
+    settings = make_settings(input_bucket="{id}")
+    song_buckets.append("named1")
+    client = tier(settings, redis_client, s3, bucket="{id}", key="{id}.mp3")
+    client.submit("named1", short_song)
+    assert run(settings).outcome == Outcome.DONE and client.status("named1") == "done"
+
+
 @pytest.mark.parametrize(("job_id", "bucket", "reason"), [
     ("Song1", None, "INPUT_BUCKET '{id}' gives bucket 'Song1' for this job, which may only hold lowercase"),
     ("song_1", None, "gives bucket 'song_1' for this job"),
     ("ab", None, "gives bucket 'ab' for this job, which is 2 characters"),
-    ("song1", "song2", "bucket 'song2' is not an input bucket"),  # only its own song's bucket
+    ("song1", "song2", "bucket 'song2' is not this job's: INPUT_BUCKET '{id}' gives 'song1' for it"),
+    ("song1", "other.bucket", "bucket 'other.bucket' is not an input bucket"),  # not even of the template's shape
 ])
 def test_an_id_that_names_no_valid_bucket_is_rejected_for_good(make_settings, redis_client, s3, job_id, bucket,
                                                                reason):

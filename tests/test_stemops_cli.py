@@ -41,7 +41,7 @@ def test_every_command_takes_json():
 
     found = dict(commands(cli))
     assert set(found) == {"stats", "jobs", "watch", "dead list", "dead show", "dead requeue", "dead purge", "flood",
-                          "exporter"}
+                          "exporter", "doctor"}
     for name, command in found.items():
         # `exporter` serves /metrics: it has no output for scripts to parse, so no --json.
         assert ("--json" in {opt for param in command.params for opt in param.opts}) == (name != "exporter"), name
