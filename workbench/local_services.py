@@ -27,6 +27,11 @@ READY_BUCKET = "stemworker-ready"
 READY_PROBE = b"stemworker readiness probe"
 
 
+# The ports `weed mini` listens on.
+WEED_PORTS = ("master.port", "volume.port", "filer.port", "s3.port", "admin.port", "master.port.grpc",
+              "volume.port.grpc", "filer.port.grpc", "s3.port.grpc", "admin.port.grpc")
+
+
 class ServiceUnavailable(RuntimeError):
     """A server binary is missing or did not come up in time."""
 
@@ -133,10 +138,8 @@ class S3Server:
     def start(self, wait: bool = True) -> S3Server:
         """Start `weed mini`; unless `wait` is False, return once it serves objects (see `wait_ready`)."""
         binary = find_binary("weed")
-        names = ["master.port", "volume.port", "filer.port", "s3.port", "admin.port", "master.port.grpc",
-                 "volume.port.grpc", "filer.port.grpc", "s3.port.grpc", "admin.port.grpc"]
-        if not self.ports:
-            self.ports = {name: free_port(self.host) for name in names}
+        # Every port weed mini opens, each on a free one unless `ports` names it (e.g. a fixed s3.port).
+        self.ports = {**{name: free_port(self.host) for name in WEED_PORTS if name not in self.ports}, **self.ports}
         data = self.workdir / "weed"
         data.mkdir(exist_ok=True)
         log = self.workdir / "weed.log"
