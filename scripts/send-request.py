@@ -10,6 +10,7 @@ Shapes other REST tiers send (docs/rest-tiers.md has one example per variant):
 
     python scripts/send-request.py --push lpush --id-field hash  # LPUSH {"hash": ...}
     python scripts/send-request.py --bucket uploads --key 'songs/{id}.mp3'   # the message names its input
+    python scripts/send-request.py --key 'up/{id}.mp3' --key-field object_name   # ... under object_name
     python scripts/send-request.py --empty-callback object       # "callback": {} (also null, string, array)
     python scripts/send-request.py --model default               # a model name the tier made up
     python scripts/send-request.py --no-status --tier-field status=queued   # the tier's own status fields
@@ -93,6 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="upload to this bucket and name it in the message (env JOB_BUCKET)")
     parser.add_argument("--key", default=env("JOB_KEY"),
                         help="upload under this key ({id} is replaced) and name it in the message (env JOB_KEY)")
+    parser.add_argument("--key-field", choices=("key", "object_name"), default=env("JOB_KEY_FIELD", "key"),
+                        help="the message field --key goes under (env JOB_KEY_FIELD, default key)")
     parser.add_argument("--empty-callback", choices=sorted(EMPTY_CALLBACKS), default=env("JOB_EMPTY_CALLBACK"),
                         help='an empty callback: {} (object), null, "" (string) or [] (array) (env JOB_EMPTY_CALLBACK)')
     parser.add_argument("--tier-field", action="append", default=_env_list("TIER_FIELDS"), metavar="NAME=VALUE",
@@ -136,9 +139,9 @@ def job_body(job_id: str, args: argparse.Namespace) -> dict[str, Any]:
     if args.model:
         body["model"] = args.model
     if args.bucket:
-        body["bucket"] = args.bucket
+        body["bucket"] = args.bucket.replace("{id}", job_id)
     if args.key:
-        body["key"] = object_key(args, job_id)
+        body[args.key_field] = object_key(args, job_id)
     if args.callback:
         body["callback"] = args.callback
     if args.empty_callback:
@@ -167,8 +170,10 @@ def object_key(args: argparse.Namespace, job_id: str) -> str:
 
 
 def input_location(settings: Settings, args: argparse.Namespace, job_id: str) -> tuple[str, str]:
-    """(bucket, key) the song of `job_id` is uploaded to: --bucket/--key, else INPUT_BUCKET/INPUT_KEY."""
-    return args.bucket or settings.input_bucket, object_key(args, job_id) or input_key(settings.input_key, job_id)
+    """(bucket, key) the song of `job_id` is uploaded to: --bucket/--key, else INPUT_BUCKET/INPUT_KEY (`{id}` in
+    either is the job id: a bucket per song)."""
+    bucket = (args.bucket or settings.input_bucket).replace("{id}", job_id)
+    return bucket, object_key(args, job_id) or input_key(settings.input_key, job_id)
 
 
 def upload(settings: Settings, song: bytes, ids: list[str], args: argparse.Namespace) -> tuple[str, str]:
@@ -179,13 +184,16 @@ def upload(settings: Settings, song: bytes, ids: list[str], args: argparse.Names
     store.ensure_bucket(bucket)
     if getattr(args, "distinct", False):
         for job_id, data in zip(ids, flood.distinct_copies(song, len(ids), secrets.randbits(64)), strict=True):
-            store.put_bytes(bucket, input_location(settings, args, job_id)[1], data, "audio/mpeg")
+            where, key = input_location(settings, args, job_id)
+            store.ensure_bucket(where)
+            store.put_bytes(where, key, data, "audio/mpeg")
         return bucket, first
     store.put_bytes(bucket, first, song, "audio/mpeg")
     for job_id in ids[1:]:
-        key = input_location(settings, args, job_id)[1]
-        if key != first:
-            store.copy(bucket, first, key)
+        where, key = input_location(settings, args, job_id)
+        if (where, key) != (bucket, first):
+            store.ensure_bucket(where)
+            store.copy(bucket, first, key, dest_bucket=where)
     return bucket, first
 
 

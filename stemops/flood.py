@@ -112,15 +112,20 @@ def upload(settings: Settings, song: bytes, ids: list[str], distinct: bool = Fal
     """Put the song under the first id's key, then copy it server-side to every other id's key; with `distinct`,
     a different dithered copy under every id's key instead (so a flood measures separations, not cache hits)."""
     store = ObjectStore(s3_client(settings))
-    store.ensure_bucket(settings.input_bucket)
+
+    def bucket_of(job_id: str) -> str:  # INPUT_BUCKET may be a bucket per song ({id})
+        bucket = settings.input_bucket.replace("{id}", job_id)
+        store.ensure_bucket(bucket)
+        return bucket
+
     if distinct:
         for job_id, data in zip(ids, distinct_copies(song, len(ids), secrets.randbits(64)), strict=True):
-            store.put_bytes(settings.input_bucket, input_key(settings.input_key, job_id), data, "audio/mpeg")
+            store.put_bytes(bucket_of(job_id), input_key(settings.input_key, job_id), data, "audio/mpeg")
         return
-    first = input_key(settings.input_key, ids[0])
-    store.put_bytes(settings.input_bucket, first, song, "audio/mpeg")
+    first_bucket, first = bucket_of(ids[0]), input_key(settings.input_key, ids[0])
+    store.put_bytes(first_bucket, first, song, "audio/mpeg")
     for job_id in ids[1:]:
-        store.copy(settings.input_bucket, first, input_key(settings.input_key, job_id))
+        store.copy(first_bucket, first, input_key(settings.input_key, job_id), dest_bucket=bucket_of(job_id))
 
 
 def push(client: redis.Redis, settings: Settings, ids: list[str], messages: list[str]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,7 +62,7 @@ class Profile:
 
     def env_lines(self) -> list[str]:
         """The block as NAME=value lines a shell or an env file reads, then the open choices commented out."""
-        lines = [f"{name}={shlex.quote(value)}" for name, value in self.ordered()]
+        lines = [f"{name}={env_value(value)}" for name, value in self.ordered()]
         if self.undetermined:
             lines.append("# not determined from one submission; uncomment what matches the tier:")
             lines += [f"# {line}    # {why}" for line, why in self.undetermined]
@@ -71,6 +72,15 @@ class Profile:
         return {"block": dict(self.ordered()), "reasons": self.reasons,
                 "undetermined": [{"line": line, "why": why} for line, why in self.undetermined],
                 "problems": self.problems, "observed": self.observed, "ok": not self.problems}
+
+
+# Values written as they are: a shell does no brace expansion in an assignment, and env files (docker --env-file,
+# a ConfigMap) take them literally. Anything else is shell-quoted.
+PLAIN_VALUE = re.compile(r"[A-Za-z0-9_{}:,./+@%=-]*")
+
+
+def env_value(value: str) -> str:
+    return value if PLAIN_VALUE.fullmatch(value) else shlex.quote(value)
 
 
 def _text(value: bytes) -> str:

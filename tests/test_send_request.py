@@ -144,6 +144,7 @@ def test_tier_variants(env, settings, redis_client, s3, tier_bucket):
     assert send_request.main(["--id", "v4", "--form", "bare", "--push", "lpush", "--no-status",
                               "--tier-field", "status=queued", "--tier-field", "filename=My Song.mp3"]) == 0
     assert send_request.main(["--id", "v5", "--id-field", "id", "--empty-callback", "array"]) == 0
+    assert send_request.main(["--id", "v6", "--key", "up/{id}.mp3", "--key-field", "object_name"]) == 0
     # LPUSHed messages sit at the head, RPUSHed ones at the tail.
     assert [json.loads(m) if m.startswith("{") else m for m in queued(redis_client, settings)] == [
         "v4",
@@ -151,7 +152,9 @@ def test_tier_variants(env, settings, redis_client, s3, tier_bucket):
         {"songhash": "v2", "callback": None},
         {"songhash": "v3", "bucket": tier_bucket, "key": "users/7/v3.mp3", "callback": ""},
         {"id": "v5", "callback": []},
+        {"songhash": "v6", "object_name": "up/v6.mp3"},
     ]
+    assert s3.stat_object(settings.input_bucket, "up/v6.mp3").size > 0
     assert s3.stat_object(tier_bucket, "users/7/v3.mp3").size > 0
     assert redis_client.hgetall("status:v4") == {b"status": b"queued", b"filename": b"My Song.mp3"}
     assert redis_client.ttl("status:v4") == -1  # only the tier's fields: it set no expiry
@@ -166,3 +169,20 @@ def test_tier_variant_flags_that_contradict_exit_2(env, redis_client, settings):
         assert exited.value.code == 2, argv
     assert queued(redis_client, settings) == []
 
+
+
+def test_a_bucket_per_song(env, settings, redis_client, s3, monkeypatch):
+    """INPUT_BUCKET={id}: each job's song goes to a bucket of its own (the first uploaded, the others copied)."""
+    monkeypatch.setenv("INPUT_BUCKET", "{id}")
+    try:
+        assert send_request.main(["--id", "persong", "--count", "2"]) == 0
+        for job_id in ("persong-0", "persong-1"):
+            assert s3.stat_object(job_id, f"{job_id}.mp3").size > 0
+        worker = settings.model_copy(update={"input_bucket": "{id}"})
+        assert [Runner(worker).run_once(0).outcome for _ in range(2)] == [Outcome.DONE, Outcome.DONE]
+    finally:
+        for bucket in ("persong-0", "persong-1"):
+            if s3.bucket_exists(bucket):
+                for item in s3.list_objects(bucket, recursive=True):
+                    s3.remove_object(bucket, item.object_name)
+                s3.remove_bucket(bucket)
