@@ -160,24 +160,44 @@ def locate_object(s3: Minio, job_id: str, named_bucket: str | None, named_key: s
     return found[0][1], found[0][2]
 
 
+def newest_object(s3: Minio) -> tuple[str, str] | None:
+    """The most recently modified object of any bucket (listing at most MAX_LISTED_PER_BUCKET of each)."""
+    newest: tuple[Any, str, str] | None = None
+    for bucket in s3.list_buckets():
+        for count, item in enumerate(s3.list_objects(bucket.name, recursive=True)):
+            if count >= MAX_LISTED_PER_BUCKET:
+                break
+            if item.last_modified is not None and (newest is None or item.last_modified > newest[0]):
+                newest = (item.last_modified, bucket.name, item.object_name or "")
+    return None if newest is None else (newest[1], newest[2])
+
+
 def _status_writes(commands: list[Command], job_id: str) -> tuple[str | None, dict[str, str], int | None]:
-    """The hash the tier wrote whose key holds the id: key, fields (last value of each), expiry in seconds."""
-    key: str | None = None
-    fields: dict[str, str] = {}
-    ttl: int | None = None
+    """The hash the tier wrote whose key holds the id (the first with a state field, when it wrote several): key,
+    fields (last value of each), expiry in seconds when it set one."""
+    hashes: dict[str, dict[str, str]] = {}
+    ttls: dict[str, int] = {}
     for command in commands:
         name = _text(command.key or b"")
         if job_id not in name:
             continue
         if command.name in HASH_WRITES and len(command.args) >= 3:
-            key = key or name
-            if name == key:
-                pairs = command.args[1:]
-                fields.update({_text(pairs[i]): _text(pairs[i + 1]) for i in range(0, len(pairs) - 1, 2)})
-        elif command.name in EXPIRES and name == key and len(command.args) >= 2:
+            pairs = command.args[1:]
+            hashes.setdefault(name, {}).update({_text(pairs[i]): _text(pairs[i + 1])
+                                                for i in range(0, len(pairs) - 1, 2)})
+        elif command.name in EXPIRES and len(command.args) >= 2:
             with contextlib.suppress(ValueError):
-                ttl = int(command.args[1])
-    return key, fields, ttl
+                ttls[name] = int(command.args[1])
+    if not hashes:
+        return None, {}, None
+    key = next((name for name, fields in hashes.items() if _state_field(fields) is not None), next(iter(hashes)))
+    return key, hashes[key], ttls.get(key)
+
+
+def _string_keys(commands: list[Command], job_id: str) -> list[str]:
+    """Plain string keys the tier SET that hold the id (a status kept as a string, or a lock)."""
+    return list(dict.fromkeys(_text(c.key or b"") for c in commands
+                              if c.name in ("SET", "SETEX", "PSETEX", "SETNX") and job_id in _text(c.key or b"")))
 
 
 def _state_field(fields: dict[str, str]) -> str | None:
@@ -231,10 +251,14 @@ def build_profile(commands: list[Command], settings: Settings, s3: Minio, client
     named_key = named_key if isinstance(named_key, str) else None
     where = locate_object(s3, job_id, named_bucket, named_key)
     if where is None:
+        newest = newest_object(s3)
+        seen = (f"; the newest object is {newest[0]}/{newest[1]}, whose name does not hold the id (the worker finds "
+                "a song by the id in INPUT_BUCKET/INPUT_KEY, or by the message's own bucket and key)"
+                if newest is not None else "")
         profile.problems.append(
             f"no object in S3 holds the id {job_id} in its bucket or key name"
             + (f" (the message names bucket {named_bucket!r} key {named_key!r})" if named_bucket or named_key else "")
-            + ": did the tier upload the song before it pushed? Set INPUT_BUCKET and INPUT_KEY by hand")
+            + f": did the tier upload the song before it pushed?{seen}")
         profile.undetermined.append(("INPUT_BUCKET=queue", "the bucket the tier uploads to ({id} for one per song)"))
         profile.undetermined.append(("INPUT_KEY={id}.mp3", "the song's key in it; must hold {id}"))
     else:
@@ -257,9 +281,18 @@ def build_profile(commands: list[Command], settings: Settings, s3: Minio, client
 
     # The status hash the tier writes for the job, if any.
     status_key, status_fields, ttl = _status_writes(commands, job_id)
+    strings = _string_keys(commands, job_id)
+    if strings:
+        profile.observed["string_keys"] = strings
     if status_key is None:
+        own = settings.status_key.format(id=job_id)
+        if own in strings:
+            profile.problems.append(f"the tier keeps {own} as a string (SET), where the worker writes its status "
+                                    "hash: give the worker another STATUS_KEY, e.g. STATUS_KEY=stemworker:{id}")
         profile.undetermined.append((f"STATUS_KEY={settings.status_key}",
-                                     "the tier wrote no hash holding the id; the worker writes this one"))
+                                     "the tier wrote no hash holding the id"
+                                     + (f" (it SET {', '.join(strings)})" if strings else "")
+                                     + "; the worker writes this one"))
     else:
         profile.observed["status"] = {"key": status_key, "fields": status_fields}
         profile.set("STATUS_KEY", _template(status_key, job_id), f"the tier wrote the hash {status_key}")

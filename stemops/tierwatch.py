@@ -18,12 +18,15 @@ import redis
 PUSHES = frozenset({"LPUSH", "RPUSH", "LPUSHX", "RPUSHX"})
 HASH_WRITES = frozenset({"HSET", "HMSET", "HSETNX"})
 EXPIRES = frozenset({"EXPIRE", "PEXPIRE", "EXPIREAT", "PEXPIREAT"})
+# Ways some tiers hand a job over that a worker reading a list never sees.
+OTHER_HANDOFFS = frozenset({"XADD", "ZADD", "PUBLISH", "SADD", "SET"})
 # After the first push is seen, commands are still collected this long: a tier may write its status hash after it
 # pushes the message.
 GRACE_S = 1.5
 POLL_S = 0.25
-# Keyspace notification classes the watch needs: K (keyspace channel), l (lists), h (hashes), g (EXPIRE and DEL).
-NOTIFY_FLAGS = "Klhg"
+# Keyspace notification classes the watch needs: K (keyspace channel), l (lists), h (hashes), g (EXPIRE and DEL),
+# and to name what a tier uses instead of a list: $ (strings), z (sorted sets), s (sets), t (streams).
+NOTIFY_FLAGS = "Klhg$zst"
 
 
 class WatchUnavailable(Exception):
@@ -98,8 +101,12 @@ def _collect(read: Callable[[float], list[Command]], timeout_s: float, stop: Cal
         if pushed_at is None and any(command.name in PUSHES for command in batch):
             pushed_at = time.monotonic()
     if pushed_at is None:
+        writes = sorted({f"{command.name} {command.key.decode('utf-8', 'replace')}" for command in seen
+                         if command.key is not None and command.name in OTHER_HANDOFFS})
+        also = (f"; it saw {', '.join(writes[:5])}, but stemworker reads its jobs from a Redis list (LPUSH or "
+                "RPUSH), not from a stream, a sorted set or a channel") if writes else ""
         raise NothingSeen(f"no LPUSH or RPUSH was seen in {timeout_s:g} s: submit one song through the tier while "
-                          "doctor watches (or give it longer with --timeout)")
+                          f"doctor watches (or give it longer with --timeout){also}")
     return seen
 
 
@@ -202,8 +209,8 @@ def _read_back(client: redis.Redis, key: bytes, event: str) -> Command | None:
         return Command("HSET", (key, *pairs))
     if event in EXPIRES:
         return Command("EXPIRE", (key, str(client.ttl(key)).encode()))
-    if event == "SET":
-        return Command("SET", (key,))
+    if event.upper() in OTHER_HANDOFFS:
+        return Command(event.upper(), (key,))
     return None
 
 

@@ -5,6 +5,7 @@ job runner, seen through the tier's own status field."""
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import uuid
@@ -139,9 +140,25 @@ def test_doctor_watch_says_plainly_what_it_cannot_serve(make_settings, env, redi
     client = TierClient(Tier("no-id", id_field="song_id"), make_settings(), redis_client, s3)
     code, out, _ = watch_while(capsys, redis_client, lambda: client.submit("x1", None), "--timeout", "30")
     assert code == 1 and "# PROBLEM: no pushed message holds an id the worker reads" in out
-    client = TierClient(Tier("no-upload"), make_settings(), redis_client, s3)
-    code, out, _ = watch_while(capsys, redis_client, lambda: client.submit("x2", None), "--timeout", "30")
+    settings = make_settings()
+    client = TierClient(Tier("no-upload"), settings, redis_client, s3)
+    s3.make_bucket(settings.input_bucket)
+    s3.put_object(settings.input_bucket, "uploads/My Song.mp3", io.BytesIO(b"ID3"), 3)  # named by its file name
+
+    def set_and_push() -> None:
+        redis_client.set("status:x2", "queued")  # a status kept as a string where the worker writes a hash
+        client.submit("x2", None)
+
+    code, out, _ = watch_while(capsys, redis_client, set_and_push, "--timeout", "30")
     assert code == 1 and "# PROBLEM: no object in S3 holds the id x2" in out
+    assert f"the newest object is {settings.input_bucket}/uploads/My Song.mp3, whose name does not hold the id" in out
+    assert "# PROBLEM: the tier keeps status:x2 as a string (SET), where the worker writes its status hash" in out
+
+
+def test_doctor_watch_names_a_handoff_that_is_not_a_list(env, redis_client, capsys):
+    code, _, err = watch_while(capsys, redis_client, lambda: redis_client.xadd("jobs", {"hash": "s1"}),
+                               "--timeout", "3")
+    assert code == 3 and "it saw XADD jobs, but stemworker reads its jobs from a Redis list" in err
 
 
 def test_doctor_watch_times_out_with_exit_3(env, redis_client, capsys):

@@ -210,6 +210,25 @@ def test_an_unsafe_input_location_is_rejected_for_good(make_settings, redis_clie
     assert client.status("where2") == "failed" and reason in client.record("where2")["error"]
 
 
+# --- where a tier keeps things: its list, its bucket and keys -----------------------------------------------------
+
+@pytest.mark.parametrize("layout", [
+    {"queue_key": "toWorkers", "queue_pop": "right"},
+    {"input_bucket": "audio-tracks", "input_key": "{id}/original.mp3", "output_key": "{id}/{stem}.{ext}"},
+    {"input_bucket": "queues"},
+], ids=["list-toWorkers", "audio-tracks", "bare-id-queues"])
+def test_a_tiers_layout_by_settings(make_settings, redis_client, s3, short_song, song_buckets, layout):
+    settings = make_settings(**layout)
+    song_buckets.append(settings.input_bucket)
+    client = tier(settings, redis_client, s3, push="lpush" if "queue_pop" in layout else "rpush",
+                  id_field=None if layout.get("input_bucket") == "queues" else "hash")
+    hit_id = fresh_then_cached(settings, client, short_song, "layout1")
+    for job_id in ("layout1", hit_id):
+        assert s3.stat_object(settings.input_bucket, client.input_location(job_id)[1]).size > 0
+        assert s3.stat_object(settings.output_bucket, client.stem_key(job_id, "vocals")).size > 0
+    assert redis_client.llen(settings.queue_key) == 0
+
+
 # --- a bucket per song -------------------------------------------------------------------------------------------
 
 @pytest.fixture
