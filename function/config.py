@@ -282,7 +282,7 @@ class Settings(BaseSettings):
         if not isinstance(value, str):
             return value
         mapped: dict[str, str] = {}
-        for pair in _split_commas(value):  # type: ignore[union-attr]
+        for pair in (part.strip() for part in value.split(",") if part.strip()):
             state, sep, name = pair.partition(":")
             if not sep or state.strip() not in MAPPABLE_STATES:
                 raise ValueError(f"expected pairs like 'separating:processing' (or 'downloading:' to leave a state "

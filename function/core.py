@@ -88,10 +88,12 @@ class Worker:
     def status_for(self, job_id: str) -> StatusRecord:
         s = self.settings
         key = status_key(s.status_key, job_id)
-        options = {"keep_expiry": not s.status_ttl_explicit, "state_map": s.state_map}
+        keep_expiry = not s.status_ttl_explicit
         if self.fence is not None:
-            return self.fence.status_record(self.redis, key, s.status_ttl_s, s.state_fields, **options)
-        return StatusRecord(self.redis, key, s.status_ttl_s, s.state_fields, **options)
+            return self.fence.status_record(self.redis, key, s.status_ttl_s, s.state_fields, keep_expiry=keep_expiry,
+                                            state_map=s.state_map)
+        return StatusRecord(self.redis, key, s.status_ttl_s, s.state_fields, keep_expiry=keep_expiry,
+                            state_map=s.state_map)
 
     def _submit(self, fn: Any, *args: Any) -> Any:
         """Run `fn` on the pool in a copy of this context, so its log lines carry the job's fields."""

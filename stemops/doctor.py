@@ -122,7 +122,8 @@ def other_queues(client: redis.Redis, settings: Settings) -> list[tuple[str, int
 
 
 def check_queue(client: redis.Redis, settings: Settings) -> Check:
-    kind = client.type(settings.queue_key).decode()
+    raw_kind = client.type(settings.queue_key)
+    kind = raw_kind.decode() if isinstance(raw_kind, bytes) else str(raw_kind)
     length = int(client.llen(settings.queue_key)) if kind == "list" else 0
     if kind not in ("list", "none"):
         return Check("queue", "fail", f"QUEUE_KEY={settings.queue_key} is a {kind}, not a list")

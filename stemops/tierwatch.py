@@ -124,7 +124,7 @@ def watch_monitor(client: redis.Redis, timeout_s: float, ready: Callable[[], Non
         ready()
 
         def read(wait_s: float) -> list[Command]:
-            found = []
+            found: list[Command] = []
             if not connection.can_read(timeout=wait_s):
                 return found
             while True:
@@ -203,15 +203,19 @@ def _read_back(client: redis.Redis, key: bytes, event: str) -> Command | None:
     """The command a keyspace event stands for, with the values read back (reads only)."""
     if event in PUSHES:
         value = client.lindex(key, 0 if event.startswith("L") else -1)
-        return Command(event, (key, value)) if value is not None else Command(event, (key,))
+        return Command(event, (key, _bytes(value))) if value is not None else Command(event, (key,))
     if event in HASH_WRITES:
-        pairs = [item for pair in client.hgetall(key).items() for item in pair]
+        pairs = [_bytes(item) for pair in client.hgetall(key).items() for item in pair]
         return Command("HSET", (key, *pairs))
     if event in EXPIRES:
         return Command("EXPIRE", (key, str(client.ttl(key)).encode()))
     if event.upper() in OTHER_HANDOFFS:
         return Command(event.upper(), (key,))
     return None
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
 
 
 def watch(client: redis.Redis, timeout_s: float, ready: Callable[[], None] = lambda: None,
