@@ -31,10 +31,12 @@ import redis
 import yaml
 
 from function import keys
+from function.buckets import render_bucket
 from function.clock import now_iso
 from function.config import Settings
 from function.errors import Interrupted, Transient
 from function.messages import Job
+from function.outputs import published_names
 from function.status import EventLog, State, StatusRecord
 from function.storage import ObjectStore, output_key
 
@@ -281,7 +283,7 @@ class Hit:
     """A usable entry whose stems are already copied to the job's own keys."""
 
     entry: Entry
-    outputs: dict[str, dict[str, str]]  # stem -> {bucket, key}, as a separated job reports them
+    outputs: dict[str, dict[str, Any]]  # stem -> {bucket, key[, keys]}, as a separated job reports them
     key: str
 
 
@@ -491,19 +493,22 @@ class ResultCache:
                          f"{reason}; separating")
         return None
 
-    def _copy(self, entry: Entry, job: Job) -> dict[str, dict[str, str]] | None:
+    def _copy(self, entry: Entry, job: Job) -> dict[str, dict[str, Any]] | None:
         """Copy every recorded stem to the job's own key, server-side; None when a source changed meanwhile."""
         s = self.settings
-        self.store.ensure_bucket(s.output_bucket)
-        outputs = {}
+        bucket = render_bucket("OUTPUT_BUCKET", s.output_bucket, id=job.id, model=job.model, ext=job.format)
+        self.store.ensure_bucket(bucket)
+        outputs: dict[str, dict[str, Any]] = {}
         for stem, stored in entry.stems.items():
-            name = s.stem_aliases.get(stem, stem)
-            key = output_key(s.output_key, job.id, name, job.format, job.model)
-            same_object = (stored.bucket, stored.key) == (s.output_bucket, key)
-            if not same_object and not self.store.copy(stored.bucket, stored.key, key, dest_bucket=s.output_bucket,
-                                                       match_etag=stored.etag):
-                return None
-            outputs[stem] = {"bucket": s.output_bucket, "key": key}
+            # The names a fresh run publishes (outputs.published_names), so a hit's objects and `outputs` match it.
+            names = [output_key(s.output_key, job.id, name, job.format, job.model)
+                     for name in published_names(s.stem_aliases, stem)]
+            for key in names:
+                same_object = (stored.bucket, stored.key) == (bucket, key)
+                if not same_object and not self.store.copy(stored.bucket, stored.key, key, dest_bucket=bucket,
+                                                           match_etag=stored.etag):
+                    return None
+            outputs[stem] = {"bucket": bucket, "key": names[0], **({"keys": names} if len(names) > 1 else {})}
         return outputs
 
     def record(self, key: str, job_id: str, outputs: dict[str, dict[str, str]], audio_seconds: float,
@@ -540,20 +545,25 @@ class ResultCache:
 
 
 def finish_hit(hit: Hit, job: Job, status: StatusRecord, events: EventLog, attempt: int, started: float,
-               timings: dict[str, float]) -> dict[str, Any]:
-    """Mark a cache hit done (`cached=1`, `cached_from`), log it, and return the job's result."""
+               timings: dict[str, float], precision: str) -> dict[str, Any]:
+    """Mark a cache hit done (`cached=1`, `cached_from`), log it, and return the job's result: the fields of a
+    separated job's status and result (`precision` is part of the cache key, so the hit's is the job's), plus
+    `cached` and `cached_from`."""
     timings["total"] = time.monotonic() - started
     source = hit.entry.job_id
     status.update(State.DONE, progress=100, outputs=json.dumps(hit.outputs), seconds=f"{timings['total']:.3f}",
-                  cached=1, cached_from=source, audio_seconds=f"{hit.entry.audio_seconds:.3f}")
+                  cached=1, cached_from=source, audio_seconds=f"{hit.entry.audio_seconds:.3f}",
+                  device=hit.entry.device, precision=precision)
     events.info(f"job {job.id}: done in {timings['total']:.2f} s from the result cache (same input and settings "
                 f"as job {source}, key {hit.key[:12]})")
     return {
         "id": job.id,
         "state": State.DONE.value,
         "model": job.model,
+        "model_requested": job.model_requested or job.model,
         "format": job.format,
         "device": hit.entry.device,
+        "precision": precision,
         "attempt": attempt,
         "audio_seconds": hit.entry.audio_seconds,
         "stems": hit.outputs,

@@ -17,11 +17,14 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from function import keys
+from function.buckets import check_bucket_template
 from function.errors import ConfigError
 from function.signing import secret_bytes
 
 STEMS = ("drums", "bass", "other", "vocals")
 FORMATS = ("mp3", "wav", "flac")
+# The states STATE_MAP may rename or leave out: those between queued and done or failed.
+MAPPABLE_STATES = ("downloading", "separating", "uploading")
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
@@ -97,6 +100,9 @@ class Settings(BaseSettings):
     input_buckets: CommaList = ()
     # Names the job's state is written under in the status hash (a REST tier may read `status`).
     state_fields: CommaList = ("state",)
+    # How the intermediate states are written under the STATE_FIELDS names other than `state`, for a tier that
+    # knows only queued/processing/done/failed: `separating:processing`; an empty name leaves the state out.
+    state_map: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
 
     # DEMUCS
     demucs_model: str = "htdemucs"
@@ -255,6 +261,50 @@ class Settings(BaseSettings):
             if not name.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"STATE_FIELDS field {name!r} must be letters, digits, '_' or '-'")
         return self
+
+    @model_validator(mode="after")
+    def _bucket_templates(self) -> Settings:
+        """INPUT_BUCKET and OUTPUT_BUCKET may be templates (`{id}`: a bucket per song); each must be able to give a
+        valid bucket name (function/buckets.py). Whether a given id fits is checked per job."""
+        _check_template("INPUT_BUCKET", self.input_bucket, {"id"})
+        _check_template("OUTPUT_BUCKET", self.output_bucket, {"id", "model", "ext"})
+        check_bucket_template("INPUT_BUCKET", self.input_bucket, {})
+        check_bucket_template("OUTPUT_BUCKET", self.output_bucket, {"model": sorted(self.allowed_models),
+                                                                     "ext": FORMATS})
+        for bucket in self.input_buckets:
+            _check_template("INPUT_BUCKETS", bucket, set())
+            check_bucket_template("INPUT_BUCKETS", bucket, {})
+        return self
+
+    @field_validator("state_map", mode="before")
+    @classmethod
+    def _state_map(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        mapped: dict[str, str] = {}
+        for pair in _split_commas(value):  # type: ignore[union-attr]
+            state, sep, name = pair.partition(":")
+            if not sep or state.strip() not in MAPPABLE_STATES:
+                raise ValueError(f"expected pairs like 'separating:processing' (or 'downloading:' to leave a state "
+                                 f"out) for the states {list(MAPPABLE_STATES)}, got {pair!r}")
+            if name.strip() and not name.strip().replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"STATE_MAP name {name.strip()!r} must be letters, digits, '_' or '-'")
+            mapped[state.strip()] = name.strip()
+        return mapped
+
+    @model_validator(mode="after")
+    def _state_map_has_fields(self) -> Settings:
+        if self.state_map and not set(self.state_fields) - {"state"}:
+            raise ValueError("STATE_MAP maps the states written under STATE_FIELDS names other than `state` (which "
+                             "keeps the worker's own states), and STATE_FIELDS names none: set e.g. "
+                             "STATE_FIELDS=state,status")
+        return self
+
+    @property
+    def status_ttl_explicit(self) -> bool:
+        """Whether STATUS_TTL_S was set: only then does a status hash that existed with its own expiry (a tier's)
+        get STATUS_TTL_S instead."""
+        return "status_ttl_s" in self.model_fields_set
 
     @property
     def native_bf16(self) -> bool | None:

@@ -21,6 +21,7 @@ import torch
 from cloudevents.http import CloudEvent
 
 from function import audio, separation
+from function.buckets import render_bucket
 from function.cache import ResultCache, finish_hit
 from function.callback import deliver
 from function.clients import redis_client, s3_client
@@ -85,10 +86,12 @@ class Worker:
         self._pool.submit(separation.get_separator, self.settings.demucs_model, self.settings)
 
     def status_for(self, job_id: str) -> StatusRecord:
-        key = status_key(self.settings.status_key, job_id)
+        s = self.settings
+        key = status_key(s.status_key, job_id)
+        options = {"keep_expiry": not s.status_ttl_explicit, "state_map": s.state_map}
         if self.fence is not None:
-            return self.fence.status_record(self.redis, key, self.settings.status_ttl_s, self.settings.state_fields)
-        return StatusRecord(self.redis, key, self.settings.status_ttl_s, self.settings.state_fields)
+            return self.fence.status_record(self.redis, key, s.status_ttl_s, s.state_fields, **options)
+        return StatusRecord(self.redis, key, s.status_ttl_s, s.state_fields, **options)
 
     def _submit(self, fn: Any, *args: Any) -> Any:
         """Run `fn` on the pool in a copy of this context, so its log lines carry the job's fields."""
@@ -182,7 +185,9 @@ class Worker:
         s = self.settings
         timings: dict[str, float] = {}
         model_loading = self._submit(separation.get_separator, job.model, s)
-        source_bucket = job.input_bucket or s.input_bucket
+        # Templated buckets (`{id}`) are rendered once, before any I/O: a job whose id gives no valid name is refused.
+        source_bucket = job.input_bucket or render_bucket("INPUT_BUCKET", s.input_bucket, id=job.id)
+        output_bucket = render_bucket("OUTPUT_BUCKET", s.output_bucket, id=job.id, model=job.model, ext=job.format)
         source_key = job.input_key or input_key(s.input_key, job.id)
         with tempfile.TemporaryDirectory(prefix=f"stemworker-{job.id}-") as tmp, contextlib.ExitStack() as cleanup:
             status.update(State.DOWNLOADING)
@@ -197,7 +202,8 @@ class Worker:
             flight = cleanup.enter_context(self.cache.begin(job, sha256.hexdigest(), device, status))
             timings["cache"] = time.monotonic() - tick
             if flight.hit is not None:
-                result = finish_hit(flight.hit, job, status, self.events, attempt, started, timings)
+                result = finish_hit(flight.hit, job, status, self.events, attempt, started, timings,
+                                    separation.resolve_precision(s.demucs_precision, device, native=s.native_bf16))
                 self.metrics.job_done(job.id, job.model, timings, flight.hit.entry.audio_seconds, cached=True)
                 return result
             tick = time.monotonic()
@@ -234,7 +240,8 @@ class Worker:
             timings["separate"] = time.monotonic() - tick
             status.update(State.UPLOADING, progress=100)
             tick = time.monotonic()
-            outputs = self._store_stems(job, stems, Path(tmp), separator.samplerate, status, published)
+            outputs = self._store_stems(job, stems, Path(tmp), separator.samplerate, output_bucket, status,
+                                        published)
             timings["encode_upload"] = time.monotonic() - tick
             flight.record(outputs, audio_seconds, device)  # before the lock is released: waiters find it
         timings["total"] = time.monotonic() - started
@@ -256,13 +263,13 @@ class Worker:
         }
 
     def _store_stems(self, job: Job, stems: dict[str, audio.StemFile], tmp: Path, samplerate: int,
-                     status: StatusRecord, published: dict[str, Any]) -> dict[str, Any]:
-        """Encode (chunk by chunk, from each stem's raw file) and upload every stem concurrently; returns
+                     bucket: str, status: StatusRecord, published: dict[str, Any]) -> dict[str, Any]:
+        """Encode (chunk by chunk, from each stem's raw file) and upload every stem concurrently to `bucket`; returns
         stem -> {bucket, key} (plus `keys` when STEM_ALIASES gives it several names). Each stem is added to the
         status's `published` as soon as it is in the bucket, so a job that dies or fails half-way through its
         uploads says which of its outputs exist."""
         s = self.settings
-        self.store.ensure_bucket(s.output_bucket)
+        self.store.ensure_bucket(bucket)
         published = dict(published)
         lock = threading.Lock()
 
@@ -281,10 +288,10 @@ class Worker:
                 raw.unlink()
             keys = [output_key(s.output_key, job.id, name, job.format, job.model)
                     for name in published_names(s.stem_aliases, stem)]
-            entry = publish(self.store, s.output_bucket, keys, path, CONTENT_TYPES[job.format])
+            entry = publish(self.store, bucket, keys, path, CONTENT_TYPES[job.format])
             path.unlink()
             record(stem, entry)
-            self.events.info(f"job {job.id}: uploaded {stem} to {s.output_bucket}/{', '.join(keys)}", stage="uploading")
+            self.events.info(f"job {job.id}: uploaded {stem} to {bucket}/{', '.join(keys)}", stage="uploading")
             return stem, entry
 
         futures = [self._submit(encode_and_upload, stem, raw) for stem, raw in stems.items()]

@@ -9,6 +9,7 @@ gets LeaseLost instead of moving a status that another runner now owns, for inst
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -20,8 +21,8 @@ class FencedStatusRecord(StatusRecord):
     """A StatusRecord whose writes need the claim's lease; raises LeaseLost (a Transient) when it is gone."""
 
     def __init__(self, client: redis.Redis, key: str, ttl_s: int, state_fields: tuple[str, ...], queue: WorkQueue,
-                 claim: Claim) -> None:
-        super().__init__(client, key, ttl_s, state_fields)
+                 claim: Claim, **options: Any) -> None:
+        super().__init__(client, key, ttl_s, state_fields, **options)
         self._queue = queue
         self._claim = claim
 
@@ -36,5 +37,7 @@ class Fence:
     queue: WorkQueue
     claim: Claim
 
-    def status_record(self, client: redis.Redis, key: str, ttl_s: int, state_fields: tuple[str, ...]) -> StatusRecord:
-        return FencedStatusRecord(client, key, ttl_s, state_fields, self.queue, self.claim)
+    def status_record(self, client: redis.Redis, key: str, ttl_s: int, state_fields: tuple[str, ...],
+                      **options: Any) -> StatusRecord:
+        """A fenced StatusRecord; `options` as StatusRecord's (keep_expiry, state_map)."""
+        return FencedStatusRecord(client, key, ttl_s, state_fields, self.queue, self.claim, **options)

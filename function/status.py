@@ -41,18 +41,23 @@ OWN_FIELDS = frozenset({
 })
 
 # KEYS[1] the hash; ARGV[1] TTL s, ARGV[2] n, ARGV[3..2+n] fields to clear, then field/value pairs to set.
-# A hash that existed without an expiry before this write is a tier's own record: it is left without one.
+# A hash that existed without an expiry before this write is a tier's own record: it is left without one. A
+# negative TTL (STATUS_TTL_S not set explicitly) also leaves the expiry of a hash that exists as it is: a tier's
+# hash keeps its own, and the worker's expires that long after the worker created it.
 def write_status_lua(skip: int = 0) -> str:
-    """Lua that writes the status hash KEYS[1]: HDEL n fields, HSET name/value pairs, and set the TTL unless the
-    hash has none (a tier may have made it persistent). ARGV after the first `skip`: TTL, n, the n names, pairs."""
-    ttl, count, first = f"ARGV[{skip + 1}]", f"tonumber(ARGV[{skip + 2}])", skip + 3
+    """Lua that writes the status hash KEYS[1]: HDEL n fields, HSET name/value pairs, and set the TTL on a new hash,
+    and on an existing one that has an expiry when the TTL is positive. ARGV after the first `skip`: TTL, n, the n
+    names, pairs."""
+    ttl, count, first = f"tonumber(ARGV[{skip + 1}])", f"tonumber(ARGV[{skip + 2}])", skip + 3
     return f"""
 local existed = redis.call('EXISTS', KEYS[1])
 local ttl = redis.call('TTL', KEYS[1])
+local wanted = {ttl}
 local n = {count}
 if n > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, {first}, {first - 1} + n)) end
 if #ARGV > {first - 1} + n then redis.call('HSET', KEYS[1], unpack(ARGV, {first} + n)) end
-if existed == 0 or ttl ~= -1 then redis.call('EXPIRE', KEYS[1], {ttl}) end
+if existed == 0 then redis.call('EXPIRE', KEYS[1], math.abs(wanted))
+elseif ttl ~= -1 and wanted > 0 then redis.call('EXPIRE', KEYS[1], wanted) end
 return 1
 """
 
@@ -100,18 +105,26 @@ def rounded(seconds: float | None) -> float | None:
 class StatusRecord:
     """The status hash of one job. Every write is checked: a failure raises Transient.
 
-    The state goes under each name in `state_fields` (STATE_FIELDS; `state` by default)."""
+    The state goes under each name in `state_fields` (STATE_FIELDS; `state` by default); under the names other than
+    `state`, `state_map` (STATE_MAP) renames a state, or leaves it out when it maps to "". With `keep_expiry`
+    (STATUS_TTL_S not set explicitly) a hash that already exists keeps its expiry; a new one gets `ttl_s`."""
 
-    def __init__(self, client: redis.Redis, key: str, ttl_s: int, state_fields: tuple[str, ...] = ("state",)) -> None:
+    def __init__(self, client: redis.Redis, key: str, ttl_s: int, state_fields: tuple[str, ...] = ("state",),
+                 *, keep_expiry: bool = False, state_map: dict[str, str] | None = None) -> None:
         self._client = client
         self.key = key
-        self._ttl_s = ttl_s
+        self._ttl_s = -ttl_s if keep_expiry else ttl_s  # as write_status_lua takes it
         self._state_fields = state_fields
+        self._state_map = state_map or {}
 
     def _write(self, fields: dict[str, object], fresh: bool = False) -> None:
         mapping = {name: str(value) for name, value in fields.items() if value is not None and name != "state"}
         if fields.get("state") is not None:
-            mapping.update(dict.fromkeys(self._state_fields, str(fields["state"])))
+            state = str(fields["state"])
+            for name in self._state_fields:
+                shown = state if name == "state" else self._state_map.get(state, state)
+                if shown:
+                    mapping[name] = shown
         cleared = sorted(OWN_FIELDS.union(self._state_fields)) if fresh else []
         pairs = [item for name_value in mapping.items() for item in name_value]
         self._apply(cleared, pairs)

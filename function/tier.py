@@ -4,9 +4,9 @@
   MODEL_ALIASES is applied first (`name:model`), then the allowed models themselves (DEMUCS_MODEL and
   DEMUCS_MODELS), then UNKNOWN_MODEL: `reject` (the default) refuses the job, `default` runs DEMUCS_MODEL and
   says so. Both names are kept: the one requested and the one that runs.
-- Input: a message may name the object's `bucket` and `key` itself. The bucket must be one of INPUT_BUCKETS
-  (INPUT_BUCKET always is); the key must be a safe object key. Without them the worker reads
-  INPUT_BUCKET/INPUT_KEY as before.
+- Input: a message may name the object's `bucket` and `key` (or `object_name`, read the same way) itself. The
+  bucket must be one of INPUT_BUCKETS (INPUT_BUCKET always is, rendered for the job's id when it is a template);
+  the key must be a safe object key. Without them the worker reads INPUT_BUCKET/INPUT_KEY as before.
 
 Everything here raises InvalidJob (permanent) naming the bad value, before any I/O.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from function.buckets import render_bucket
 from function.config import Settings
 from function.errors import InvalidJob
 
@@ -51,25 +52,38 @@ def resolve_model(raw: Any, settings: Settings) -> ModelChoice:
     raise InvalidJob(f"model {raw[:80]!r} is not allowed; allowed: {allowed}")
 
 
-def require_object_key(key: Any) -> str:
-    """An object key a message may name: a non-empty string of at most MAX_KEY_BYTES UTF-8 bytes, with no
-    control characters, no leading '/' and no '.' or '..' path segment (nothing that walks out of a prefix)."""
+def require_object_key(key: Any, field: str = "key") -> str:
+    """An object key a message may name (under `field`): a non-empty string of at most MAX_KEY_BYTES UTF-8 bytes,
+    with no control characters, no leading '/' and no '.' or '..' path segment (nothing that walks out of a prefix)."""
     if not isinstance(key, str) or not key:
-        raise InvalidJob(f"key must be a non-empty string, got {key!r}"[:200])
+        raise InvalidJob(f"{field} must be a non-empty string, got {key!r}"[:200])
     shown = repr(key[:80]) + ("..." if len(key) > 80 else "")
     try:
         size = len(key.encode("utf-8"))
     except UnicodeEncodeError:
-        raise InvalidJob(f"key {shown} is not valid UTF-8 text") from None
+        raise InvalidJob(f"{field} {shown} is not valid UTF-8 text") from None
     if size > MAX_KEY_BYTES:
-        raise InvalidJob(f"key is {size} bytes of UTF-8, over the {MAX_KEY_BYTES} an object key may have")
+        raise InvalidJob(f"{field} is {size} bytes of UTF-8, over the {MAX_KEY_BYTES} an object key may have")
     if any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in key):
-        raise InvalidJob(f"key {shown} contains control characters")
+        raise InvalidJob(f"{field} {shown} contains control characters")
     if key.startswith("/"):
-        raise InvalidJob(f"key {shown} must not start with '/'")
+        raise InvalidJob(f"{field} {shown} must not start with '/'")
     if any(segment in (".", "..") for segment in key.replace("\\", "/").split("/")):
-        raise InvalidJob(f"key {shown} must not contain a '.' or '..' path segment")
+        raise InvalidJob(f"{field} {shown} must not contain a '.' or '..' path segment")
     return key
+
+
+def allowed_input_buckets(data: dict[str, Any], settings: Settings) -> frozenset[str]:
+    """INPUT_BUCKETS and INPUT_BUCKET, the latter rendered for the message's id when it is a template (a message
+    may name its own per-song bucket)."""
+    if "{" not in settings.input_bucket:
+        return settings.allowed_input_buckets
+    from function.messages import ID_FIELDS, ID_PATTERN  # messages imports this module
+
+    job_id = next((data[name] for name in ID_FIELDS if name in data), None)
+    if not isinstance(job_id, str) or ID_PATTERN.fullmatch(job_id) is None:
+        return frozenset(settings.input_buckets)
+    return frozenset((render_bucket("INPUT_BUCKET", settings.input_bucket, id=job_id), *settings.input_buckets))
 
 
 def input_location(data: dict[str, Any], settings: Settings) -> tuple[str | None, str | None]:
@@ -78,7 +92,14 @@ def input_location(data: dict[str, Any], settings: Settings) -> tuple[str | None
     key = data.get("key")
     bucket = None if bucket == "" else bucket  # an empty field is an absent one, as tiers send them
     key = None if key == "" else key
-    if bucket is not None and (not isinstance(bucket, str) or bucket not in settings.allowed_input_buckets):
+    object_name = data.get("object_name")  # some tiers' name for the key (minio's own word for it)
+    object_name = None if object_name == "" else object_name
+    if object_name is not None:
+        object_name = require_object_key(object_name, "object_name")
+        if key is not None and key != object_name:
+            raise InvalidJob(f"key {key!r:.80} and object_name {object_name!r:.80} name different objects")
+        key = object_name
+    if bucket is not None and (not isinstance(bucket, str) or bucket not in allowed_input_buckets(data, settings)):
         shown = repr(bucket[:80]) if isinstance(bucket, str) else type(bucket).__name__
         raise InvalidJob(f"bucket {shown} is not an input bucket; allowed (INPUT_BUCKETS): "
                          f"{sorted(settings.allowed_input_buckets)}")

@@ -32,8 +32,11 @@ class Tier:
     id_field: str | None = "songhash"  # None: the message is the bare id
     fields: dict[str, Any] = field(default_factory=dict)  # what else its message carries (model, callback, ...)
     bucket: str | None = None  # the bucket it uploads to and names in the message (None: INPUT_BUCKET, unnamed)
+    upload_bucket: str | None = None  # a bucket template ({id}) it uploads to without naming it (None: INPUT_BUCKET)
     key: str | None = None  # its object key template ({id}), named in the message (None: INPUT_KEY, unnamed)
+    key_field: str = "key"  # the message field the key goes under (`object_name` in some tiers)
     own_status: dict[str, str] = field(default_factory=dict)  # its fields in the status hash, written at submit
+    own_status_ttl_s: int | None = None  # the expiry it gives its status hash (None: none)
     status_field: str = "state"  # the field its status endpoint reads
     stem_names: dict[str, str] = field(default_factory=dict)  # how its API spells a stem in object keys
 
@@ -48,7 +51,7 @@ class TierClient:
         self.s3 = s3
 
     def input_location(self, job_id: str) -> tuple[str, str]:
-        bucket = self.tier.bucket or self.settings.input_bucket
+        bucket = (self.tier.bucket or self.tier.upload_bucket or self.settings.input_bucket).replace("{id}", job_id)
         key = self.tier.key.replace("{id}", job_id) if self.tier.key else input_key(self.settings.input_key, job_id)
         return bucket, key
 
@@ -57,9 +60,9 @@ class TierClient:
             return job_id
         body: dict[str, Any] = {self.tier.id_field: job_id, **self.tier.fields}
         if self.tier.bucket:
-            body["bucket"] = self.tier.bucket
+            body["bucket"] = self.tier.bucket.replace("{id}", job_id)
         if self.tier.key:
-            body["key"] = self.input_location(job_id)[1]
+            body[self.tier.key_field] = self.input_location(job_id)[1]
         return json.dumps(body)
 
     def submit(self, job_id: str, song: bytes | None) -> str:
@@ -70,7 +73,9 @@ class TierClient:
                 self.s3.make_bucket(bucket)
             self.s3.put_object(bucket, key, io.BytesIO(song), len(song), content_type="audio/mpeg")
         if self.tier.own_status:
-            self.redis.hset(self.status_key(job_id), mapping=self.tier.own_status)  # a tier sets no expiry
+            self.redis.hset(self.status_key(job_id), mapping=self.tier.own_status)
+            if self.tier.own_status_ttl_s is not None:
+                self.redis.expire(self.status_key(job_id), self.tier.own_status_ttl_s)
         message = self.message(job_id)
         (self.redis.lpush if self.tier.push == "lpush" else self.redis.rpush)(self.settings.queue_key, message)
         return message
@@ -91,9 +96,13 @@ class TierClient:
         name = self.tier.stem_names.get(stem, stem)
         return output_key(self.settings.output_key, job_id, name, ext, model or self.settings.demucs_model)
 
+    def output_bucket(self, job_id: str) -> str:
+        """The bucket the tier's API hands stems out of."""
+        return self.settings.output_bucket.replace("{id}", job_id)
+
     def download(self, job_id: str, stem: str, ext: str = "mp3") -> bytes:
         """GET the stem the way the tier's API does."""
-        response = self.s3.get_object(self.settings.output_bucket, self.stem_key(job_id, stem, ext))
+        response = self.s3.get_object(self.output_bucket(job_id), self.stem_key(job_id, stem, ext))
         try:
             return response.read()
         finally:

@@ -208,7 +208,7 @@ def test_names_and_irrelevant_settings_stay_out_of_the_key(make_settings, redis_
         event = event_from_message(json.dumps({"id": "k1", **job}), 65536)
         return key_parts(job_from_event(event, settings), settings, digest, "cpu").cache_key()
 
-    renamed = make_settings(stem_aliases="vocals:voice", output_key="{model}/{id}/{stem}.{ext}", output_bucket="x")
+    renamed = make_settings(stem_aliases="vocals:voice", output_key="{model}/{id}/{stem}.{ext}", output_bucket="xyz")
     assert key(settings) == key(renamed)
     assert key(settings, stems=["vocals", "bass"]) == key(settings, stems=["bass", "vocals"])
     assert key(make_settings(mp3_bitrate=192), format="wav") == key(settings, format="wav")

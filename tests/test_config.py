@@ -66,6 +66,10 @@ def test_endpoint_url_form_and_https():
         ("STATE_FIELDS", "state,st atus", "STATE_FIELDS"),
         ("STATE_FIELDS", " , ", "STATE_FIELDS"),
         ("CALLBACK_ALLOW_HOSTS", "10.0.0.1/8", "CALLBACK_ALLOW_HOSTS"),
+        ("STATE_MAP", "done:finished", "STATE_MAP"),  # only the intermediate states
+        ("STATE_MAP", "separating", "STATE_MAP"),
+        ("STATE_MAP", "separating:pro cessing", "STATE_MAP"),
+        ("STATE_MAP", "separating:processing", "STATE_MAP"),  # STATE_FIELDS names no field but `state`
         ("CALLBACK_ALLOW_HOSTS", "hooks.internal,10.0.0.0/33", "CALLBACK_ALLOW_HOSTS"),
     ],
 )
@@ -123,3 +127,43 @@ def test_rest_tier_defaults():
 def test_a_model_alias_names_its_target_and_the_allowed_models():
     with pytest.raises(ConfigError, match=r"MODEL_ALIASES maps 'default' to 'mdx'.*allowed.*\['htdemucs'\]"):
         load_settings(demucs_model="htdemucs", model_aliases="default:mdx")
+
+
+# --- templated buckets (function/buckets.py) --------------------------------------------------------------------
+
+@pytest.mark.parametrize(("env", "value", "reason"), [
+    ("INPUT_BUCKET", "{song}", "may only use the placeholders ['id'], got {song}"),
+    ("INPUT_BUCKET", "{id}_songs", "may only hold lowercase letters, digits, '.' and '-'"),
+    ("INPUT_BUCKET", "Songs-{id}", "may only hold lowercase letters, digits, '.' and '-'"),
+    ("INPUT_BUCKET", "-{id}", "must begin and end with a letter or digit"),
+    ("INPUT_BUCKET", "{id}." , "must begin and end with a letter or digit"),
+    ("INPUT_BUCKET", "a..{id}", "must not hold '..'"),
+    ("INPUT_BUCKET", "x" * 63 + "{id}", "a bucket name has 3 to 63"),
+    ("OUTPUT_BUCKET", "{id}-{stem}", "may only use the placeholders ['ext', 'id', 'model'], got {stem}"),
+    ("OUTPUT_BUCKET", "stems-{model}", "{model}='tiny_2'"),  # an allowed model's name holds '_'
+    ("OUTPUT_BUCKET", "ab", "is 2 characters"),
+    ("INPUT_BUCKETS", "uploads,Up_loads", "may only hold lowercase"),
+])
+def test_a_bucket_template_that_cannot_name_a_bucket_stops_the_start(monkeypatch, env, value, reason):
+    monkeypatch.setenv("DEMUCS_MODELS", "tiny_2")
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert env in str(raised.value) and reason in str(raised.value)
+
+
+@pytest.mark.parametrize(("input_bucket", "output_bucket"), [
+    ("{id}", "{id}"), ("songs-{id}", "stems.{id}.{ext}"), ("queue", "out-{model}"), ("{id}x", "output")])
+def test_bucket_templates_that_can_name_a_bucket_are_accepted(input_bucket, output_bucket):
+    s = load_settings(input_bucket=input_bucket, output_bucket=output_bucket)
+    assert (s.input_bucket, s.output_bucket) == (input_bucket, output_bucket)
+
+
+def test_state_map_and_an_explicit_status_ttl_are_read(monkeypatch):
+    monkeypatch.setenv("STATE_FIELDS", "state,status")
+    monkeypatch.setenv("STATE_MAP", "downloading:processing, separating:processing, uploading:")
+    s = load_settings()
+    assert s.state_map == {"downloading": "processing", "separating": "processing", "uploading": ""}
+    assert not s.status_ttl_explicit and s.status_ttl_s == 604800
+    monkeypatch.setenv("STATUS_TTL_S", "604800")
+    assert load_settings().status_ttl_explicit
