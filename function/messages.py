@@ -34,6 +34,7 @@ from cloudevents.http import CloudEvent, from_dict, from_http
 from function import json_limits
 from function.config import FORMATS, Settings
 from function.errors import InvalidJob
+from function.ids import ID_FIELDS, ID_PATTERN
 from function.tier import input_location, resolve_model
 
 EVENT_REQUESTED = "io.stemworker.separation.requested"
@@ -41,8 +42,6 @@ EVENT_COMPLETED = "io.stemworker.separation.completed"
 EVENT_FAILED = "io.stemworker.separation.failed"
 EVENT_SOURCE = "urn:stemworker:queue"
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}", re.ASCII)
-ID_FIELDS = ("songhash", "hash", "id")
 # A stem name as a job may ask for it; which stems exist is the loaded model's business (core checks it).
 STEM_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
 # A CloudEvent id is logged and sent as the `webhook-id` header: printable ASCII, no spaces or line breaks.

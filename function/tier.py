@@ -19,6 +19,7 @@ from typing import Any
 from function.buckets import render_bucket
 from function.config import Settings
 from function.errors import InvalidJob
+from function.ids import ID_FIELDS, ID_PATTERN
 
 MAX_KEY_BYTES = 1024  # S3's limit on an object key, in UTF-8 bytes
 
@@ -78,8 +79,6 @@ def allowed_input_buckets(data: dict[str, Any], settings: Settings) -> frozenset
     may name its own per-song bucket)."""
     if "{" not in settings.input_bucket:
         return settings.allowed_input_buckets
-    from function.messages import ID_FIELDS, ID_PATTERN  # messages imports this module
-
     job_id = next((data[name] for name in ID_FIELDS if name in data), None)
     if not isinstance(job_id, str) or ID_PATTERN.fullmatch(job_id) is None:
         return frozenset(settings.input_buckets)
