@@ -435,3 +435,10 @@ def test_a_cut_dead_letter_is_not_requeued(env, settings, redis_client, capsys) 
     assert main(["dead", "requeue", "--all"]) == 0
     assert "1 dead letter(s) requeued" in capsys.readouterr().out
     assert redis_client.lrange("toWorker", 0, -1) == [b"{bad"]
+
+
+def test_a_byte_order_mark_before_a_message_is_not_content(make_settings) -> None:
+    settings = make_settings()
+    for raw in ("\ufeff" + json.dumps({"id": "bom1"}), "\ufeffbom1", " \ufeff bom1\n"):
+        outcome = job_or_permanent_error(raw.encode(), settings)
+        assert isinstance(outcome, Job) and outcome.id == "bom1", raw
