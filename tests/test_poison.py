@@ -210,7 +210,7 @@ def test_a_message_that_kills_its_runner_every_time_stops_after_max_attempts(set
     assert last.returncode == 0, output
     (entry,) = [json.loads(e) for e in redis_client.lrange("toWorker:dead", 0, -1)]
     assert entry["error"].startswith("crashed the runner 3 times") and entry["attempts"] == 3
-    assert entry["error_type"] == "Exhausted" and entry["job_id"] is None and entry["message"] == "killer"
+    assert entry["error_type"] == "Exhausted" and entry["job_id"] == "killer" and entry["message"] == "killer"
     status = {k.decode(): v.decode() for k, v in redis_client.hgetall("status:killer").items()}
     assert status["state"] == "failed" and "crashed the runner 3 times" in status["error"]
     logged = b"\n".join(redis_client.lrange("logging", 0, -1)).decode()
