@@ -75,23 +75,3 @@ def render_bucket(name: str, template: str, **values: str) -> str:
         raise InvalidJob(f"{name} {template!r} gives bucket {bucket[:80]!r} for this job, which {problem}")
     return bucket
 
-
-def template_fits(template: str, name: str) -> bool:
-    """Whether `name` is what `template` gives for some id (False for a template without placeholders)."""
-    if not placeholders(template):
-        return False
-    pattern = "".join(re.escape(text) + ("[A-Za-z0-9_-]{1,128}" if field is not None else "")
-                      for text, field, _, _ in string.Formatter().parse(template))
-    return re.fullmatch(pattern, name) is not None
-
-
-def job_input_bucket(template: str, job_id: str, named: str | None, listed: Iterable[str]) -> str:
-    """The bucket a job reads its song from. One its message names must be INPUT_BUCKET, one of INPUT_BUCKETS
-    (`listed`) or, when INPUT_BUCKET is a template, the one the job's id gives; without one, INPUT_BUCKET rendered
-    for the job. InvalidJob (permanent) otherwise."""
-    if named is not None and (named in listed or (named == template and not placeholders(template))):
-        return named
-    own = render_bucket("INPUT_BUCKET", template, id=job_id)
-    if named is not None and named != own:
-        raise InvalidJob(f"bucket {named[:80]!r} is not this job's: INPUT_BUCKET {template!r} gives {own!r} for it")
-    return own

@@ -21,7 +21,7 @@ import torch
 from cloudevents.http import CloudEvent
 
 from function import audio, separation
-from function.buckets import job_input_bucket, render_bucket
+from function.buckets import render_bucket
 from function.cache import ResultCache, finish_hit
 from function.callback import deliver
 from function.clients import redis_client, s3_client
@@ -188,7 +188,7 @@ class Worker:
         timings: dict[str, float] = {}
         model_loading = self._submit(separation.get_separator, job.model, s)
         # Templated buckets (`{id}`) are rendered once, before any I/O: a job whose id gives no valid name is refused.
-        source_bucket = job_input_bucket(s.input_bucket, job.id, job.input_bucket, s.input_buckets)
+        source_bucket = job.input_bucket or render_bucket("INPUT_BUCKET", s.input_bucket, id=job.id)
         output_bucket = render_bucket("OUTPUT_BUCKET", s.output_bucket, id=job.id, model=job.model, ext=job.format)
         source_key = job.input_key or input_key(s.input_key, job.id)
         with tempfile.TemporaryDirectory(prefix=f"stemworker-{job.id}-") as tmp, contextlib.ExitStack() as cleanup:
@@ -205,7 +205,7 @@ class Worker:
             timings["cache"] = time.monotonic() - tick
             if flight.hit is not None:
                 result = finish_hit(flight.hit, job, status, self.events, attempt, started, timings,
-                                    separation.resolve_precision(s.demucs_precision, device))
+                                    separation.resolve_precision(s.demucs_precision, device, native=s.native_bf16))
                 self.metrics.job_done(job.id, job.model, timings, flight.hit.entry.audio_seconds, cached=True)
                 return result
             tick = time.monotonic()
@@ -242,7 +242,8 @@ class Worker:
             timings["separate"] = time.monotonic() - tick
             status.update(State.UPLOADING, progress=100)
             tick = time.monotonic()
-            outputs = self._store_stems(job, stems, Path(tmp), separator.samplerate, status, published, output_bucket)
+            outputs = self._store_stems(job, stems, Path(tmp), separator.samplerate, output_bucket, status,
+                                        published)
             timings["encode_upload"] = time.monotonic() - tick
             flight.record(outputs, audio_seconds, device)  # before the lock is released: waiters find it
         timings["total"] = time.monotonic() - started
@@ -264,7 +265,7 @@ class Worker:
         }
 
     def _store_stems(self, job: Job, stems: dict[str, audio.StemFile], tmp: Path, samplerate: int,
-                     status: StatusRecord, published: dict[str, Any], bucket: str) -> dict[str, Any]:
+                     bucket: str, status: StatusRecord, published: dict[str, Any]) -> dict[str, Any]:
         """Encode (chunk by chunk, from each stem's raw file) and upload every stem concurrently to `bucket`; returns
         stem -> {bucket, key} (plus `keys` when STEM_ALIASES gives it several names). Each stem is added to the
         status's `published` as soon as it is in the bucket, so a job that dies or fails half-way through its

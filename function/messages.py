@@ -34,6 +34,7 @@ from cloudevents.http import CloudEvent, from_dict, from_http
 from function import json_limits
 from function.config import FORMATS, Settings
 from function.errors import InvalidJob
+from function.ids import ID_FIELDS, ID_PATTERN
 from function.tier import input_location, resolve_model
 
 EVENT_REQUESTED = "io.stemworker.separation.requested"
@@ -41,8 +42,6 @@ EVENT_COMPLETED = "io.stemworker.separation.completed"
 EVENT_FAILED = "io.stemworker.separation.failed"
 EVENT_SOURCE = "urn:stemworker:queue"
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}", re.ASCII)
-ID_FIELDS = ("songhash", "hash", "id")
 # A stem name as a job may ask for it; which stems exist is the loaded model's business (core checks it).
 STEM_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
 # A CloudEvent id is logged and sent as the `webhook-id` header: printable ASCII, no spaces or line breaks.
@@ -128,7 +127,7 @@ def decode_payload(text: str, what: str) -> Any:
     """A message's text as a value: a bare id (no JSON quotes) as that string, anything else as bounded JSON
     (function/json_limits.py). A JSON scalar that is not a string (`null`, `true`, `-1`, `1e309`, `NaN`) is
     never read as a bare id. Raises InvalidJob for empty text, text that is not JSON, and JSON over the limits."""
-    stripped = text.strip()
+    stripped = text.strip().lstrip("\ufeff").strip()  # a byte-order mark some writers put first is not content
     if not stripped:
         raise InvalidJob(f"{what} is empty")
     if ID_PATTERN.fullmatch(stripped) and json_limits.SCALAR.fullmatch(stripped) is None:
@@ -176,8 +175,9 @@ def event_from_request(headers: Mapping[str, str], body: bytes, max_message_byte
         event = from_http(dict(headers.items()), body)
     except json_limits.JSONLimitError as err:
         raise InvalidJob(f"request body is refused: {err}") from None
-    except (GenericException, ValueError, TypeError, RecursionError) as err:
-        raise InvalidJob(f"not a CloudEvent (binary ce-* headers or application/cloudevents+json): {err}") from None
+    except Exception as err:  # the SDK's errors, and anything a hostile body trips inside it
+        shown = err if isinstance(err, GenericException | ValueError | TypeError) else type(err).__name__
+        raise InvalidJob(f"not a CloudEvent (binary ce-* headers or application/cloudevents+json): {shown}") from None
     require_attributes(event.get_attributes())
     return event
 

@@ -68,6 +68,7 @@ class Claim:
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     dataset: str = ""  # the Redis dataset marker at claim time (keys.dataset_key)
     exhausted: bool = False  # dead-lettered by the claim itself: its attempts were used up by runners that died
+    dead_entry: bytes = b""  # with `exhausted`: the dead-letter entry the claim wrote
 
     @property
     def digest(self) -> str:
@@ -102,6 +103,7 @@ class WorkQueue:
         self._finish_script = client.register_script(queue_scripts.FINISH)
         self._write_hash = client.register_script(queue_scripts.WRITE_HASH_IF_LEASED)
         self._reap = client.register_script(queue_scripts.REAP)
+        self._complete_dead = client.register_script(queue_scripts.COMPLETE_DEAD_LETTER)
 
     def claim(self, wait_s: float) -> Claim | None:
         """Move the next message into the processing list and lease it; None when the queue stays empty for
@@ -138,12 +140,23 @@ class WorkQueue:
         if leased is None:
             raise LeaseLost(f"the message claimed from {self.queue_key} was requeued by a reaper before its lease "
                             f"was written (more than ORPHAN_GRACE_SECONDS={self.orphan_grace_s:g} after the claim)")
-        attempts, first_seen, dataset, exhausted = leased
+        attempts, first_seen, dataset, exhausted = leased[:4]
+        claim.dead_entry = bytes(leased[4]) if len(leased) > 4 else b""
         claim.attempts = int(attempts)
         claim.first_seen_at = first_seen.decode() if first_seen else now_iso()
         claim.dataset = dataset.decode() if isinstance(dataset, bytes) else str(dataset or "")
         claim.exhausted = bool(int(exhausted))
         return claim
+
+    def name_dead_letter(self, claim: Claim, job_id: str) -> bool:
+        """Write `job_id` into the entry the claim script dead-lettered an exhausted message with (it had not
+        parsed the message); False when the entry is gone (an operator requeued or purged it meanwhile)."""
+        entry = json.loads(claim.dead_entry)
+        entry["job_id"] = job_id
+        try:
+            return bool(self._complete_dead(keys=[self.dead_key], args=[claim.dead_entry, json.dumps(entry)]))
+        except redis.RedisError as err:
+            raise RedisUnavailable(f"Redis unavailable while completing a dead-letter entry: {err}") from None
 
     def dataset(self) -> str | None:
         """The dataset marker Redis holds now (None when it holds none: it lost its data, or no claim ran yet)."""

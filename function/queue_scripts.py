@@ -30,10 +30,11 @@ end
 # KEYS: processing, leases, leased, attempts, dead, dataset.
 # ARGV: token, message, attempts field, lease seconds, now (ISO), max attempts, a new dataset marker,
 #       the dead-letter entry's bounded message preview (JSON string fields, see queue.dead_letter_fields).
-# Returns {attempts, first_seen, dataset marker, exhausted}, or nil when this claim's copy of the message is no
-# longer in the processing list (a reaper requeued it because the lease write came later than
-# ORPHAN_GRACE_SECONDS after the claim). `exhausted` is 1 when the message had already been claimed MAX_ATTEMPTS
-# times and every runner died with it: it is dead-lettered here, before any code parses it, and no lease is taken.
+# Returns {attempts, first_seen, dataset marker, exhausted[, the dead-letter entry written]}, or nil when this
+# claim's copy of the message is no longer in the processing list (a reaper requeued it because the lease write came
+# later than ORPHAN_GRACE_SECONDS after the claim). `exhausted` is 1 when the message had already been claimed
+# MAX_ATTEMPTS times and every runner died with it: it is dead-lettered here, before any code parses it, and no lease
+# is taken.
 CLAIM = _NOW + """
 redis.call('SET', KEYS[6], ARGV[7], 'NX')
 local dataset = redis.call('GET', KEYS[6])
@@ -63,12 +64,22 @@ if attempts > tonumber(ARGV[6]) then
   entry['failed_at'] = ARGV[5]
   redis.call('LREM', KEYS[1], -1, ARGV[2])
   redis.call('HDEL', KEYS[4], ARGV[3], ARGV[3] .. ':first_seen')
-  redis.call('RPUSH', KEYS[5], cjson.encode(entry))
-  return {ran, first_seen, dataset, 1}
+  local encoded = cjson.encode(entry)
+  redis.call('RPUSH', KEYS[5], encoded)
+  return {ran, first_seen, dataset, 1, encoded}
 end
 redis.call('ZADD', KEYS[2], now_s() + tonumber(ARGV[4]), ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 return {attempts, first_seen, dataset, 0}
+"""
+
+# KEYS: dead. ARGV: an entry as written, the same entry completed (its job id, read once the message was safely
+# dead-lettered). Returns 1 when the entry was found and replaced.
+COMPLETE_DEAD_LETTER = """
+local index = redis.call('LPOS', KEYS[1], ARGV[1])
+if not index then return 0 end
+redis.call('LSET', KEYS[1], index, ARGV[2])
+return 1
 """
 
 # KEYS: leases. ARGV: token, lease seconds. Returns 1 when renewed, 0 when the lease is gone (reaped).

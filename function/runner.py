@@ -20,6 +20,7 @@ In-process API: `Runner(settings).run_once(wait_s)` processes at most one messag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import contextvars
 import logging
 import os
@@ -203,6 +204,8 @@ class Runner:
         reason = (f"crashed the runner {claim.attempts} times: every runner that claimed this message died or was "
                   f"killed before it could finish or give it back (MAX_ATTEMPTS={self.settings.max_attempts})")
         if job_id is not None:
+            with contextlib.suppress(Transient):  # the entry is complete without it; the id only helps readers
+                self.queue.name_dead_letter(claim, job_id)
             # Not fenced: the claim holds no lease, and no other runner can hold this message any more.
             self._mark_failed(self.worker.status_for(job_id), job_id, reason, claim.attempts)
         self.worker.metrics.message_outcome("dead", None)

@@ -16,9 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from function.buckets import template_fits
+from function.buckets import render_bucket
 from function.config import Settings
 from function.errors import InvalidJob
+from function.ids import ID_FIELDS, ID_PATTERN
 
 MAX_KEY_BYTES = 1024  # S3's limit on an object key, in UTF-8 bytes
 
@@ -73,10 +74,15 @@ def require_object_key(key: Any, field: str = "key") -> str:
     return key
 
 
-def allowed_input_bucket(bucket: str, settings: Settings) -> bool:
-    """Whether a message may name `bucket`: one of INPUT_BUCKETS, or INPUT_BUCKET, or, when INPUT_BUCKET is a template
-    (a bucket per song), a name of its shape (the job's handler then requires the one its id gives)."""
-    return bucket in settings.allowed_input_buckets or template_fits(settings.input_bucket, bucket)
+def allowed_input_buckets(data: dict[str, Any], settings: Settings) -> frozenset[str]:
+    """INPUT_BUCKETS and INPUT_BUCKET, the latter rendered for the message's id when it is a template (a message
+    may name its own per-song bucket)."""
+    if "{" not in settings.input_bucket:
+        return settings.allowed_input_buckets
+    job_id = next((data[name] for name in ID_FIELDS if name in data), None)
+    if not isinstance(job_id, str) or ID_PATTERN.fullmatch(job_id) is None:
+        return frozenset(settings.input_buckets)
+    return frozenset((render_bucket("INPUT_BUCKET", settings.input_bucket, id=job_id), *settings.input_buckets))
 
 
 def input_location(data: dict[str, Any], settings: Settings) -> tuple[str | None, str | None]:
@@ -92,7 +98,7 @@ def input_location(data: dict[str, Any], settings: Settings) -> tuple[str | None
         if key is not None and key != object_name:
             raise InvalidJob(f"key {key!r:.80} and object_name {object_name!r:.80} name different objects")
         key = object_name
-    if bucket is not None and (not isinstance(bucket, str) or not allowed_input_bucket(bucket, settings)):
+    if bucket is not None and (not isinstance(bucket, str) or bucket not in allowed_input_buckets(data, settings)):
         shown = repr(bucket[:80]) if isinstance(bucket, str) else type(bucket).__name__
         raise InvalidJob(f"bucket {shown} is not an input bucket; allowed (INPUT_BUCKETS): "
                          f"{sorted(settings.allowed_input_buckets)}")

@@ -24,7 +24,7 @@ import redis
 from minio import Minio
 from minio.error import S3Error
 
-from function.buckets import job_input_bucket
+from function.buckets import render_bucket
 from function.config import Settings, load_settings
 from function.errors import ConfigError, InvalidJob
 from function.messages import ID_FIELDS, event_from_message, job_from_event, job_id_or_none
@@ -352,7 +352,7 @@ def verify(profile: Profile, submission: Submission, where: tuple[str, str] | No
         return
     try:
         job = job_from_event(event_from_message(submission.raw, settings.max_message_bytes), settings)
-        bucket = job_input_bucket(settings.input_bucket, job.id, job.input_bucket, settings.input_buckets)
+        bucket = job.input_bucket or render_bucket("INPUT_BUCKET", settings.input_bucket, id=job.id)
     except InvalidJob as err:
         profile.problems.append(f"with the block, the worker refuses the observed message: {err}")
         return

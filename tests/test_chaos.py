@@ -175,7 +175,7 @@ def test_jobs_survive_killed_and_stopped_pods(settings, redis_client, model_repo
     # ... and every message is accounted for: the poison one dead-lettered with its reason, the rest done.
     dead = [json.loads(entry) for entry in redis_client.lrange(dead_key("toWorker"), 0, -1)]
     assert [entry["job_id"] for entry in dead] == [POISON], dead
-    assert dead[0]["attempts"] == MAX_ATTEMPTS and "gave up after 3 attempts" in dead[0]["error"]
+    assert dead[0]["attempts"] == MAX_ATTEMPTS and "crashed the runner 3 times" in dead[0]["error"]
     assert chaos.poison_kills == MAX_ATTEMPTS
     states = {job_id: redis_client.hget(f"status:{job_id}", "state") for job_id in [*ids, POISON]}
     assert states == {**{job_id: b"done" for job_id in ids}, POISON: b"failed"}

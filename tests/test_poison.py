@@ -210,7 +210,7 @@ def test_a_message_that_kills_its_runner_every_time_stops_after_max_attempts(set
     assert last.returncode == 0, output
     (entry,) = [json.loads(e) for e in redis_client.lrange("toWorker:dead", 0, -1)]
     assert entry["error"].startswith("crashed the runner 3 times") and entry["attempts"] == 3
-    assert entry["error_type"] == "Exhausted" and entry["job_id"] is None and entry["message"] == "killer"
+    assert entry["error_type"] == "Exhausted" and entry["job_id"] == "killer" and entry["message"] == "killer"
     status = {k.decode(): v.decode() for k, v in redis_client.hgetall("status:killer").items()}
     assert status["state"] == "failed" and "crashed the runner 3 times" in status["error"]
     logged = b"\n".join(redis_client.lrange("logging", 0, -1)).decode()
@@ -435,3 +435,10 @@ def test_a_cut_dead_letter_is_not_requeued(env, settings, redis_client, capsys) 
     assert main(["dead", "requeue", "--all"]) == 0
     assert "1 dead letter(s) requeued" in capsys.readouterr().out
     assert redis_client.lrange("toWorker", 0, -1) == [b"{bad"]
+
+
+def test_a_byte_order_mark_before_a_message_is_not_content(make_settings) -> None:
+    settings = make_settings()
+    for raw in ("\ufeff" + json.dumps({"id": "bom1"}), "\ufeffbom1", " \ufeff bom1\n"):
+        outcome = job_or_permanent_error(raw.encode(), settings)
+        assert isinstance(outcome, Job) and outcome.id == "bom1", raw

@@ -111,8 +111,9 @@ def test_lease_written_within_grace_clears_the_orphan_mark(redis_client):
     redis_client.rpush("toWorker", "m")
     redis_client.lmove("toWorker", "toWorker:processing", "LEFT", "LEFT")  # the runner's BLMOVE ...
     assert queue.reap() == 0 and redis_client.hlen("toWorker:orphans") == 1  # ... seen without a lease
-    claim = queue._claim(keys=[queue.processing_key, queue.leases_key, queue.leased_key, queue.attempts_key],
-                         args=["t1", b"m", "d", 30, "now"])  # ... then its lease write lands
+    claim = queue._claim(keys=[queue.processing_key, queue.leases_key, queue.leased_key, queue.attempts_key,
+                               queue.dead_key, queue.dataset_key],
+                         args=["t1", b"m", "d", 30, "now", 3, "marker", "{}"])  # ... then its lease write lands
     assert claim is not None
     assert queue.reap() == 0 and redis_client.hlen("toWorker:orphans") == 0
     assert redis_client.lrange("toWorker:processing", 0, -1) == [b"m"]
@@ -241,8 +242,9 @@ def test_claim_reaped_before_its_lease_was_written_is_refused(redis_client, monk
 def test_a_retried_claim_script_counts_once(redis_client):
     queue = WorkQueue(redis_client, "toWorker")
     redis_client.rpush("toWorker:processing", "m")
-    call = {"keys": [queue.processing_key, queue.leases_key, queue.leased_key, queue.attempts_key],
-            "args": ["tok", b"m", "dg", 30, "t0"]}
+    call = {"keys": [queue.processing_key, queue.leases_key, queue.leased_key, queue.attempts_key, queue.dead_key,
+                     queue.dataset_key],
+            "args": ["tok", b"m", "dg", 30, "t0", 3, "marker", "{}"]}
     assert queue._claim(**call)[0] == 1
     assert queue._claim(**call)[0] == 1  # the reply of the first was lost and the client retried
     assert redis_client.hget("toWorker:attempts", "dg") == b"1"

@@ -175,7 +175,7 @@ def test_poison_killed_on_every_run_counts_only_its_runs(make_settings, upload, 
     output = giving_up.communicate(timeout=120)[0].decode()
     assert giving_up.returncode == 0, output
     (entry,) = dead_entries(redis_client)
-    assert entry["attempts"] == 2 and "gave up after 2 attempts" in entry["error"]
+    assert entry["attempts"] == 2 and "crashed the runner 2 times" in entry["error"]
     assert state_of(redis_client, "pois2") == "failed" and redis_client.hget("status:pois2", "attempts") == b"2"
     assert any(b"dead-lettered after 2 attempt(s)" in line for line in redis_client.lrange("logging", 0, -1))
 
