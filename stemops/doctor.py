@@ -174,6 +174,9 @@ def watch_text(how: str, profile: Profile) -> list[str]:
             lines.append(f"# {label}: {prefix}{seen[key]}")
     if "status" in seen:
         lines.append(f"# status hash: {seen['status']['key']} {seen['status']['fields']}")
+    if seen.get("unread_fields"):
+        lines.append(f"# message fields the worker does not read: {', '.join(seen['unread_fields'])} (it reads the id, "
+                     "model, format, callback, stems, two_stems, bucket, key and object_name)")
     lines += [f"#   {name}: {reason}" for name, reason in profile.reasons.items() if reason]
     lines += [f"# PROBLEM: {problem}" for problem in profile.problems]
     lines += profile.env_lines()

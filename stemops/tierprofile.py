@@ -16,6 +16,7 @@ import ipaddress
 import json
 import re
 import shlex
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,6 +38,10 @@ MAX_LISTED_PER_BUCKET = 20_000
 QUEUED_WORDS = frozenset({"queued", "pending", "waiting", "submitted", "new", "created", "received", "uploaded",
                           "accepted", "todo", "processing", "in_queue", "enqueued"})
 STATE_FIELD_NAMES = ("state", "status", "job_status", "jobstatus", "stage")
+# Message fields the worker reads (function/messages.py, function/tier.py), besides the id.
+READ_FIELDS = frozenset({"model", "format", "callback", "stems", "two_stems", "bucket", "key", "object_name"})
+# How long the song is looked for in S3 when it is not there yet (a tier may upload after it pushes).
+UPLOAD_WAIT_S = 5.0
 # Settings in the order the block prints them.
 ORDER = ("QUEUE_KEY", "QUEUE_POP", "INPUT_BUCKET", "INPUT_KEY", "INPUT_BUCKETS", "STATUS_KEY", "STATE_FIELDS",
          "MODEL_ALIASES", "CALLBACK_ALLOW_HOSTS")
@@ -238,6 +243,9 @@ def build_profile(commands: list[Command], settings: Settings, s3: Minio, client
     job_id, fields = submission.job_id, submission.fields
     profile.observed.update(queue=submission.queue, push=submission.command, message=_text(submission.raw)[:2000],
                             id=job_id, id_field=next((name for name in ID_FIELDS if name in fields), None))
+    unread = sorted(set(fields) - READ_FIELDS - set(ID_FIELDS))
+    if unread:
+        profile.observed["unread_fields"] = unread
     profile.set("QUEUE_KEY", submission.queue, f"the tier pushed its message onto the list {submission.queue}")
     left = submission.command.startswith("L")
     profile.set("QUEUE_POP", "right" if left else "left",
@@ -250,6 +258,10 @@ def build_profile(commands: list[Command], settings: Settings, s3: Minio, client
     named_bucket = named_bucket if isinstance(named_bucket, str) else None
     named_key = named_key if isinstance(named_key, str) else None
     where = locate_object(s3, job_id, named_bucket, named_key)
+    deadline = time.monotonic() + UPLOAD_WAIT_S
+    while where is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        where = locate_object(s3, job_id, named_bucket, named_key)
     if where is None:
         newest = newest_object(s3)
         seen = (f"; the newest object is {newest[0]}/{newest[1]}, whose name does not hold the id (the worker finds "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,7 +69,7 @@ SHAPES = {
                          {}, {"QUEUE_POP": "right"}),
     "bucket-and-key-in-message": Shape(Tier("named", push="rpush", bucket="tier-uploads", key="u/{id}.mp3"), {},
                                        {"INPUT_BUCKET": "tier-uploads"}),
-    "model-name": Shape(Tier("model", push="lpush", fields={"model": "mdx_extra_q"}), {},
+    "model-name": Shape(Tier("model", push="lpush", fields={"model": "mdx_extra_q", "user": 42}), {},
                         {"MODEL_ALIASES": "mdx_extra_q:tiny"}),
 }
 
@@ -110,6 +111,7 @@ def test_doctor_watch_prints_a_block_that_serves_the_tier(name, make_settings, e
     for setting, value in shape.expected.items():
         assert block.get(setting) == value, (setting, out)
     assert "# OUTPUT_KEY=" in out and "# STEM_ALIASES=" in out  # what one submission cannot show
+    assert ("# message fields the worker does not read: user" in out) == ("user" in shape.tier.fields)
     assert redis_client.llen(tier_layout.queue_key) == 1  # doctor took nothing off the tier's list
     # The block, applied: the job runs end to end and the tier's own status field says so.
     worker = make_settings(**{setting.lower(): value for setting, value in block.items()})
@@ -159,6 +161,21 @@ def test_doctor_watch_names_a_handoff_that_is_not_a_list(env, redis_client, caps
     code, _, err = watch_while(capsys, redis_client, lambda: redis_client.xadd("jobs", {"hash": "s1"}),
                                "--timeout", "3")
     assert code == 3 and "it saw XADD jobs, but stemworker reads its jobs from a Redis list" in err
+
+
+def test_doctor_watch_waits_a_little_for_an_upload_that_follows_the_push(make_settings, env, redis_client, s3,
+                                                                          short_song, capsys):
+    settings = make_settings()
+    client = TierClient(Tier("late-upload", push="lpush"), settings, redis_client, s3)
+
+    def push_then_upload() -> None:
+        client.submit("late1", None)
+        time.sleep(3)  # past the watch's grace: the block comes after the upload
+        s3.make_bucket(settings.input_bucket)
+        s3.put_object(settings.input_bucket, "late1.mp3", io.BytesIO(short_song), len(short_song))
+
+    code, out, _ = watch_while(capsys, redis_client, push_then_upload, "--timeout", "30")
+    assert code == 0 and f"# input: {settings.input_bucket}/late1.mp3" in out
 
 
 def test_doctor_watch_times_out_with_exit_3(env, redis_client, capsys):
