@@ -42,6 +42,8 @@ STATE_FIELD_NAMES = ("state", "status", "job_status", "jobstatus", "stage")
 READ_FIELDS = frozenset({"model", "format", "callback", "stems", "two_stems", "bucket", "key", "object_name"})
 # How long the song is looked for in S3 when it is not there yet (a tier may upload after it pushes).
 UPLOAD_WAIT_S = 5.0
+# Pushed values weighed as the job, at most (the first ones pushed).
+MAX_CANDIDATES = 10
 # Settings in the order the block prints them.
 ORDER = ("QUEUE_KEY", "QUEUE_POP", "INPUT_BUCKET", "INPUT_KEY", "INPUT_BUCKETS", "STATUS_KEY", "STATE_FIELDS",
          "MODEL_ALIASES", "CALLBACK_ALLOW_HOSTS")
@@ -107,8 +109,10 @@ class Submission:
     fields: dict[str, Any]
 
 
-def find_submission(commands: list[Command], settings: Settings, profile: Profile) -> Submission | None:
-    """The first pushed value the worker's parser reads an id from; the others are noted (a tier's log lines)."""
+def find_submissions(commands: list[Command], settings: Settings, profile: Profile) -> list[Submission]:
+    """Every pushed value the worker's parser reads an id from (a tier may push log lines too); the others are
+    noted."""
+    found: list[Submission] = []
     for command in commands:
         if command.name not in PUSHES or len(command.args) < 2:
             continue
@@ -128,8 +132,31 @@ def find_submission(commands: list[Command], settings: Settings, profile: Profil
                 decoded = json.loads(raw)
             except ValueError:
                 decoded = None
-            return Submission(queue, command.name, raw, job_id, decoded if isinstance(decoded, dict) else {})
-    return None
+            found.append(Submission(queue, command.name, raw, job_id, decoded if isinstance(decoded, dict) else {}))
+    return found[:MAX_CANDIDATES]
+
+
+def named_input(fields: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The bucket and key a message names itself (`object_name` read as `key`); None for each it leaves out."""
+    bucket = fields.get("bucket") or None
+    key = fields.get("key") or fields.get("object_name") or None
+    return (bucket if isinstance(bucket, str) else None), (key if isinstance(key, str) else None)
+
+
+def choose(candidates: list[Submission], commands: list[Command], settings: Settings, s3: Minio
+           ) -> tuple[Submission, tuple[str, str] | None]:
+    """The job among the pushed values, with its song when found: the one whose song is in S3 first, then one not
+    pushed onto LOG_KEY, then a JSON object over a bare id, then one whose id names a hash the tier wrote."""
+    hashed = [_text(c.key or b"") for c in commands if c.name in HASH_WRITES]
+    best: tuple[int, int, Submission, tuple[str, str] | None] | None = None
+    for order, candidate in enumerate(candidates):
+        where = locate_object(s3, candidate.job_id, *named_input(candidate.fields))
+        score = (4 * (where is not None) + 2 * (candidate.queue != settings.log_key) + bool(candidate.fields)
+                 + any(candidate.job_id in key for key in hashed))
+        if best is None or score > best[0]:
+            best = (score, order, candidate, where)
+    assert best is not None
+    return best[2], best[3]
 
 
 def locate_object(s3: Minio, job_id: str, named_bucket: str | None, named_key: str | None
@@ -234,12 +261,13 @@ def build_profile(commands: list[Command], settings: Settings, s3: Minio, client
     over `settings`' environment)."""
     profile = Profile()
     profile.observed["commands"] = len(commands)
-    submission = find_submission(commands, settings, profile)
-    if submission is None:
+    candidates = find_submissions(commands, settings, profile)
+    if not candidates:
         pushes = [f"{c.name} {_text(c.key or b'')}" for c in commands if c.name in PUSHES]
         profile.problems.append(f"no pushed message holds an id the worker reads (pushes seen: {pushes}); the "
                                 f"message needs the id as a bare string or under one of {list(ID_FIELDS)}")
         return profile
+    submission, where = choose(candidates, commands, settings, s3)
     job_id, fields = submission.job_id, submission.fields
     profile.observed.update(queue=submission.queue, push=submission.command, message=_text(submission.raw)[:2000],
                             id=job_id, id_field=next((name for name in ID_FIELDS if name in fields), None))
@@ -253,11 +281,7 @@ def build_profile(commands: list[Command], settings: Settings, s3: Minio, client
                 f"{'right' if left else 'left'} serves the oldest first")
 
     # The input: the message's own bucket and key (or object_name), else found in S3 by the id.
-    named_bucket = fields.get("bucket") or None
-    named_key = fields.get("key") or fields.get("object_name") or None
-    named_bucket = named_bucket if isinstance(named_bucket, str) else None
-    named_key = named_key if isinstance(named_key, str) else None
-    where = locate_object(s3, job_id, named_bucket, named_key)
+    named_bucket, named_key = named_input(fields)
     deadline = time.monotonic() + UPLOAD_WAIT_S
     while where is None and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -178,6 +178,23 @@ def test_doctor_watch_waits_a_little_for_an_upload_that_follows_the_push(make_se
     assert code == 0 and f"# input: {settings.input_bucket}/late1.mp3" in out
 
 
+def test_doctor_watch_tells_the_job_from_a_tiers_log_pushes(make_settings, env, redis_client, s3, short_song,
+                                                             capsys):
+    """A one-word log line parses as a bare id too; the job is the push whose song is in S3."""
+    settings = make_settings()
+    client = TierClient(Tier("logs-too", push="rpush", id_field="hash"), settings, redis_client, s3)
+
+    def log_then_submit() -> None:
+        redis_client.lpush("tier-log", "received")
+        client.submit("real1", short_song)
+        redis_client.lpush("tier-log", "queued")
+
+    code, out, _ = watch_while(capsys, redis_client, log_then_submit, "--timeout", "30")
+    block = block_of(out)
+    assert code == 0 and (block["QUEUE_KEY"], block["QUEUE_POP"]) == (settings.queue_key, "left")
+    assert f"# input: {settings.input_bucket}/real1.mp3" in out
+
+
 def test_doctor_watch_times_out_with_exit_3(env, redis_client, capsys):
     code, _, err = watch_while(capsys, redis_client, lambda: None, "--timeout", "1")
     assert code == 3 and "no LPUSH or RPUSH was seen in 1 s" in err
