@@ -18,8 +18,11 @@ import redis
 PUSHES = frozenset({"LPUSH", "RPUSH", "LPUSHX", "RPUSHX"})
 HASH_WRITES = frozenset({"HSET", "HMSET", "HSETNX"})
 EXPIRES = frozenset({"EXPIRE", "PEXPIRE", "EXPIREAT", "PEXPIREAT"})
-# Ways some tiers hand a job over that a worker reading a list never sees.
-OTHER_HANDOFFS = frozenset({"XADD", "ZADD", "PUBLISH", "SADD", "SET"})
+# Ways some tiers hand a job over that a worker reading a list never sees (and SET: a status kept as a string).
+OTHER_HANDOFFS = frozenset({"XADD", "ZADD", "PUBLISH", "SADD", "SET", "SETEX", "PSETEX", "SETNX"})
+# What the watch keeps of a busy server's commands (the rest is skipped): at most MAX_KEPT of these.
+KEPT = PUSHES | HASH_WRITES | EXPIRES | OTHER_HANDOFFS
+MAX_KEPT = 100_000
 # After the first push is seen, commands are still collected this long: a tier may write its status hash after it
 # pushes the message.
 GRACE_S = 1.5
@@ -97,12 +100,12 @@ def _collect(read: Callable[[float], list[Command]], timeout_s: float, stop: Cal
         if now >= end:
             break
         batch = read(min(POLL_S, end - now))
-        seen += batch
+        seen += [command for command in batch if command.name in KEPT][:MAX_KEPT - len(seen)]
         if pushed_at is None and any(command.name in PUSHES for command in batch):
             pushed_at = time.monotonic()
     if pushed_at is None:
         writes = sorted({f"{command.name} {command.key.decode('utf-8', 'replace')}" for command in seen
-                         if command.key is not None and command.name in OTHER_HANDOFFS})
+                         if command.key is not None and command.name in {"XADD", "ZADD", "PUBLISH", "SADD"}})
         also = (f"; it saw {', '.join(writes[:5])}, but stemworker reads its jobs from a Redis list (LPUSH or "
                 "RPUSH), not from a stream, a sorted set or a channel") if writes else ""
         raise NothingSeen(f"no LPUSH or RPUSH was seen in {timeout_s:g} s: submit one song through the tier while "
