@@ -25,7 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 import yaml
@@ -404,11 +404,12 @@ class ResultCache:
             acquired = bool(self.client.set(lock, value, nx=True, px=lock_ms))
             owner_id = None
             if not acquired:
-                owner = self.client.get(lock)
+                owner = cast(bytes | None, self.client.get(lock))  # the client does not decode replies
                 owner_id = owner.decode().partition(" ")[2] if owner is not None else None
                 # A lock held under this job's own id is an earlier attempt's (the queue hands a job out again
                 # only once its runner is gone) or a duplicate message's: waiting on it would wait on ourselves.
-                if owner_id == job.id and self._take_over(keys=[lock], args=[owner, value, lock_ms]):
+                if owner is not None and owner_id == job.id \
+                        and self._take_over(keys=[lock], args=[owner, value, lock_ms]):
                     acquired = True
                     self.events.info(f"job {job.id}: took over key {key[:12]} from an earlier attempt of this job")
             if acquired:

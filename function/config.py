@@ -37,7 +37,7 @@ def _pairs(value: object, example: str) -> object:
     if not isinstance(value, str):
         return value
     pairs: dict[str, str] = {}
-    for pair in _split_commas(value):  # type: ignore[union-attr]
+    for pair in (part.strip() for part in value.split(",") if part.strip()):
         key, sep, target = pair.partition(":")
         if not sep or not key.strip() or not target.strip():
             raise ValueError(f"expected pairs like {example!r}, got {pair!r}")

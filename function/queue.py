@@ -77,12 +77,13 @@ class WorkQueue:
         side = "LEFT" if self.pop == "left" else "RIGHT"
         try:
             if wait_s > 0:
-                raw = self.client.blmove(self.queue_key, self.processing_key, wait_s, side, "LEFT")
+                # BLMOVE takes a float timeout (Redis >= 6); redis-py's annotation says int.
+                raw = self.client.blmove(self.queue_key, self.processing_key, wait_s, side, "LEFT")  # type: ignore[arg-type]
             else:
                 raw = self.client.lmove(self.queue_key, self.processing_key, side, "LEFT")
             if raw is None:
                 return None
-            claim = Claim(message=bytes(raw), attempts=0, first_seen_at="")
+            claim = Claim(message=raw if isinstance(raw, bytes) else raw.encode(), attempts=0, first_seen_at="")
             leased = self._claim(keys=[self.processing_key, self.leases_key, self.leased_key, self.attempts_key],
                                  args=[claim.token, claim.message, claim.digest, self.lease_s, now_iso()])
         except redis.RedisError as err:

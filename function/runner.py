@@ -176,9 +176,9 @@ class Runner:
         if claim.attempts > self.settings.max_attempts:
             # This claim is not a run: the job ran `claim.attempts - 1` times, and each of its runners died.
             ran = claim.attempts - 1
-            err = Transient(f"gave up after {ran} attempts: the worker died or was stopped while processing this "
-                            "message each time")
-            return self._dead_letter(claim, event, err, started, job_id, mark_status=True, attempts=ran)
+            gave_up = Transient(f"gave up after {ran} attempts: the worker died or was stopped while processing this "
+                                "message each time")
+            return self._dead_letter(claim, event, gave_up, started, job_id, mark_status=True, attempts=ran)
         self.events.info(f"claimed job {job_id or '(invalid id)'} (attempt {claim.attempts}/"
                          f"{self.settings.max_attempts})", stage="claimed", job_id=job_id)
         heartbeat = Heartbeat(self.queue, claim)
@@ -220,7 +220,7 @@ class Runner:
                      job_id: str | None = None, mark_status: bool = False, attempts: int | None = None) -> Result:
         """Dead-letter the claim; `attempts` is how many times the job ran (the claim's count unless given)."""
         ran = claim.attempts if attempts is None else attempts
-        entry = {
+        entry: dict[str, Any] = {
             "message": claim.message.decode("utf-8", "replace"),
             "event": to_dict(event) if event is not None else None,
             "job_id": job_id,

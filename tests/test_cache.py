@@ -235,7 +235,8 @@ def test_each_setting_and_job_field_that_shapes_the_stems_misses(make_settings, 
                                                                    tmp_path):
     """One separation records the entry; then every element of the key is changed in turn, and the Worker's own
     lookup (`cache.begin`, as handle calls it) misses; changing only names hits, and copies under the new names."""
-    settings = make_settings(demucs_models="tiny2")
+    base = {"demucs_models": "tiny2", "demucs_precision": "fp32"}  # `auto` resolves to bf16 on CPUs with native bf16
+    settings = make_settings(**base)
     upload("base", clip)
     run(Worker(settings), "base")
     digest = hashlib.sha256(clip).hexdigest()
@@ -262,7 +263,7 @@ def test_each_setting_and_job_field_that_shapes_the_stems_misses(make_settings, 
     ]
     try:
         for label, overrides, fields, input_sha256, hit_expected in cases:
-            case_settings = make_settings(demucs_models="tiny2", **overrides)
+            case_settings = make_settings(**{**base, **overrides})
             worker = Worker(case_settings)
             job_id = "case-" + label.replace(" ", "-")
             job = job_from_event(event_from_message(json.dumps({"id": job_id, **fields}), 65536), case_settings)
