@@ -78,12 +78,12 @@ def decode(path: Path, samplerate: int, channels: int, max_duration_s: float) ->
     at `samplerate`: mono is duplicated, extra channels dropped, other rates resampled."""
     duration = probe_duration_s(path)
     if duration > max_duration_s:
-        raise UnprocessableInput(f"input is {duration:.1f} s long, over MAX_DURATION_SECONDS={max_duration_s:g}")
+        raise UnprocessableInput(f"input is {duration:.1f} s long, over MAX_DURATION_S={max_duration_s:g}")
     data, source_rate = _read(path, max_duration_s)
     if data.ndim != 2 or data.shape[1] < MIN_SAMPLES or data.shape[0] < 1:
         raise UnprocessableInput(f"input audio has no samples (decoded shape {tuple(data.shape)})")
     if data.shape[1] / source_rate > max_duration_s:
-        raise UnprocessableInput(f"input decodes to over MAX_DURATION_SECONDS={max_duration_s:g}")
+        raise UnprocessableInput(f"input decodes to over MAX_DURATION_S={max_duration_s:g}")
     if not np.isfinite(data).all():
         raise UnprocessableInput("input audio contains NaN or infinite samples")
     wav = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))

@@ -181,7 +181,7 @@ class Worker:
                                          f"its stems are {list(separator.model.sources)}")
             tick = time.monotonic()
             wav = audio.decode(Path(tmp) / "input", separator.samplerate, separator.audio_channels,
-                               s.max_duration_seconds)
+                               s.max_duration_s)
             (Path(tmp) / "input").unlink()
             timings["decode"] = time.monotonic() - tick
             audio_seconds = wav.shape[-1] / separator.samplerate

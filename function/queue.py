@@ -90,7 +90,7 @@ class WorkQueue:
             raise RedisUnavailable(f"Redis unavailable while claiming from {self.queue_key}: {err}") from None
         if leased is None:
             raise LeaseLost(f"the message claimed from {self.queue_key} was requeued by a reaper before its lease "
-                            f"was written (more than ORPHAN_GRACE_SECONDS={self.orphan_grace_s:g} after the claim)")
+                            f"was written (more than ORPHAN_GRACE_S={self.orphan_grace_s:g} after the claim)")
         attempts, first_seen = leased
         claim.attempts = int(attempts)
         claim.first_seen_at = first_seen.decode() if first_seen else now_iso()
@@ -104,7 +104,7 @@ class WorkQueue:
             raise RedisUnavailable(f"Redis unavailable while renewing a lease: {err}") from None
         if not renewed:
             raise LeaseLost(f"lease {claim.token} on a message of {self.queue_key} was reaped: it was not renewed "
-                            f"for LEASE_SECONDS={self.lease_s}")
+                            f"for LEASE_S={self.lease_s}")
 
     def holds(self, claim: Claim) -> bool:
         """Whether the claim's lease is still held (a read, for reports; writes check it themselves)."""

@@ -29,7 +29,7 @@ end
 
 # KEYS: processing, leases, leased, attempts. ARGV: token, message, attempts field, lease seconds, now (ISO).
 # Returns {attempts, first_seen}, or nil when this claim's copy of the message is no longer in the processing
-# list (a reaper requeued it because the lease write came later than ORPHAN_GRACE_SECONDS after the claim).
+# list (a reaper requeued it because the lease write came later than ORPHAN_GRACE_S after the claim).
 CLAIM = _NOW + """
 if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
   -- A retried call whose first run went through (the reply was lost): the lease is written, count nothing twice.

@@ -32,6 +32,7 @@ from typing import Any
 
 from cloudevents.conversion import to_dict
 
+from function.clients import s3_credentials
 from function.clock import now_iso
 from function.config import Settings, get_settings, load_settings
 from function.core import ATTEMPT_ATTRIBUTE, Worker
@@ -104,7 +105,7 @@ class Runner:
         self.settings = settings
         self.worker = worker or Worker(settings)
         self.queue = WorkQueue(self.worker.redis, settings.queue_key, settings.queue_pop,
-                               settings.lease_seconds, settings.orphan_grace_seconds)
+                               settings.lease_s, settings.orphan_grace_s)
         self.events = self.worker.events
         self.stopping = False
         self._busy = False
@@ -132,7 +133,7 @@ class Runner:
         self.reap()
         if preload:
             self.worker.preload()
-        wait = self.settings.claim_wait_seconds if wait_s is None else wait_s
+        wait = self.settings.claim_wait_s if wait_s is None else wait_s
         self._busy = True
         try:
             claim = self.queue.claim(wait)
@@ -154,7 +155,7 @@ class Runner:
             self.worker.fence = None
 
     def _lost(self, claim: Claim, err: LeaseLost) -> Result:
-        """The claim's lease was reaped (this runner was cut off or paused for longer than LEASE_SECONDS): another
+        """The claim's lease was reaped (this runner was cut off or paused for longer than LEASE_S): another
         runner has the message now. Nothing is acknowledged and no status is written; the runner moves on."""
         try:
             job_id = job_id_or_none(event_from_message(claim.message, self.settings.max_message_bytes))
@@ -289,6 +290,7 @@ def main(argv: list[str] | None = None, timeline: Timeline | None = None) -> int
     args = parse_args(argv)
     try:
         settings = get_settings() if argv is None else load_settings()
+        s3_credentials(settings)  # no default credentials: a missing Secret stops the pod here, exit 2
     except ConfigError as err:
         print(f"stemworker-runner: {err}", file=sys.stderr)
         return 2

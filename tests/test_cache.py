@@ -414,7 +414,7 @@ def test_eight_identical_jobs_on_four_runner_processes_separate_once(settings, r
     ids = [f"same{n}" for n in range(8)]
     for job_id in ids:
         upload(job_id, clip)
-    env = runner_env(settings, MAX_MESSAGES="8", CLAIM_WAIT_SECONDS="300", DEMUCS_THREADS="1")
+    env = runner_env(settings, MAX_MESSAGES="8", CLAIM_WAIT_S="300", DEMUCS_THREADS="1")
     logs = [(tmp_path / f"runner{n}.log").open("wb") for n in range(4)]
     runners = [subprocess.Popen([sys.executable, "-m", "function.runner"], env=env, cwd=REPO_ROOT, stdout=log,
                                 stderr=subprocess.STDOUT) for log in logs]

@@ -47,7 +47,7 @@ def run(messages: int, runners: int, out: Path | None) -> int:
         ids = [f"lossy{n:04d}" for n in range(messages)]
         seed_inputs(services, ids, 1.0)
         client.rpush(QUEUE, *(json.dumps({"id": job_id}) for job_id in ids))
-        env = runner_env(services, repo, MAX_MESSAGES="100000", CLAIM_WAIT_SECONDS="3", LEASE_SECONDS="20",
+        env = runner_env(services, repo, MAX_MESSAGES="100000", CLAIM_WAIT_S="3", LEASE_S="20",
                          REDIS_TIMEOUT_S="5")
         pool = RunnerPool(env, workdir / "logs")
         for _ in range(runners):
