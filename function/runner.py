@@ -24,7 +24,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -49,6 +48,7 @@ from function.fencing import Fence
 from function.logs import Timeline, configure_logging
 from function.messages import event_from_message, job_id_or_none
 from function.queue import Claim, WorkQueue
+from function.renewal import Renewal
 from function.status import State
 
 log = logging.getLogger("stemworker.job")
@@ -72,30 +72,24 @@ class Result:
     seconds: dict[str, float] | None = None  # the job's phases, as `handle` reports them
 
 
-class Heartbeat(threading.Thread):
+class Heartbeat(Renewal):
     """Renews a claim's lease every third of its TTL until stopped; a failed renewal is logged and retried, a
     lease found reaped ends the renewals (the job's next status write or ack then fails with LeaseLost)."""
 
     def __init__(self, queue: WorkQueue, claim: Claim) -> None:
-        super().__init__(name="lease-heartbeat", daemon=True)
+        super().__init__("lease-heartbeat", queue.lease_s, self._renew_once, min_interval_s=0.5)
         self._queue = queue
         self._claim = claim
-        self._stop_event = threading.Event()
 
-    def run(self) -> None:
-        interval = max(0.5, self._queue.lease_s / 3)
-        while not self._stop_event.wait(interval):
-            try:
-                self._queue.renew(self._claim)
-            except LeaseLost as err:
-                log.error("%s", err)
-                return
-            except Transient as err:
-                log.warning("lease renewal failed, will retry: %s", err)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=5)
+    def _renew_once(self) -> bool:
+        try:
+            self._queue.renew(self._claim)
+        except LeaseLost as err:
+            log.error("%s", err)
+            return False
+        except Transient as err:
+            log.warning("lease renewal failed, will retry: %s", err)
+        return True
 
 
 class Runner:
