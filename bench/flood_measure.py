@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     collect.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     collect.add_argument("--status-key", default="status:{id}", help="STATUS_KEY template")
     collect.add_argument("--manifests", type=Path, default=ROOT / "keda")
-    collect.add_argument("--claim-wait", type=float, help="CLAIM_WAIT_SECONDS the pods ran with")
+    collect.add_argument("--claim-wait", type=float, help="CLAIM_WAIT_S the pods ran with")
     collect.add_argument("--max-messages", type=int, help="MAX_MESSAGES the pods ran with")
     collect.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)

@@ -75,7 +75,7 @@ def main() -> int:
     with LocalServices() as services:
         env = {**services.env(), "PYTHONPATH": str(ROOT), "DEMUCS_MODEL": "tiny", "DEMUCS_MODELS": "tiny",
                "DEMUCS_REPO": str(repo), "DEMUCS_DEVICE": "cpu", "DEMUCS_THREADS": "1", "DEMUCS_SHIFTS": "0",
-               "SCALEDJOB_MAX_REPLICAS": str(args.max_replicas), "CLAIM_WAIT_SECONDS": "2",
+               "SCALEDJOB_MAX_REPLICAS": str(args.max_replicas), "CLAIM_WAIT_S": "2",
                "RESULT_CACHE": "off"}
         env_file = work / "env"
         env_file.write_text("".join(f"{name}={value}\n" for name, value in env.items()))

@@ -67,7 +67,7 @@ def print_summary(scenario: Scenario, summary: dict) -> None:
           f"cache hits {scenario.hit_rate:.0%}")
     print(f"fleet: {fleet.strategy.name}, maxReplicaCount {fleet.strategy.max_replica_count}, "
           f"pollingInterval {fleet.polling_interval_s:g} s, pending until {fleet.pending_until}, "
-          f"MAX_MESSAGES {fleet.max_messages}, CLAIM_WAIT_SECONDS {fleet.claim_wait_s:g}")
+          f"MAX_MESSAGES {fleet.max_messages}, CLAIM_WAIT_S {fleet.claim_wait_s:g}")
     print(f"profile {profile.name}: cold start {profile.cold_start_s:.2f} s ({profile.pre_claim_s:.2f} s before the "
           f"claim), {profile.seconds_per_audio_s:.4f} s per audio s, {profile.memory_mib:.0f} MiB; {profile.source}")
     if node is not None and node.pods_per_node:

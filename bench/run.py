@@ -217,7 +217,7 @@ class Bench:
             "DEMUCS_REPO": str(self.args.repo.resolve()),
             "DEMUCS_DEVICE": self.device,
             "DEMUCS_SHIFTS": str(self.args.shifts),
-            "CLAIM_WAIT_SECONDS": "5",
+            "CLAIM_WAIT_S": "5",
             "LOG_LEVEL": "WARNING",
             "RESULT_CACHE": "off",  # every job here uploads the same song: each must be separated, not served
         }

@@ -73,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     client = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://localhost:6379/0"))
     store = Minio(os.environ.get("MINIO_ENDPOINT", "localhost:9000"),
-                  access_key=os.environ.get("MINIO_ACCESS_KEY", "rootuser"),
-                  secret_key=os.environ.get("MINIO_SECRET_KEY", "rootpass123"), secure=False)
+                  access_key=os.environ["MINIO_ACCESS_KEY"], secret_key=os.environ["MINIO_SECRET_KEY"], secure=False)
     for _ in range(args.max_messages):
         popped = client.blpop([args.queue], timeout=30)
         if popped is None:

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     with LocalServices() as services:
         env = {**os.environ, **services.env(), "PYTHONPATH": str(ROOT), "DEMUCS_REPO": str(repo),
                "DEMUCS_MODEL": "tiny", "DEMUCS_SHIFTS": "0", "DEMUCS_THREADS": "1", "RESULT_CACHE": "off",
-               "CLAIM_WAIT_SECONDS": "2"}  # INFO: pods print `claimed job`
+               "CLAIM_WAIT_S": "2"}  # INFO: pods print `claimed job`
         settings = load_settings(**{k.lower(): v for k, v in services.env().items()})
         client = s3_client(settings)
         client.make_bucket(settings.input_bucket)

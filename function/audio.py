@@ -6,7 +6,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import lameenc
 import numpy as np
@@ -53,7 +53,7 @@ def probe_duration_s(path: Path) -> float:
         ) from None
     if info.samplerate <= 0 or info.channels <= 0:
         raise UnprocessableInput("input is not decodable audio (no audio stream found)")
-    return float(info.frames) / info.samplerate
+    return float(info.frames / info.samplerate)
 
 
 def _read(path: Path, max_duration_s: float) -> tuple[np.ndarray, int]:
@@ -78,22 +78,24 @@ def decode(path: Path, samplerate: int, channels: int, max_duration_s: float) ->
     at `samplerate`: mono is duplicated, extra channels dropped, other rates resampled."""
     duration = probe_duration_s(path)
     if duration > max_duration_s:
-        raise UnprocessableInput(f"input is {duration:.1f} s long, over MAX_DURATION_SECONDS={max_duration_s:g}")
+        raise UnprocessableInput(f"input is {duration:.1f} s long, over MAX_DURATION_S={max_duration_s:g}")
     data, source_rate = _read(path, max_duration_s)
     if data.ndim != 2 or data.shape[1] < MIN_SAMPLES or data.shape[0] < 1:
         raise UnprocessableInput(f"input audio has no samples (decoded shape {tuple(data.shape)})")
     if data.shape[1] / source_rate > max_duration_s:
-        raise UnprocessableInput(f"input decodes to over MAX_DURATION_SECONDS={max_duration_s:g}")
+        raise UnprocessableInput(f"input decodes to over MAX_DURATION_S={max_duration_s:g}")
     if not np.isfinite(data).all():
         raise UnprocessableInput("input audio contains NaN or infinite samples")
     wav = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
-    return convert_audio(wav, int(source_rate), samplerate, channels)
+    converted: torch.Tensor = convert_audio(wav, int(source_rate), samplerate, channels)
+    return converted
 
 
 def _rescale(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor | int:
     """demucs' `prevent_clip(mode="rescale")` divisor from a stem's min and max: `max(1.01 * |wav|.max(), 1)`
     (max(-min, max) is |wav|.max() exactly, so no |wav| copy is needed)."""
-    return max(1.01 * torch.maximum(-low, high), 1)
+    # The builtin max of a 0-d tensor and an int returns one of the two, as demucs computes it.
+    return cast("torch.Tensor | int", max(1.01 * torch.maximum(-low, high), 1))
 
 
 def _lame_encoder(samplerate: int, channels: int, bitrate: int, preset: int) -> lameenc.Encoder:

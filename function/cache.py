@@ -1,10 +1,11 @@
-"""The result cache: a job whose input and settings were separated before gets that job's stems, copied
-server-side to its own keys, instead of a new separation; identical jobs running at once separate only once.
+"""The result cache's index and single flight: a job whose input and settings were separated before gets that
+job's stems, copied server-side to its own keys, instead of a new separation; identical jobs running at once
+separate only once.
 
-The key is the SHA-256 of the input's bytes (computed while they are downloaded) with everything that changes
-the output bytes (`KeyParts`). Names are not in it (STEM_ALIASES, OUTPUT_KEY): a hit copies each stem to this
-job's names. Before a hit is trusted every recorded object is stat'ed: one that is gone or changed (size or
-ETag) drops the entry and the job separates.
+The key (function/cache_key.py) is the SHA-256 of the input's bytes (computed while they are downloaded) with
+everything that changes the output bytes. Names are not in it (STEM_ALIASES, OUTPUT_KEY): a hit copies each stem
+to this job's names (function/cache_copy.py). Before a hit is trusted every recorded object is stat'ed: one that
+is gone or changed (size or ETag) drops the entry and the job separates.
 
 Redis keys (function/keys.py): `result-cache:entry:<key>` (JSON with a TTL), `result-cache:index` (a sorted set
 by last use, trimmed to RESULT_CACHE_MAX_ENTRIES) and `result-cache:lock:<key>` (the single-flight lock: a job
@@ -15,35 +16,25 @@ as if the cache were off. What a hit reveals, and when to turn the cache off: do
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import importlib.metadata
-import importlib.util
-import json
-import threading
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import cast
 
 import redis
 import yaml
 
 from function import keys
-from function.buckets import render_bucket
+from function.cache_copy import Entry, StoredStem, copy_entry, stale_reason
+from function.cache_key import key_parts
 from function.clock import now_iso
 from function.config import Settings
 from function.errors import Interrupted, Transient
 from function.messages import Job
-from function.outputs import published_names
-from function.status import EventLog, State, StatusRecord
-from function.storage import ObjectStore, output_key
+from function.renewal import Renewal
+from function.status import EventLog, StatusRecord
+from function.storage import ObjectStore
 
-# Bumped when what a key stands for changes (e.g. a new element), so older entries are never matched.
-KEY_VERSION = 1
-# Libraries whose version can change the stems' samples or their encoded bytes.
-SOFTWARE = ("demucs", "torch", "numpy", "lameenc", "soundfile", "sphn")
 # How often a waiting job looks for the owner's entry or a free lock.
 POLL_S = 0.2
 
@@ -93,223 +84,32 @@ return 0
 """
 
 
-# ----- the key
-
-
-@dataclass(frozen=True)
-class KeyParts:
-    """Everything that changes a job's output bytes. Two jobs with equal parts get byte-identical stems: the
-    separation is seeded from `input_sha256` (separation.seeded_random)."""
-
-    input_sha256: str
-    model: str
-    weights: str  # model_fingerprint: the weights the model name resolves to
-    device: str  # cpu, cuda or mps: their kernels round differently
-    shifts: int
-    overlap: float
-    segment: float | None
-    precision: str
-    format: str
-    mp3_bitrate: int | None  # None unless format is mp3: it changes nothing else
-    mp3_preset: int | None
-    stems: tuple[str, ...] | None  # sorted: the order of a job's list changes no byte
-    two_stems: str | None
-    software: str  # versions of SOFTWARE
-    version: int = KEY_VERSION
-
-    def cache_key(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
-
-
-_software: str | None = None
-
-
-def software_versions() -> str:
-    """`name=version;...` of SOFTWARE as installed (read once)."""
-    global _software
-    if _software is None:
-        found = []
-        for name in SOFTWARE:
-            try:
-                found.append(f"{name}={importlib.metadata.version(name)}")
-            except importlib.metadata.PackageNotFoundError:
-                found.append(f"{name}=absent")
-        _software = ";".join(found)
-    return _software
-
-
-_file_digests: dict[tuple[str, int, int], str] = {}
-_file_digests_lock = threading.Lock()
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, hashed once per process for each (path, size, mtime)."""
-    info = path.stat()
-    memo = (str(path.resolve()), info.st_size, info.st_mtime_ns)
-    with _file_digests_lock:
-        if memo in _file_digests:
-            return _file_digests[memo]
-    sha = hashlib.sha256()
-    with path.open("rb") as data:
-        while chunk := data.read(1 << 20):
-            sha.update(chunk)
-    with _file_digests_lock:
-        _file_digests[memo] = sha.hexdigest()
-    return _file_digests[memo]
-
-
-def _local_fingerprint(model: str, repo: Path) -> str | None:
-    """The weights of `model` in a local repo, resolved as demucs' LocalRepo and BagOnlyRepo do: a `<sig>.th`
-    (or `<sig>-<checksum>.th`) package named `model`, else the bag `<model>.yaml` and the packages it lists."""
-    packages: dict[str, Path] = {}
-    for path in repo.iterdir():
-        if path.suffix == ".th":
-            packages[path.stem.rsplit("-", 1)[0] if "-" in path.stem else path.stem] = path
-    if model in packages:
-        return f"package:{file_sha256(packages[model])}"
-    bag = repo / f"{model}.yaml"
-    if not bag.is_file():
-        return None
-    text = bag.read_text()
-    signatures = (yaml.safe_load(text) or {}).get("models") or []
-    if any(sig not in packages for sig in signatures):
-        return None
-    members = ",".join(f"{sig}:{file_sha256(packages[sig])}" for sig in signatures)
-    return f"bag:{hashlib.sha256(text.encode()).hexdigest()}:{members}"
-
-
-def _demucs_remote_dir() -> Path | None:
-    spec = importlib.util.find_spec("demucs")  # found, not imported: importing demucs loads torch
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations))) / "remote"
-
-
-def _pretrained_fingerprint(model: str) -> str | None:
-    """A named pretrained model: its bag yaml and the checksummed package names demucs' files.txt lists for its
-    signatures (the names carry the weights' sha256 prefix). None for a name demucs does not list."""
-    remote = _demucs_remote_dir()
-    if remote is None or not (remote / "files.txt").is_file():
-        return None
-    listed: dict[str, str] = {}
-    for line in (remote / "files.txt").read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and not line.startswith("root:"):
-            listed[line.split("-", 1)[0]] = line
-    bag = remote / f"{model}.yaml"
-    text = bag.read_text() if bag.is_file() else ""
-    signatures = (yaml.safe_load(text) or {}).get("models") or [] if text else [model]
-    if not signatures or any(sig not in listed for sig in signatures):
-        return None
-    return f"pretrained:{hashlib.sha256(text.encode()).hexdigest()}:{','.join(listed[s] for s in signatures)}"
-
-
-def model_fingerprint(model: str, repo: Path | None) -> str | None:
-    """What identifies the weights `model` loads (from `repo`, or demucs' pretrained list when None), read from
-    the files without loading the model; None when it cannot be resolved (the job is then not cached)."""
-    if repo is not None:
-        return _local_fingerprint(model, repo)
-    return _pretrained_fingerprint(model)
-
-
-def key_parts(job: Job, settings: Settings, input_sha256: str, device: str) -> KeyParts | None:
-    """The key parts of `job` run with `settings` on `device` (resolved, e.g. `cuda:0`); None when the model's
-    weights cannot be fingerprinted."""
-    from function.separation import resolve_precision  # deferred: the cache module itself stays free of torch
-
-    weights = model_fingerprint(job.model, settings.demucs_repo)
-    if weights is None:
-        return None
-    mp3 = job.format == "mp3"
-    return KeyParts(
-        input_sha256=input_sha256,
-        model=job.model,
-        weights=weights,
-        device=device.split(":", 1)[0],
-        shifts=settings.demucs_shifts,
-        overlap=settings.demucs_overlap,
-        segment=settings.demucs_segment,
-        precision=resolve_precision(settings.demucs_precision, device, native=settings.native_bf16),
-        format=job.format,
-        mp3_bitrate=settings.mp3_bitrate if mp3 else None,
-        mp3_preset=settings.mp3_preset if mp3 else None,
-        stems=tuple(sorted(job.stems)) if job.stems is not None else None,
-        two_stems=job.two_stems,
-        software=software_versions(),
-    )
-
-
-# ----- entries
-
-
-@dataclass(frozen=True)
-class StoredStem:
-    """One recorded stem object, with what proves it unchanged."""
-
-    bucket: str
-    key: str
-    size: int
-    etag: str
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A cached result: the job that separated it and its stems (by the model's stem names, before STEM_ALIASES)."""
-
-    job_id: str
-    stems: dict[str, StoredStem]
-    audio_seconds: float
-    device: str
-    recorded_at: str
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> Entry:
-        """Parse an entry; anything malformed raises ValueError."""
-        try:
-            data = json.loads(raw)
-            stems = {name: StoredStem(**fields) for name, fields in data["stems"].items()}
-            return cls(job_id=str(data["job_id"]), stems=stems, audio_seconds=float(data["audio_seconds"]),
-                       device=str(data["device"]), recorded_at=str(data["recorded_at"]))
-        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as err:
-            raise ValueError(f"malformed result cache entry: {err}") from None
-
-
 @dataclass
 class Hit:
     """A usable entry whose stems are already copied to the job's own keys."""
 
     entry: Entry
-    outputs: dict[str, dict[str, Any]]  # stem -> {bucket, key[, keys]}, as a separated job reports them
+    outputs: dict[str, dict[str, str]]  # stem -> {bucket, key}, as a separated job reports them
     key: str
 
 
-class LockRenewal(threading.Thread):
+class LockRenewal(Renewal):
     """Renews the single-flight lock every third of its TTL while the owner separates; stops when the lock is
     lost (another job took it over after a stall longer than the TTL)."""
 
     def __init__(self, cache: ResultCache, key: str, token: str, job_id: str) -> None:
-        super().__init__(name="result-cache-lock", daemon=True)
+        super().__init__("result-cache-lock", cache.settings.result_cache_lock_s, self._renew_once)
         self._cache, self._key, self._token, self._job_id = cache, key, token, job_id
-        self._stop_event = threading.Event()
 
-    def run(self) -> None:
-        interval = max(0.1, self._cache.settings.result_cache_lock_s / 3)
-        while not self._stop_event.wait(interval):
-            try:
-                if not self._cache.renew_lock(self._key, self._token, self._job_id):
-                    self._cache.events.error(f"job {self._job_id}: lost the result cache lock of key "
-                                             f"{self._key[:12]} (another job took it over); separating on")
-                    return
-            except redis.RedisError as err:
-                self._cache.events.error(f"job {self._job_id}: result cache lock renewal failed, will retry: {err}")
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=5)
+    def _renew_once(self) -> bool:
+        try:
+            if not self._cache.renew_lock(self._key, self._token, self._job_id):
+                self._cache.events.error(f"job {self._job_id}: lost the result cache lock of key "
+                                         f"{self._key[:12]} (another job took it over); separating on")
+                return False
+        except redis.RedisError as err:
+            self._cache.events.error(f"job {self._job_id}: result cache lock renewal failed, will retry: {err}")
+        return True
 
 
 class Flight:
@@ -365,14 +165,14 @@ class ResultCache:
         self._take_over = client.register_script(TAKE_OVER)
 
     # ----- the single flight
-    def begin(self, job: Job, input_sha256: str, device: str, status: StatusRecord) -> Flight:
+    def begin(self, job: Job, input_sha256: str, device: str, precision: str, status: StatusRecord) -> Flight:
         """Look the job up; on a hit its stems are copied to its keys (`Flight.hit`). On a miss, wait while another
         job holds the key's lock (up to RESULT_CACHE_WAIT_S), taking the lock over when it is released or expires
         without an entry. Returns a Flight to close when the job ends; raises only Interrupted (SIGTERM)."""
         if not self.settings.result_cache:
             return Flight(None, job.id)
         try:
-            parts = key_parts(job, self.settings, input_sha256, device)
+            parts = key_parts(job, self.settings, input_sha256, device, precision)
         except (OSError, yaml.YAMLError, AttributeError, TypeError) as err:  # loading the model will say more
             self.events.error(f"job {job.id}: result cache skipped: cannot read model {job.model}'s files: "
                               f"{type(err).__name__}: {err}")
@@ -406,11 +206,12 @@ class ResultCache:
             acquired = bool(self.client.set(lock, value, nx=True, px=lock_ms))
             owner_id = None
             if not acquired:
-                owner = self.client.get(lock)
+                owner = cast(bytes | None, self.client.get(lock))  # the client does not decode replies
                 owner_id = owner.decode().partition(" ")[2] if owner is not None else None
                 # A lock held under this job's own id is an earlier attempt's (the queue hands a job out again
                 # only once its runner is gone) or a duplicate message's: waiting on it would wait on ourselves.
-                if owner_id == job.id and self._take_over(keys=[lock], args=[owner, value, lock_ms]):
+                if owner is not None and owner_id == job.id \
+                        and self._take_over(keys=[lock], args=[owner, value, lock_ms]):
                     acquired = True
                     self.events.info(f"job {job.id}: took over key {key[:12]} from an earlier attempt of this job")
             if acquired:
@@ -457,18 +258,6 @@ class ResultCache:
             self.drop(key)
             return None
 
-    def stale_reason(self, entry: Entry) -> str | None:
-        """Why `entry` cannot be trusted (a recorded object is gone or changed), or None when all are intact."""
-        for stem, stored in entry.stems.items():
-            found = self.store.stat(stored.bucket, stored.key)
-            if found is None:
-                return f"stem {stem} {stored.bucket}/{stored.key} is gone"
-            size, etag = found
-            if (size, etag) != (stored.size, stored.etag):
-                return (f"stem {stem} {stored.bucket}/{stored.key} changed (size {size}, ETag {etag}; recorded "
-                        f"{stored.size}, {stored.etag})")
-        return None
-
     def drop(self, key: str) -> None:
         with self.client.pipeline(transaction=True) as pipe:
             pipe.delete(keys.cache_entry_key(key))
@@ -480,9 +269,9 @@ class ResultCache:
         entry = self.lookup(key)
         if entry is None:
             return None
-        reason = self.stale_reason(entry)
+        reason = stale_reason(self.store, entry)
         if reason is None:
-            outputs = self._copy(entry, job)
+            outputs = copy_entry(self.store, self.settings, entry, job)
             if outputs is not None:
                 self._touch(keys=[keys.cache_entry_key(key), keys.cache_index_key()],
                             args=[self.settings.result_cache_ttl_s, key])
@@ -492,24 +281,6 @@ class ResultCache:
         self.events.info(f"job {job.id}: dropped the result cache entry of job {entry.job_id} (key {key[:12]}): "
                          f"{reason}; separating")
         return None
-
-    def _copy(self, entry: Entry, job: Job) -> dict[str, dict[str, Any]] | None:
-        """Copy every recorded stem to the job's own key, server-side; None when a source changed meanwhile."""
-        s = self.settings
-        bucket = render_bucket("OUTPUT_BUCKET", s.output_bucket, id=job.id, model=job.model, ext=job.format)
-        self.store.ensure_bucket(bucket)
-        outputs: dict[str, dict[str, Any]] = {}
-        for stem, stored in entry.stems.items():
-            # The names a fresh run publishes (outputs.published_names), so a hit's objects and `outputs` match it.
-            names = [output_key(s.output_key, job.id, name, job.format, job.model)
-                     for name in published_names(s.stem_aliases, stem)]
-            for key in names:
-                same_object = (stored.bucket, stored.key) == (bucket, key)
-                if not same_object and not self.store.copy(stored.bucket, stored.key, key, dest_bucket=bucket,
-                                                           match_etag=stored.etag):
-                    return None
-            outputs[stem] = {"bucket": bucket, "key": names[0], **({"keys": names} if len(names) > 1 else {})}
-        return outputs
 
     def record(self, key: str, job_id: str, outputs: dict[str, dict[str, str]], audio_seconds: float,
                device: str) -> Entry | None:
@@ -542,32 +313,3 @@ class ResultCache:
     def entries(self) -> int:
         """How many entries the index holds (expired ones until the next record trims them)."""
         return int(self.client.zcard(keys.cache_index_key()))
-
-
-def finish_hit(hit: Hit, job: Job, status: StatusRecord, events: EventLog, attempt: int, started: float,
-               timings: dict[str, float], precision: str) -> dict[str, Any]:
-    """Mark a cache hit done (`cached=1`, `cached_from`), log it, and return the job's result: the fields of a
-    separated job's status and result (`precision` is part of the cache key, so the hit's is the job's), plus
-    `cached` and `cached_from`."""
-    timings["total"] = time.monotonic() - started
-    source = hit.entry.job_id
-    status.update(State.DONE, progress=100, outputs=json.dumps(hit.outputs), seconds=f"{timings['total']:.3f}",
-                  cached=1, cached_from=source, audio_seconds=f"{hit.entry.audio_seconds:.3f}",
-                  device=hit.entry.device, precision=precision, published=json.dumps(hit.outputs))
-    events.info(f"job {job.id}: done in {timings['total']:.2f} s from the result cache (same input and settings "
-                f"as job {source}, key {hit.key[:12]})")
-    return {
-        "id": job.id,
-        "state": State.DONE.value,
-        "model": job.model,
-        "model_requested": job.model_requested or job.model,
-        "format": job.format,
-        "device": hit.entry.device,
-        "precision": precision,
-        "attempt": attempt,
-        "audio_seconds": hit.entry.audio_seconds,
-        "stems": hit.outputs,
-        "cached": True,
-        "cached_from": source,
-        "seconds": {name: round(value, 3) for name, value in timings.items()},
-    }

@@ -97,7 +97,8 @@ def post_within(session: requests.Session, adapter: netguard.PinnedAdapter, budg
         raise requests.Timeout(f"no complete answer within {budget_s:.1f} s")
     if "error" in outcome:
         raise outcome["error"]
-    return outcome["response"]
+    response: requests.Response = outcome["response"]
+    return response
 
 
 def encode_body(body: Any) -> bytes:

@@ -14,6 +14,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from function.config import Settings
+from function.errors import ConfigError
 
 REDIS_RETRIES = 3
 # urllib3 retries of one S3 request: 5xx answers and connection errors. Sleeps of 0, 1, 2, 4, 4, 4 s (0.5 s
@@ -40,6 +41,17 @@ def redis_client(settings: Settings) -> redis.Redis:
     )
 
 
+def s3_credentials(settings: Settings) -> tuple[str, str]:
+    """MINIO_ACCESS_KEY and MINIO_SECRET_KEY; there is no default pair, so a deployment that forgot its Secret
+    stops at start with the variables' names instead of trying a well-known password."""
+    missing = [name for name, value in (("MINIO_ACCESS_KEY", settings.minio_access_key),
+                                        ("MINIO_SECRET_KEY", settings.minio_secret_key)) if value is None]
+    if settings.minio_access_key is None or settings.minio_secret_key is None:
+        raise ConfigError(f"invalid configuration: {' and '.join(missing)} must be set (the object store's "
+                          "credentials have no default)")
+    return settings.minio_access_key.get_secret_value(), settings.minio_secret_key.get_secret_value()
+
+
 def s3_client(settings: Settings) -> Minio:
     """A minio client whose every call is bounded in time and retried on 5xx and dropped connections."""
     http = urllib3.PoolManager(
@@ -51,10 +63,11 @@ def s3_client(settings: Settings) -> Minio:
                               allowed_methods=None, raise_on_status=False),
         maxsize=8,
     )
+    access_key, secret_key = s3_credentials(settings)
     return Minio(
         settings.s3_endpoint,
-        access_key=settings.minio_access_key.get_secret_value(),
-        secret_key=settings.minio_secret_key.get_secret_value(),
+        access_key=access_key,
+        secret_key=secret_key,
         secure=settings.s3_secure,
         region=settings.minio_region,
         http_client=http,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from function import keys
@@ -40,7 +40,7 @@ def _pairs(value: object, example: str) -> object:
     if not isinstance(value, str):
         return value
     pairs: dict[str, str] = {}
-    for pair in _split_commas(value):  # type: ignore[union-attr]
+    for pair in (part.strip() for part in value.split(",") if part.strip()):
         key, sep, target = pair.partition(":")
         if not sep or not key.strip() or not target.strip():
             raise ValueError(f"expected pairs like {example!r}, got {pair!r}")
@@ -65,7 +65,8 @@ def _check_template(name: str, template: str, allowed: set[str]) -> str:
 
 
 class Settings(BaseSettings):
-    """Every knob of the worker. Units are in the names."""
+    """Every knob of the worker. Units are in the names, seconds as `_s`; the four settings once named
+    `..._SECONDS` still read their old variable (`validation_alias`), the new name first."""
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
 
@@ -83,8 +84,9 @@ class Settings(BaseSettings):
     minio_endpoint: str | None = None
     minio_host: str = "localhost"
     minio_port: int = Field(9000, ge=1, le=65535)
-    minio_access_key: SecretStr = SecretStr("rootuser")
-    minio_secret_key: SecretStr = SecretStr("rootpass123")
+    # No default: the worker fails at start without them (clients.s3_credentials); the local stack sets its own.
+    minio_access_key: SecretStr | None = None
+    minio_secret_key: SecretStr | None = None
     minio_secure: bool = False
     minio_region: str | None = None
     s3_timeout_s: float = Field(30.0, gt=0)
@@ -129,7 +131,7 @@ class Settings(BaseSettings):
 
     # Limits
     max_input_bytes: int = Field(200_000_000, gt=0)
-    max_duration_seconds: float = Field(1200.0, gt=0)
+    max_duration_s: float = Field(1200.0, gt=0, validation_alias=AliasChoices("max_duration_s", "max_duration_seconds"))
     max_message_bytes: int = Field(64 * 1024, gt=0)
 
     # Debugging: every received event is saved here as `<event id>.json`, ready for `python -m function.replay`.
@@ -142,11 +144,11 @@ class Settings(BaseSettings):
     # Job runner (`python -m function.runner`; each flag overrides its variable)
     max_messages: int = Field(1, ge=1)
     reap_only: bool = False
-    claim_wait_seconds: float = Field(30.0, ge=0)
-    lease_seconds: int = Field(120, ge=2)
+    claim_wait_s: float = Field(30.0, ge=0, validation_alias=AliasChoices("claim_wait_s", "claim_wait_seconds"))
+    lease_s: int = Field(120, ge=2, validation_alias=AliasChoices("lease_s", "lease_seconds"))
     max_attempts: int = Field(3, ge=1)
     queue_pop: Literal["left", "right"] = "left"
-    orphan_grace_seconds: float = Field(10.0, ge=0)
+    orphan_grace_s: float = Field(10.0, ge=0, validation_alias=AliasChoices("orphan_grace_s", "orphan_grace_seconds"))
 
     # Operator records and tools (function/metrics.py, `stemworker`): the recent-jobs index keeps at most this
     # many ids, none older than this (default: as long as a status hash lives).

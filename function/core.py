@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ from cloudevents.http import CloudEvent
 
 from function import audio, separation
 from function.buckets import render_bucket
-from function.cache import ResultCache, finish_hit
+from function.cache import ResultCache
 from function.callback import deliver
 from function.clients import redis_client, s3_client
 from function.clock import now_iso
@@ -62,6 +63,19 @@ def pick_stems(stems: dict[str, torch.Tensor], job: Job) -> dict[str, torch.Tens
     return stems
 
 
+@dataclass(frozen=True)
+class Stems:
+    """The job's stems in place, however they were produced: separated here, or copied from the identical job
+    `cached_from` by the result cache. `device` is where they were separated."""
+
+    outputs: dict[str, Any]  # stem -> {bucket, key} (plus `keys` when STEM_ALIASES gives it several names)
+    audio_seconds: float
+    device: str
+    precision: str
+    cached_from: str | None = None
+    cache_key: str | None = None
+
+
 class Worker:
     """Holds the clients for one configuration; `handle` runs one job."""
 
@@ -85,6 +99,10 @@ class Worker:
         load is not reported here: the job's own load raises it again."""
         self._pool.submit(separation.get_separator, self.settings.demucs_model, self.settings)
 
+    def _submit(self, fn: Any, *args: Any) -> Any:
+        """Run `fn` on the pool in a copy of this context, so its log lines carry the job's fields."""
+        return self._pool.submit(contextvars.copy_context().run, fn, *args)
+
     def status_for(self, job_id: str) -> StatusRecord:
         s = self.settings
         key = status_key(s.status_key, job_id)
@@ -94,10 +112,6 @@ class Worker:
                                             state_map=s.state_map)
         return StatusRecord(self.redis, key, s.status_ttl_s, s.state_fields, keep_expiry=keep_expiry,
                             state_map=s.state_map)
-
-    def _submit(self, fn: Any, *args: Any) -> Any:
-        """Run `fn` on the pool in a copy of this context, so its log lines carry the job's fields."""
-        return self._pool.submit(contextvars.copy_context().run, fn, *args)
 
     def handle(self, event: CloudEvent) -> dict[str, Any]:
         """Separate the song the event names; raises a StemworkerError subclass on failure. Every log line of the
@@ -127,18 +141,17 @@ class Worker:
         status.start(model=job.model, model_requested=job.model_requested or job.model, format=job.format,
                      attempts=attempt, event_id=job.event_id, published=json.dumps(published) if published else None)
         self.metrics.job_started(job.id)
+        timings: dict[str, float] = {}
         try:
-            result = self._separate(job, status, attempt, started, published)
+            stems = self._produce(job, status, timings, published)
         except StemworkerError as err:
-            self._fail(job, status, err, started)
+            self._finish(job, status, attempt, started, timings, err)
             raise
         except Exception as err:  # a bug must not lose the job: it becomes retryable, then dead-letters
             wrapped = Transient(f"internal error: {type(err).__name__}: {err}")
-            self._fail(job, status, wrapped, started)
+            self._finish(job, status, attempt, started, timings, wrapped)
             raise wrapped from err
-        if job.callback is not None:
-            result["callback"] = self._notify(job, job.callback.data if job.callback.has_data else result)
-        return result
+        return self._finish(job, status, attempt, started, timings, stems)
 
     @staticmethod
     def _published_before(status: StatusRecord, job: Job) -> dict[str, Any]:
@@ -162,17 +175,52 @@ class Worker:
             self.status_for(job_id).start(state=State.FAILED, error=str(err), attempts=attempt,
                                           event_id=event_id_or_none(event), failed_at=now_iso())
 
-    def _fail(self, job: Job, status: StatusRecord, err: StemworkerError, started: float) -> None:
-        seconds = time.monotonic() - started
-        self.events.error(f"job {job.id}: failed after {seconds:.2f} s: {err}", stage="failed", duration_s=seconds,
-                          error_type=type(err).__name__)
-        self.metrics.job_failed(job.id, job.model, err)
-        try:
-            status.update(State.FAILED, error=str(err), retryable=int(not err.permanent))
-        except Transient as status_err:
-            self.events.error(f"job {job.id}: could not record the failure: {status_err}")
-        if err.permanent and job.callback is not None and not job.callback.has_data:
-            self._notify(job, {"id": job.id, "state": State.FAILED.value, "error": str(err)})
+    def _finish(self, job: Job, status: StatusRecord, attempt: int, started: float, timings: dict[str, float],
+                ending: Stems | StemworkerError) -> dict[str, Any]:
+        """The one way a parsed job ends, whatever produced its stems (a separation, the result cache) or stopped
+        it: one status write, one log line, one metrics record, one callback body. Returns the result (for a
+        failure, the body a plain-URL callback gets)."""
+        timings["total"] = time.monotonic() - started
+        if isinstance(ending, StemworkerError):
+            self.events.error(f"job {job.id}: failed after {timings['total']:.2f} s: {ending}", stage="failed",
+                              duration_s=timings["total"], error_type=type(ending).__name__)
+            self.metrics.job_failed(job.id, job.model, ending)
+            try:
+                status.update(State.FAILED, error=str(ending), retryable=int(not ending.permanent))
+            except Transient as status_err:
+                self.events.error(f"job {job.id}: could not record the failure: {status_err}")
+            failure: dict[str, Any] = {"id": job.id, "state": State.FAILED.value, "error": str(ending)}
+            if ending.permanent and job.callback is not None and not job.callback.has_data:
+                failure["callback"] = self._notify(job, failure)
+            return failure
+        source = ending.cached_from
+        status.update(State.DONE, progress=100, outputs=json.dumps(ending.outputs), seconds=f"{timings['total']:.3f}",
+                      audio_seconds=f"{ending.audio_seconds:.3f}", device=ending.device, precision=ending.precision,
+                      cached=1 if source is not None else None, cached_from=source,
+                      published=json.dumps(ending.outputs))
+        origin = "" if source is None else (f" from the result cache (same input and settings as job {source}, "
+                                            f"key {(ending.cache_key or '')[:12]})")
+        self.events.info(f"job {job.id}: done in {timings['total']:.2f} s{origin}", stage="done",
+                         duration_s=timings["total"])
+        self.metrics.job_done(job.id, job.model, timings, ending.audio_seconds, cached=source is not None)
+        result = {
+            "id": job.id,
+            "state": State.DONE.value,
+            "model": job.model,
+            "model_requested": job.model_requested or job.model,
+            "format": job.format,
+            "device": ending.device,
+            "precision": ending.precision,
+            "attempt": attempt,
+            "audio_seconds": round(ending.audio_seconds, 3),
+            "stems": ending.outputs,
+            "cached": source is not None,
+            "cached_from": source,
+            "seconds": {name: round(value, 3) for name, value in timings.items()},
+        }
+        if job.callback is not None:
+            result["callback"] = self._notify(job, job.callback.data if job.callback.has_data else result)
+        return result
 
     def _notify(self, job: Job, body: Any) -> dict[str, Any]:
         assert job.callback is not None
@@ -182,10 +230,11 @@ class Worker:
         self.metrics.callback(outcome.delivered, outcome.reason)
         return {"delivered": outcome.delivered, "status": outcome.status, "reason": outcome.reason}
 
-    def _separate(self, job: Job, status: StatusRecord, attempt: int, started: float,
-                  published: dict[str, Any]) -> dict[str, Any]:
+    def _produce(self, job: Job, status: StatusRecord, timings: dict[str, float], published: dict[str, Any]) -> Stems:
+        """The job's stems, uploaded to its keys: copied from the result cache, or separated, encoded and uploaded
+        (then recorded in the cache). Adds each stage's seconds to `timings`; `published` is what earlier attempts
+        of this submission left in the output bucket."""
         s = self.settings
-        timings: dict[str, float] = {}
         model_loading = self._submit(separation.get_separator, job.model, s)
         # Templated buckets (`{id}`) are rendered once, before any I/O: a job whose id gives no valid name is refused.
         source_bucket = job.input_bucket or render_bucket("INPUT_BUCKET", s.input_bucket, id=job.id)
@@ -200,14 +249,15 @@ class Worker:
             self.events.info(f"job {job.id}: downloaded {source_bucket}/{source_key} ({size} bytes)",
                              stage="downloading", duration_s=timings["download"])
             device = separation.resolve_device(s.demucs_device)
+            precision = separation.resolve_precision(s.demucs_precision, device, native=s.native_bf16)
             tick = time.monotonic()
-            flight = cleanup.enter_context(self.cache.begin(job, sha256.hexdigest(), device, status))
+            flight = cleanup.enter_context(self.cache.begin(job, sha256.hexdigest(), device, precision, status))
             timings["cache"] = time.monotonic() - tick
             if flight.hit is not None:
-                result = finish_hit(flight.hit, job, status, self.events, attempt, started, timings,
-                                    separation.resolve_precision(s.demucs_precision, device, native=s.native_bf16))
-                self.metrics.job_done(job.id, job.model, timings, flight.hit.entry.audio_seconds, cached=True)
-                return result
+                # the key holds the precision, so the copied stems were made with this one
+                entry = flight.hit.entry
+                return Stems(flight.hit.outputs, entry.audio_seconds, entry.device, precision,
+                             cached_from=entry.job_id, cache_key=flight.hit.key)
             tick = time.monotonic()
             separator = model_loading.result()
             timings["model_wait"] = time.monotonic() - tick
@@ -218,11 +268,10 @@ class Worker:
                                          f"its stems are {list(separator.model.sources)}")
             tick = time.monotonic()
             wav = audio.decode(Path(tmp) / "input", separator.samplerate, separator.audio_channels,
-                               s.max_duration_seconds)
+                               s.max_duration_s)
             (Path(tmp) / "input").unlink()
             timings["decode"] = time.monotonic() - tick
             audio_seconds = wav.shape[-1] / separator.samplerate
-            precision = separation.resolve_precision(s.demucs_precision, device, native=s.native_bf16)
             status.update(State.SEPARATING, progress=0, device=device, precision=precision,
                           audio_seconds=f"{audio_seconds:.3f}")
             self.events.info(f"job {job.id}: separating {audio_seconds:.1f} s of audio with {job.model} on {device}",
@@ -246,23 +295,7 @@ class Worker:
                                         published)
             timings["encode_upload"] = time.monotonic() - tick
             flight.record(outputs, audio_seconds, device)  # before the lock is released: waiters find it
-        timings["total"] = time.monotonic() - started
-        status.update(State.DONE, outputs=json.dumps(outputs), seconds=f"{timings['total']:.3f}")
-        self.events.info(f"job {job.id}: done in {timings['total']:.2f} s", stage="done", duration_s=timings["total"])
-        self.metrics.job_done(job.id, job.model, timings, audio_seconds)
-        return {
-            "id": job.id,
-            "state": State.DONE.value,
-            "model": job.model,
-            "model_requested": job.model_requested or job.model,
-            "format": job.format,
-            "device": device,
-            "precision": precision,
-            "attempt": attempt,
-            "audio_seconds": round(audio_seconds, 3),
-            "stems": outputs,
-            "seconds": {name: round(value, 3) for name, value in timings.items()},
-        }
+        return Stems(outputs, audio_seconds, device, precision)
 
     def _store_stems(self, job: Job, stems: dict[str, audio.StemFile], tmp: Path, samplerate: int,
                      bucket: str, status: StatusRecord, published: dict[str, Any]) -> dict[str, Any]:

@@ -53,6 +53,6 @@ class Interrupted(Transient):
 
 
 class LeaseLost(Transient):
-    """This runner's lease on its message is gone: it stopped renewing for longer than LEASE_SECONDS (a partition,
+    """This runner's lease on its message is gone: it stopped renewing for longer than LEASE_S (a partition,
     a long pause) and a reaper handed the message to another runner. Its acks and status writes are refused, so it
     can neither drop the new owner's copy nor move a status the new owner wrote; it must let the message go."""

@@ -74,7 +74,8 @@ def handle(request: flask.Request) -> flask.Response:
     try:
         # refused before the body is read
         messages.require_size(request.content_length or 0, settings.max_message_bytes, "request body")
-        event = messages.event_from_request(request.headers, request.get_data(), settings.max_message_bytes)
+        headers = dict(request.headers.items())
+        event = messages.event_from_request(headers, request.get_data(), settings.max_message_bytes)
     except InvalidJob as err:
         log.warning("400 malformed request: %s", err)
         return _answer(cloudevent_http.failed(err, None, None), err.http_status)

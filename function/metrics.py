@@ -64,7 +64,7 @@ def bucket_of(value: float, bounds: tuple[float, ...]) -> str:
     """The `le` label of the smallest bucket holding `value`."""
     for bound in bounds:
         if value <= bound:
-            return floatToGoString(bound)
+            return str(floatToGoString(bound))
     return INF
 
 
@@ -240,7 +240,8 @@ class MetricsCollector(Collector):
             raise ScrapeTimeout(f"Redis did not answer within the scrape budget of {self.budget_s:g} s")
         if "error" in outcome:
             raise outcome["error"]
-        return outcome["families"]
+        families: list[Metric] = outcome["families"]
+        return families
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -302,20 +303,20 @@ class MetricsCollector(Collector):
                 callbacks[parts[1]] = float(value)
         jobs_family = CounterMetricFamily("stemworker_jobs", "Job attempts and messages by outcome and model",
                                           labels=["outcome", "model"])
-        for (outcome, model), value in sorted(jobs.items()):
-            jobs_family.add_metric([outcome, model], value)
+        for (outcome, model), total in sorted(jobs.items()):
+            jobs_family.add_metric([outcome, model], total)
         audio_family = CounterMetricFamily("stemworker_audio_seconds", "Seconds of audio separated (jobs done)",
                                            labels=["model"])
-        for model, value in sorted(audio.items()):
-            audio_family.add_metric([model], value)
+        for model, total in sorted(audio.items()):
+            audio_family.add_metric([model], total)
         hits_family = CounterMetricFamily("stemworker_cache_hits", "Jobs done from the result cache (no separation)",
                                           labels=["model"])
-        for model, value in sorted(hits.items()):
-            hits_family.add_metric([model], value)
+        for model, total in sorted(hits.items()):
+            hits_family.add_metric([model], total)
         callbacks_family = CounterMetricFamily("stemworker_callbacks", "Webhook deliveries by result",
                                                labels=["result"])
-        for result, value in sorted(callbacks.items()):
-            callbacks_family.add_metric([result], value)
+        for result, total in sorted(callbacks.items()):
+            callbacks_family.add_metric([result], total)
         loss_family = CounterMetricFamily(
             "stemworker_redis_data_loss", "Times a runner found that Redis lost its data (queued jobs may be gone)",
             value=data_loss)

@@ -15,13 +15,16 @@ import socket
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util import parse_url
+
+if TYPE_CHECKING:
+    from requests.adapters import _HostParams, _PoolKwargs
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int, float], list[IPAddress]]
@@ -273,7 +276,7 @@ class PinnedAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _tracked_pools(self.opened)  # type: ignore[assignment]
+        self.poolmanager.pool_classes_by_scheme = _tracked_pools(self.opened)
 
     def cut(self) -> None:
         """Shut down every socket this adapter opened, from any thread: a request blocked reading from a peer that
@@ -287,7 +290,7 @@ class PinnedAdapter(HTTPAdapter):
 
     def build_connection_pool_key_attributes(
         self, request: requests.PreparedRequest, verify: Any, cert: Any = None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    ) -> tuple[_HostParams, _PoolKwargs]:
         host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
         target = self.target
         if normalize_host(str(host_params["host"])) != target.host or host_params["scheme"] != target.scheme:
@@ -296,8 +299,9 @@ class PinnedAdapter(HTTPAdapter):
         name = f"[{target.host}]" if ":" in target.host else target.host
         request.headers["Host"] = name if target.port == default_port else f"{name}:{target.port}"
         if target.scheme == "https":
-            pool_kwargs["server_hostname"] = target.host
-            pool_kwargs["assert_hostname"] = target.host
+            # urllib3's pool takes these TLS arguments; the stub's TypedDict lists only those requests sets itself.
+            pool_kwargs["server_hostname"] = target.host  # type: ignore[typeddict-unknown-key]
+            pool_kwargs["assert_hostname"] = target.host  # type: ignore[typeddict-unknown-key]
         host_params["host"] = f"[{target.address}]" if target.address.version == 6 else str(target.address)
         host_params["port"] = target.port
         return host_params, pool_kwargs

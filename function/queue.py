@@ -119,7 +119,9 @@ class WorkQueue:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining >= MIN_BLOCK_S:
-                    raw = self.client.blmove(self.queue_key, self.processing_key, min(remaining, self.block_s),
+                    # BLMOVE takes a float timeout (Redis >= 6); redis-py's annotation says int.
+                    raw = self.client.blmove(self.queue_key, self.processing_key,
+                                             min(remaining, self.block_s),  # type: ignore[arg-type]
                                              side, "LEFT")
                 else:
                     raw = self.client.lmove(self.queue_key, self.processing_key, side, "LEFT")
@@ -127,7 +129,7 @@ class WorkQueue:
                     break
             if raw is None:
                 return None
-            claim = Claim(message=bytes(raw), attempts=0, first_seen_at="")
+            claim = Claim(message=raw if isinstance(raw, bytes) else raw.encode(), attempts=0, first_seen_at="")
             preview = json.dumps({**dead_letter_fields(claim.message), "job_id": None, "event": None})
             leased = self._claim(
                 keys=[self.processing_key, self.leases_key, self.leased_key, self.attempts_key, self.dead_key,
@@ -139,7 +141,7 @@ class WorkQueue:
             raise RedisUnavailable(f"Redis unavailable while claiming from {self.queue_key}: {err}") from None
         if leased is None:
             raise LeaseLost(f"the message claimed from {self.queue_key} was requeued by a reaper before its lease "
-                            f"was written (more than ORPHAN_GRACE_SECONDS={self.orphan_grace_s:g} after the claim)")
+                            f"was written (more than ORPHAN_GRACE_S={self.orphan_grace_s:g} after the claim)")
         attempts, first_seen, dataset, exhausted = leased[:4]
         claim.dead_entry = bytes(leased[4]) if len(leased) > 4 else b""
         claim.attempts = int(attempts)
@@ -178,7 +180,7 @@ class WorkQueue:
             raise RedisUnavailable(f"Redis unavailable while renewing a lease: {err}") from None
         if not renewed:
             raise LeaseLost(f"lease {claim.token} on a message of {self.queue_key} was reaped: it was not renewed "
-                            f"for LEASE_SECONDS={self.lease_s}")
+                            f"for LEASE_S={self.lease_s}")
 
     def holds(self, claim: Claim) -> bool:
         """Whether the claim's lease is still held (a read, for reports; writes check it themselves)."""

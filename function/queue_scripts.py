@@ -32,7 +32,7 @@ end
 #       the dead-letter entry's bounded message preview (JSON string fields, see queue.dead_letter_fields).
 # Returns {attempts, first_seen, dataset marker, exhausted[, the dead-letter entry written]}, or nil when this
 # claim's copy of the message is no longer in the processing list (a reaper requeued it because the lease write came
-# later than ORPHAN_GRACE_SECONDS after the claim). `exhausted` is 1 when the message had already been claimed
+# later than ORPHAN_GRACE_S after the claim). `exhausted` is 1 when the message had already been claimed
 # MAX_ATTEMPTS times and every runner died with it: it is dead-lettered here, before any code parses it, and no lease
 # is taken.
 CLAIM = _NOW + """

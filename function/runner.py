@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import contextvars
 import logging
 import os
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -34,6 +32,7 @@ from typing import Any
 
 from cloudevents.conversion import to_dict
 
+from function.clients import s3_credentials
 from function.clock import now_iso
 from function.config import Settings, get_settings, load_settings
 from function.core import ATTEMPT_ATTRIBUTE, Worker
@@ -50,6 +49,7 @@ from function.fencing import Fence
 from function.logs import Timeline, bind_job, configure_logging, unbind_job
 from function.messages import event_from_message, job_id_or_none
 from function.queue import Claim, WorkQueue, dead_letter_fields
+from function.renewal import Renewal
 from function.status import State, StatusRecord
 
 log = logging.getLogger("stemworker.job")
@@ -73,34 +73,24 @@ class Result:
     seconds: dict[str, float] | None = None  # the job's phases, as `handle` reports them
 
 
-class Heartbeat(threading.Thread):
+class Heartbeat(Renewal):
     """Renews a claim's lease every third of its TTL until stopped; a failed renewal is logged and retried, a
     lease found reaped ends the renewals (the job's next status write or ack then fails with LeaseLost)."""
 
     def __init__(self, queue: WorkQueue, claim: Claim) -> None:
-        super().__init__(name="lease-heartbeat", daemon=True)
+        super().__init__("lease-heartbeat", queue.lease_s, self._renew_once, min_interval_s=0.5)
         self._queue = queue
         self._claim = claim
-        self._stop_event = threading.Event()
-        self._context = contextvars.copy_context()  # its log lines carry the job's fields
 
-    def run(self) -> None:
-        self._context.run(self._beat)
-
-    def _beat(self) -> None:
-        interval = max(0.5, self._queue.lease_s / 3)
-        while not self._stop_event.wait(interval):
-            try:
-                self._queue.renew(self._claim)
-            except LeaseLost as err:
-                log.error("%s", err)
-                return
-            except Transient as err:
-                log.warning("lease renewal failed, will retry: %s", err)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=5)
+    def _renew_once(self) -> bool:
+        try:
+            self._queue.renew(self._claim)
+        except LeaseLost as err:
+            log.error("%s", err)
+            return False
+        except Transient as err:
+            log.warning("lease renewal failed, will retry: %s", err)
+        return True
 
 
 class Runner:
@@ -110,7 +100,7 @@ class Runner:
         self.settings = settings
         self.worker = worker or Worker(settings)
         self.queue = WorkQueue(self.worker.redis, settings.queue_key, settings.queue_pop,
-                               settings.lease_seconds, settings.orphan_grace_seconds, settings.max_attempts)
+                               settings.lease_s, settings.orphan_grace_s, settings.max_attempts)
         self.events = self.worker.events
         self.stopping = False
         self._busy = False
@@ -138,7 +128,7 @@ class Runner:
         self.reap()
         if preload:
             self.worker.preload()
-        wait = self.settings.claim_wait_seconds if wait_s is None else wait_s
+        wait = self.settings.claim_wait_s if wait_s is None else wait_s
         self._busy = True
         try:
             claim = self.queue.claim(wait)
@@ -171,10 +161,10 @@ class Runner:
             return None
 
     def _lost(self, claim: Claim, err: LeaseLost) -> Result:
-        """The claim's lease is gone. Either the runner was cut off or paused for longer than LEASE_SECONDS and a
-        reaper handed the message to another runner (nothing is acknowledged and no status is written; the runner
-        moves on), or Redis lost its data (restarted without persistence, flushed, failed over to an empty
-        replica): then the message and any queued ones may be gone, and that is said and counted."""
+        """The claim's lease is gone. Either the runner was cut off or paused for longer than LEASE_S and a reaper
+        handed the message to another runner (nothing is acknowledged and no status is written; the runner moves
+        on), or Redis lost its data (restarted without persistence, flushed, failed over to an empty replica): then
+        the message and any queued ones may be gone, and that is said and counted."""
         job_id = self._job_id_of(claim)
         if self._data_lost(claim, job_id):
             return Result(Outcome.LOST, job_id, claim.attempts, f"Redis lost its data: {err}")
@@ -258,16 +248,17 @@ class Runner:
             self._busy = False
             heartbeat.stop()
             # A bug must not kill the runner: it is retried like a dependency failure, then dead-lettered.
-            err = caught if isinstance(caught, StemworkerError) else Transient(
+            failure = caught if isinstance(caught, StemworkerError) else Transient(
                 f"internal error: {type(caught).__name__}: {str(caught)[:300]}")
-            if err.permanent or claim.attempts >= self.settings.max_attempts:
-                return self._dead_letter(claim, event, err, started, job_id, mark_status=not err.permanent)
+            if failure.permanent or claim.attempts >= self.settings.max_attempts:
+                return self._dead_letter(claim, event, failure, started, job_id, mark_status=not failure.permanent)
             self.queue.requeue(claim)
             self.worker.metrics.message_outcome("requeued", event)
             self.events.info(f"job {job_id}: requeued after a transient error, attempt {claim.attempts}/"
-                             f"{self.settings.max_attempts} ({time.monotonic() - started:.2f} s): {err}",
-                             stage="requeued", duration_s=time.monotonic() - started, error_type=type(err).__name__)
-            return Result(Outcome.REQUEUED, job_id, claim.attempts, str(err))
+                             f"{self.settings.max_attempts} ({time.monotonic() - started:.2f} s): {failure}",
+                             stage="requeued", duration_s=time.monotonic() - started,
+                             error_type=type(failure).__name__)
+            return Result(Outcome.REQUEUED, job_id, claim.attempts, str(failure))
         heartbeat.stop()
         self.queue.complete(claim)
         return Result(Outcome.DONE, job_id, claim.attempts, seconds=handled.get("seconds"))
@@ -277,7 +268,7 @@ class Runner:
         """Dead-letter the claim with a bounded entry: the message's first few KB, its size and digest (the event
         only when the message was kept whole)."""
         fields = dead_letter_fields(claim.message)
-        entry = {
+        entry: dict[str, Any] = {
             **fields,
             "event": _event_dict(event) if event is not None and not fields["truncated"] else None,
             "job_id": job_id,
@@ -350,6 +341,7 @@ def main(argv: list[str] | None = None, timeline: Timeline | None = None) -> int
     args = parse_args(argv)
     try:
         settings = get_settings() if argv is None else load_settings()
+        s3_credentials(settings)  # no default credentials: a missing Secret stops the pod here, exit 2
     except ConfigError as err:
         print(f"stemworker-runner: {err}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from demucs.api import Separator
@@ -111,7 +112,7 @@ class _Progress:
     shifts: int
     last: int = -1
 
-    def __call__(self, info: dict) -> None:
+    def __call__(self, info: dict[str, Any]) -> None:
         if info.get("state") != "end":
             return
         models = max(1, int(info.get("models", 1)))

@@ -159,7 +159,7 @@ class _Plan:
         return [[run for run in self.passes if run.model_index == index] for index in range(len(self.models))]
 
 
-def _spans(separator: Separator, run: _Pass, device: torch.device, callback: Callable[[dict], None] | None,
+def _spans(separator: Separator, run: _Pass, device: torch.device, callback: Callable[[dict[str, Any]], None] | None,
            callback_arg: dict[str, Any]) -> Iterator[torch.Tensor]:
     """apply_model's split loop for one pass, in order, with one chunk of overlap-add buffer: yields the pass's
     normalised output ([1, sources, channels, n], the padding of a shift already cut off) span by span, each as

@@ -13,7 +13,7 @@ import re
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -82,7 +82,7 @@ def show_dead(client: redis.Redis, settings: Settings, index: int) -> DeadLetter
     raw = client.lindex(keys.dead_key(settings.queue_key), index) if index >= 0 else None
     if raw is None:
         raise NoSuchEntry(f"no dead letter #{index} in {keys.dead_key(settings.queue_key)}")
-    return _parse(index, raw)
+    return _parse(index, cast(bytes, raw))  # the client does not decode replies
 
 
 def reset_attempts(pipe: Any, queue_key: str, message: bytes) -> None:

@@ -92,7 +92,7 @@ def check_model(settings: Settings) -> Check:
 
 def check_claim_wait(client: redis.Redis, settings: Settings) -> Check:
     block_s = block_slice_s(settings.redis_timeout_s)
-    detail = (f"CLAIM_WAIT_SECONDS={settings.claim_wait_seconds:g} is waited in BLMOVEs of at most {block_s:g} s, "
+    detail = (f"CLAIM_WAIT_S={settings.claim_wait_s:g} is waited in BLMOVEs of at most {block_s:g} s, "
               f"under the socket timeout REDIS_TIMEOUT_S={settings.redis_timeout_s:g}")
     if block_s >= settings.redis_timeout_s:
         return Check("claim wait", "warn", f"{detail}: too short for a blocking wait; raise REDIS_TIMEOUT_S")

@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -79,15 +79,16 @@ class JobRow:
 
 
 def status_of(client: redis.Redis, settings: Settings, job_id: str) -> dict[str, str]:
-    return decode(client.hgetall(keys.status_key(settings.status_key, job_id)))
+    return decode(cast(dict[bytes, bytes], client.hgetall(keys.status_key(settings.status_key, job_id))))
 
 
 def outputs_of(status: Mapping[str, str]) -> dict[str, Any]:
     """Where the stems of a done job went: stem -> {bucket, key}."""
     try:
-        return json.loads(status.get("outputs", "{}"))
+        outputs = json.loads(status.get("outputs", "{}"))
     except ValueError:
         return {}
+    return outputs if isinstance(outputs, dict) else {}
 
 
 def recent_jobs(client: redis.Redis, settings: Settings, state: str | None = None, limit: int = 20) -> list[JobRow]:
@@ -97,7 +98,7 @@ def recent_jobs(client: redis.Redis, settings: Settings, state: str | None = Non
     start = 0
     now = time.time()
     while len(rows) < limit:
-        page = client.zrevrange(index, start, start + PAGE - 1, withscores=True)
+        page = cast(list[tuple[bytes, float]], client.zrevrange(index, start, start + PAGE - 1, withscores=True))
         if not page:
             break
         with client.pipeline(transaction=False) as pipe:
@@ -117,7 +118,7 @@ def recent_jobs(client: redis.Redis, settings: Settings, state: str | None = Non
 def ended_since(client: redis.Redis, settings: Settings, since: float) -> list[dict[str, str]]:
     """The `state`, `seconds` and `cached` of every indexed job whose latest start or end is at or after `since`."""
     index = keys.recent_jobs_key(settings.queue_key)
-    ids = [member.decode() for member in client.zrangebyscore(index, since, "+inf")]
+    ids = [member.decode() for member in cast(list[bytes], client.zrangebyscore(index, since, "+inf"))]
     with client.pipeline(transaction=False) as pipe:
         for job_id in ids:
             pipe.hmget(keys.status_key(settings.status_key, job_id), "state", "seconds", "cached")

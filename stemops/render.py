@@ -85,6 +85,7 @@ def _fitted(table: Table, header: list[tuple[str, str]], cells: list[list[str | 
 
 def jobs_view(rows: list[JobRow], width: int) -> Table:
     now = time.time()
+    cells: list[list[str | Text]]
     cells = [[row.id, state_text(row.state), "-" if row.progress is None else f"{row.progress}%", row.model or "-",
               seconds(row.audio_seconds, 1), seconds(row.seconds), "-" if row.attempts is None else str(row.attempts),
               ago(row.updated_at, now), clip(row.error)] for row in rows]
@@ -98,6 +99,7 @@ def jobs_view(rows: list[JobRow], width: int) -> Table:
 def dead_view(total: int, letters: list[DeadLetter], width: int) -> Table:
     shown = f"{len(letters)} shown" if len(letters) < total else "all shown"
     now = time.time()
+    cells: list[list[str | Text]]
     cells = [[str(x.index), ago(x.failed_at, now), str(x.entry.get("job_id") or "-"),
               str(x.entry.get("error_type", "-")), str(x.entry.get("attempts", "-")), clip(x.entry.get("error"))]
              for x in letters]

@@ -28,7 +28,8 @@ from minio.error import S3Error
 from function.buckets import render_bucket
 from function.config import Settings, load_settings
 from function.errors import ConfigError, InvalidJob
-from function.messages import ID_FIELDS, event_from_message, job_from_event, job_id_or_none
+from function.ids import ID_FIELDS
+from function.messages import event_from_message, job_from_event, job_id_or_none
 from function.storage import input_key
 from stemops.tierwatch import EXPIRES, HASH_WRITES, PUSHES, Command
 

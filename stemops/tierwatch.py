@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -117,7 +118,7 @@ def watch_monitor(client: redis.Redis, timeout_s: float, ready: Callable[[], Non
                   ) -> list[Command]:
     """The commands every client runs, through MONITOR on a connection of its own. Raises redis.ResponseError when
     MONITOR is refused."""
-    connection = client.connection_pool.make_connection()
+    connection: Any = client.connection_pool.make_connection()  # redis-py leaves connect/send_command untyped
     try:
         connection.connect()
         connection.send_command("MONITOR")

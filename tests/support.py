@@ -15,7 +15,7 @@ from function.config import Settings
 REPO_ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
-PASSED_THROUGH = ("redis_timeout_s", "s3_timeout_s", "lease_seconds", "orphan_grace_seconds", "claim_wait_seconds",
+PASSED_THROUGH = ("redis_timeout_s", "s3_timeout_s", "lease_s", "orphan_grace_s", "claim_wait_s",
                   "max_attempts", "demucs_model", "demucs_device", "demucs_shifts", "demucs_threads",
                   "input_bucket", "output_bucket", "callback_timeout_s")
 

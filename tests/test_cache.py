@@ -20,7 +20,8 @@ from demucs.api import Separator
 from support import REPO_ROOT, runner_env, wait_for
 
 from function import keys, separation
-from function.cache import KeyParts, ResultCache, key_parts, model_fingerprint
+from function.cache import ResultCache
+from function.cache_key import KeyParts, key_parts, model_fingerprint
 from function.config import load_settings
 from function.core import Worker
 from function.errors import ConfigError
@@ -118,6 +119,30 @@ def test_repeated_input_is_served_from_the_first_jobs_stems(make_settings, redis
     assert request["json"]["cached"] is True and request["json"]["cached_from"] == "first"
 
 
+def test_a_hit_ends_like_a_separation_same_webhook_body_and_status_fields(make_settings, redis_client, upload, clip,
+                                                                         receiver):
+    """A cache hit is a way to produce stems, not a second way to finish: the webhook body has the same keys as a
+    fresh run's, and the status hash the same fields, plus only the hit's provenance."""
+    worker = Worker(make_settings(callback_allow_hosts="127.0.0.1"))
+    upload("fresh", clip)
+    upload("copied", clip)
+    run(worker, json.dumps({"id": "fresh", "callback": receiver.url}))
+    run(worker, json.dumps({"id": "copied", "callback": receiver.url}))
+    assert separations(redis_client) == ["fresh"]
+    fresh, copied = (request["json"] for request in receiver.requests)
+    assert set(copied) == set(fresh)
+    assert (fresh["cached"], fresh["cached_from"], copied["cached"], copied["cached_from"]) == (
+        False, None, True, "fresh")
+    same = ("state", "model", "model_requested", "format", "device", "precision", "audio_seconds")
+    assert {name: copied[name] for name in same} == {name: fresh[name] for name in same}
+
+    def fields(job_id: str) -> set[str]:  # every field but the per-state timestamps, which follow the path taken
+        return {name for name in status(redis_client, job_id) if not name.endswith("_at")}
+
+    assert fields("copied") == fields("fresh") | {"cached", "cached_from"}
+    assert status(redis_client, "copied")["precision"] == status(redis_client, "fresh")["precision"]
+
+
 def test_cache_off_separates_every_time_and_writes_no_cache_key(make_settings, redis_client, upload, clip):
     worker = Worker(make_settings(result_cache=False))
     upload("off1", clip)
@@ -206,7 +231,8 @@ def test_names_and_irrelevant_settings_stay_out_of_the_key(make_settings, redis_
 
     def key(settings, **job):
         event = event_from_message(json.dumps({"id": "k1", **job}), 65536)
-        return key_parts(job_from_event(event, settings), settings, digest, "cpu").cache_key()
+        precision = separation.resolve_precision(settings.demucs_precision, "cpu")
+        return key_parts(job_from_event(event, settings), settings, digest, "cpu", precision).cache_key()
 
     renamed = make_settings(stem_aliases="vocals:voice", output_key="{model}/{id}/{stem}.{ext}", output_bucket="xyz")
     assert key(settings) == key(renamed)
@@ -215,7 +241,7 @@ def test_names_and_irrelevant_settings_stay_out_of_the_key(make_settings, redis_
     assert key(make_settings(mp3_bitrate=192)) != key(settings)
     event = event_from_message("k1", 65536)
     job = job_from_event(event, settings)
-    assert key_parts(job, settings, digest, "cuda:0") == key_parts(job, settings, digest, "cuda:1")
+    assert key_parts(job, settings, digest, "cuda:0", "fp32") == key_parts(job, settings, digest, "cuda:1", "fp32")
 
 
 def test_model_fingerprints_follow_the_weights(model_repo, tmp_path):
@@ -237,7 +263,8 @@ def test_each_setting_and_job_field_that_shapes_the_stems_misses(make_settings, 
                                                                    tmp_path):
     """One separation records the entry; then every element of the key is changed in turn, and the Worker's own
     lookup (`cache.begin`, as handle calls it) misses; changing only names hits, and copies under the new names."""
-    settings = make_settings(demucs_models="tiny2", demucs_precision="fp32")  # pinned: `auto` differs by CPU
+    base = {"demucs_models": "tiny2", "demucs_precision": "fp32"}  # `auto` resolves to bf16 on CPUs with native bf16
+    settings = make_settings(**base)
     upload("base", clip)
     run(Worker(settings), "base")
     digest = hashlib.sha256(clip).hexdigest()
@@ -266,11 +293,12 @@ def test_each_setting_and_job_field_that_shapes_the_stems_misses(make_settings, 
     ]
     try:
         for label, overrides, fields, input_sha256, hit_expected in cases:
-            case_settings = make_settings(**{"demucs_models": "tiny2", "demucs_precision": "fp32", **overrides})
+            case_settings = make_settings(**{**base, **overrides})
             worker = Worker(case_settings)
             job_id = "case-" + label.replace(" ", "-")
             job = job_from_event(event_from_message(json.dumps({"id": job_id, **fields}), 65536), case_settings)
-            with worker.cache.begin(job, input_sha256, "cpu", worker.status_for(job_id)) as flight:
+            precision = separation.resolve_precision(case_settings.demucs_precision, "cpu")
+            with worker.cache.begin(job, input_sha256, "cpu", precision, worker.status_for(job_id)) as flight:
                 expected = "a hit" if hit_expected else "a miss"
                 assert (flight.hit is not None) == hit_expected, f"changing {label}: expected {expected}"
                 if flight.hit is not None:
@@ -337,7 +365,8 @@ def test_malformed_entry_is_dropped(make_settings, redis_client, s3):
 
 def key_of(settings, job_id: str, data: bytes) -> str:
     job = job_from_event(event_from_message(job_id, 65536), settings)
-    return key_parts(job, settings, hashlib.sha256(data).hexdigest(), "cpu").cache_key()
+    precision = separation.resolve_precision(settings.demucs_precision, "cpu")
+    return key_parts(job, settings, hashlib.sha256(data).hexdigest(), "cpu", precision).cache_key()
 
 
 def test_waiter_separates_itself_once_the_wait_bound_passes(make_settings, redis_client, upload, clip):
@@ -406,7 +435,7 @@ def test_a_dead_owners_lock_expires_and_a_waiter_takes_over(make_settings, redis
     assert any("job waiter: waiting for job owner" in line for line in lines)
     assert any("job waiter: took over key" in line and "job owner released or lost its lock" in line
                for line in lines)
-    assert result["state"] == "done" and "cached" not in result
+    assert result["state"] == "done" and result["cached"] is False and result["cached_from"] is None
     assert separations(redis_client) == ["owner", "waiter"]  # the owner's line was logged before it died
     assert redis_client.exists(lock) == 0
 
@@ -417,7 +446,7 @@ def test_eight_identical_jobs_on_four_runner_processes_separate_once(settings, r
     ids = [f"same{n}" for n in range(8)]
     for job_id in ids:
         upload(job_id, clip)
-    env = runner_env(settings, MAX_MESSAGES="8", CLAIM_WAIT_SECONDS="300", DEMUCS_THREADS="1")
+    env = runner_env(settings, MAX_MESSAGES="8", CLAIM_WAIT_S="300", DEMUCS_THREADS="1")
     logs = [(tmp_path / f"runner{n}.log").open("wb") for n in range(4)]
     runners = [subprocess.Popen([sys.executable, "-m", "function.runner"], env=env, cwd=REPO_ROOT, stdout=log,
                                 stderr=subprocess.STDOUT) for log in logs]

@@ -138,9 +138,9 @@ def test_jobs_survive_killed_and_stopped_pods(settings, redis_client, model_repo
         "DEMUCS_THREADS": "1",
         "DEMUCS_SHIFTS": "0",
         "MAX_ATTEMPTS": str(MAX_ATTEMPTS),
-        "LEASE_SECONDS": "4",
-        "ORPHAN_GRACE_SECONDS": "1",
-        "CLAIM_WAIT_SECONDS": "1",
+        "LEASE_S": "4",
+        "ORPHAN_GRACE_S": "1",
+        "CLAIM_WAIT_S": "1",
         # Every job must really separate, so pods are struck mid-job: the result cache would serve the copies.
         "RESULT_CACHE": "off",
     }

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from function import runner
+from function.clients import s3_client
 from function.config import get_settings, load_settings
 from function.errors import ConfigError
 from function.separation import cgroup_cpu_limit, cpu_threads
@@ -17,10 +19,10 @@ def test_defaults_match_the_documented_ones(monkeypatch):
     assert (s.input_bucket, s.input_key, s.output_bucket, s.output_key) == ("queue", "{id}.mp3", "output",
                                                                           "{id}-{stem}.{ext}")
     assert s.redis_connection_url == "redis://localhost:6379/0" and s.s3_endpoint == "localhost:9000"
-    assert s.minio_access_key.get_secret_value() == "rootuser" and not s.s3_secure
+    assert s.minio_access_key is None and s.minio_secret_key is None and not s.s3_secure
     assert (s.demucs_model, s.demucs_shifts, s.demucs_overlap, s.mp3_bitrate) == ("htdemucs", 1, 0.25, 320)
     assert s.allowed_models == {"htdemucs"} and s.max_input_bytes == 200_000_000
-    assert s.max_duration_seconds == 1200
+    assert s.max_duration_s == 1200
 
 
 def test_environment_variables_are_read(monkeypatch):
@@ -38,6 +40,39 @@ def test_environment_variables_are_read(monkeypatch):
     assert s.redis_connection_url == "redis://redis.svc:6380/0" and s.s3_endpoint == "minio.svc:9001"
     assert s.allowed_models == {"htdemucs", "htdemucs_ft", "mdx_extra"}
     assert s.stem_aliases == {"bass": "base", "vocals": "voice"}
+
+
+def test_missing_object_store_credentials_stop_the_worker_at_start(monkeypatch, capsys):
+    monkeypatch.delenv("MINIO_ACCESS_KEY", raising=False)
+    monkeypatch.delenv("MINIO_SECRET_KEY", raising=False)
+    with pytest.raises(ConfigError, match="MINIO_ACCESS_KEY and MINIO_SECRET_KEY must be set"):
+        s3_client(load_settings())
+    with pytest.raises(ConfigError, match="MINIO_SECRET_KEY must be set") as raised:
+        s3_client(load_settings(minio_access_key="someone"))
+    assert "MINIO_ACCESS_KEY" not in str(raised.value)
+    monkeypatch.setenv("MINIO_ACCESS_KEY", "someone")
+    assert runner.main([]) == 2  # before any connection is tried
+    assert "MINIO_SECRET_KEY must be set" in capsys.readouterr().err
+
+
+def test_seconds_settings_read_their_old_names_too(monkeypatch):
+    monkeypatch.setenv("CLAIM_WAIT_SECONDS", "7")
+    monkeypatch.setenv("LEASE_SECONDS", "60")
+    monkeypatch.setenv("ORPHAN_GRACE_SECONDS", "2.5")
+    monkeypatch.setenv("MAX_DURATION_SECONDS", "300")
+    s = load_settings()
+    assert (s.claim_wait_s, s.lease_s, s.orphan_grace_s, s.max_duration_s) == (7, 60, 2.5, 300)
+    monkeypatch.setenv("CLAIM_WAIT_S", "3")  # the new name wins over the old one
+    assert load_settings().claim_wait_s == 3
+    with pytest.raises(ConfigError, match="LEASE_S"):
+        load_settings(lease_s=1)
+
+
+def test_the_emulator_reads_old_and_new_names_from_a_pod_environment():
+    from workbench.emulator import pod_settings
+
+    assert pod_settings({"CLAIM_WAIT_SECONDS": "7", "LEASE_S": "60"}).claim_wait_s == 7
+    assert pod_settings({"CLAIM_WAIT_SECONDS": "7", "LEASE_S": "60"}).lease_s == 60
 
 
 def test_endpoint_url_form_and_https():

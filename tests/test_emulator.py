@@ -167,7 +167,7 @@ def test_empty_queue_starts_no_pod(services, redis_client, tmp_path):
 def test_one_job_per_message_and_no_double_count(services, redis_client, tmp_path):
     # Two malformed messages: each pod claims one and dead-letters it without loading a model.
     redis_client.rpush("toWorker", "{not json", "[also not json")
-    summary, out = run_scaler(services, tmp_path, "--max-replicas", "3", "--env=CLAIM_WAIT_SECONDS=0")
+    summary, out = run_scaler(services, tmp_path, "--max-replicas", "3", "--env=CLAIM_WAIT_S=0")
     # accurate + pending pods: exactly one Job per message, though several polls ran before the pods claimed.
     assert summary["jobs"] == 2 and summary["pods"] == 2, out
     assert summary["outcomes"] == {"dead-lettered": 2}

@@ -52,8 +52,8 @@ def fault_settings(own_services: LocalServices, model_repo: Path) -> Settings:
     # few CPU-seconds) and how long a run takes does not depend on how busy the host is.
     return load_settings(**{k.lower(): v for k, v in own_services.env().items()}, demucs_model="micro",
                          demucs_repo=str(model_repo), demucs_device="cpu", demucs_shifts=0, demucs_threads=1,
-                         redis_timeout_s=1, s3_timeout_s=2, lease_seconds=3, orphan_grace_seconds=0,
-                         claim_wait_seconds=1, max_attempts=3)
+                         redis_timeout_s=1, s3_timeout_s=2, lease_s=3, orphan_grace_s=0,
+                         claim_wait_s=1, max_attempts=3)
 
 
 def put_song(settings: Settings, job_id: str, data: bytes) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,9 @@ HEAVY = ("torch", "demucs")
 
 def modules_after_import(module: str) -> set[str]:
     code = f"import importlib, json, sys; importlib.import_module({module!r}); print(json.dumps(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    # function.main builds its worker on import, and a worker needs the object store's credentials to start.
+    env = {**os.environ, "MINIO_ACCESS_KEY": "layout", "MINIO_SECRET_KEY": "layout"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     return set(json.loads(out.stdout.splitlines()[-1]))
 
 

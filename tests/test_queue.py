@@ -26,7 +26,7 @@ def redis_now(client: redis.Redis) -> float:
 
 
 def expire_lease(client: redis.Redis, token: str) -> None:
-    """What a runner that stops renewing looks like once LEASE_SECONDS has passed."""
+    """What a runner that stops renewing looks like once LEASE_S has passed."""
     client.zadd("toWorker:leases", {token: 0})
 
 
@@ -198,7 +198,7 @@ def test_runner_whose_lease_was_reaped_is_fenced(redis_client):
     assert zombie is not None
     zombie_status = FencedStatusRecord(redis_client, "status:job1", 60, ("state",), queue, zombie)
     zombie_status.start(attempts=1)
-    expire_lease(redis_client, zombie.token)  # cut off for longer than LEASE_SECONDS ...
+    expire_lease(redis_client, zombie.token)  # cut off for longer than LEASE_S ...
     assert queue.reap() == 1
     owner = queue.claim(1)  # ... and the message is taken by another runner, which finishes it
     assert owner is not None
@@ -252,7 +252,7 @@ def test_a_retried_claim_script_counts_once(redis_client):
 
 def test_old_form_lease_keys_are_not_leases(redis_client):
     """Migration: a lease written by the previous release (`<queue>:lease:<digest>:<token>`) is invisible to this
-    reaper, so its message is treated as never leased: requeued after ORPHAN_GRACE_SECONDS (docs/reliability.md)."""
+    reaper, so its message is treated as never leased: requeued after ORPHAN_GRACE_S (docs/reliability.md)."""
     queue = WorkQueue(redis_client, "toWorker", orphan_grace_s=0)
     redis_client.lpush("toWorker:processing", "old")
     redis_client.set("toWorker:lease:0123abcd:tok", "1", ex=60)

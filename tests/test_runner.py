@@ -91,7 +91,7 @@ def test_right_pop_gives_fifo_for_rpush_producers(make_settings, redis_client, u
 
 
 def test_poison_message_is_dead_lettered_after_max_attempts(make_settings, redis_client):
-    settings = make_settings(max_attempts=3, orphan_grace_seconds=0)
+    settings = make_settings(max_attempts=3, orphan_grace_s=0)
     queue = WorkQueue(redis_client, "toWorker", lease_s=30, orphan_grace_s=0)
     redis_client.lpush("toWorker", "poison")
     for _ in range(3):  # three pods claim it and die: their leases pass their deadlines
@@ -108,7 +108,7 @@ def test_poison_message_is_dead_lettered_after_max_attempts(make_settings, redis
 
 def runner_env(settings, **extra: str) -> dict[str, str]:
     return support_env(settings, DEMUCS_MODEL="tiny", DEMUCS_DEVICE="cpu", DEMUCS_SHIFTS="0", DEMUCS_THREADS="1",
-                       CLAIM_WAIT_SECONDS="2", **extra)
+                       CLAIM_WAIT_S="2", **extra)
 
 
 def start_runner(env: dict[str, str]) -> subprocess.Popen:
@@ -139,7 +139,7 @@ def test_sigterm_mid_job_requeues_and_exits_zero(settings, upload, long_song, re
 def test_kill_9_mid_job_is_rescued_by_the_next_runner(settings, upload, long_song, redis_client):
     upload("kill1", long_song)
     redis_client.lpush("toWorker", "kill1")
-    env = runner_env(settings, LEASE_SECONDS="2", ORPHAN_GRACE_SECONDS="0")
+    env = runner_env(settings, LEASE_S="2", ORPHAN_GRACE_S="0")
     process = start_runner(env)
     wait_for(lambda: state_of(redis_client, "kill1") == "separating", 60, "separation to start")
     process.kill()
@@ -161,7 +161,7 @@ def test_poison_killed_on_every_run_counts_only_its_runs(make_settings, upload, 
     settings = make_settings(max_attempts=2)
     upload("pois2", long_song)
     redis_client.lpush("toWorker", "pois2")
-    env = runner_env(settings, LEASE_SECONDS="2", ORPHAN_GRACE_SECONDS="0")
+    env = runner_env(settings, LEASE_S="2", ORPHAN_GRACE_S="0")
     reaper = WorkQueue(redis_client, "toWorker")
     for run in ("1", "2"):  # the pod dies (OOM kill) in the middle of every run
         process = start_runner(env)
@@ -189,7 +189,7 @@ def test_runner_whose_lease_is_reaped_mid_job_lets_the_message_go(make_settings,
     thread = threading.Thread(target=lambda: results.append(zombie.run_once(wait_s=1)))
     thread.start()
     wait_for(lambda: state_of(redis_client, "fence1") == "separating", 60, "separation to start")
-    # The runner is cut off for longer than LEASE_SECONDS: its lease passes its deadline and a reaper requeues
+    # The runner is cut off for longer than LEASE_S: its lease passes its deadline and a reaper requeues
     # the message (one transaction, so the runner's heartbeat cannot renew in between).
     (token,) = redis_client.zrange("toWorker:leases", 0, -1)
     reaper = WorkQueue(redis_client, "toWorker")
@@ -217,7 +217,9 @@ def main_reap(env: dict[str, str]) -> int:
 def test_exit_code_one_when_redis_is_down(make_settings, monkeypatch):
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:9/0")
     monkeypatch.setenv("REDIS_TIMEOUT_S", "1")
-    monkeypatch.setenv("CLAIM_WAIT_SECONDS", "1")
+    monkeypatch.setenv("CLAIM_WAIT_S", "1")
+    monkeypatch.setenv("MINIO_ACCESS_KEY", "unused")  # credentials are checked at start, before Redis is
+    monkeypatch.setenv("MINIO_SECRET_KEY", "unused")
     assert main([]) == 1
 
 

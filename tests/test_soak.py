@@ -43,8 +43,8 @@ def soak_services() -> Iterator[LocalServices]:
 def test_soak_50_jobs_two_runners_random_faults(soak_services, model_repo):
     settings = load_settings(**{k.lower(): v for k, v in soak_services.env().items()}, demucs_model="tiny",
                              demucs_repo=str(model_repo), demucs_device="cpu", demucs_shifts=0, demucs_threads=1,
-                             redis_timeout_s=2, s3_timeout_s=3, lease_seconds=2, orphan_grace_seconds=0.5,
-                             claim_wait_seconds=1, max_attempts=6)
+                             redis_timeout_s=2, s3_timeout_s=3, lease_s=2, orphan_grace_s=0.5,
+                             claim_wait_s=1, max_attempts=6)
     client = redis.Redis.from_url(settings.redis_connection_url)
     s3 = s3_client(settings)
     s3.make_bucket(settings.input_bucket)

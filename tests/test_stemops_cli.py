@@ -17,6 +17,7 @@ from function.queue import WorkQueue
 from function.runner import Outcome, Runner
 from stemops.cli import cli, main
 from stemops.deadletters import parse_duration_s
+from stemops.recent import outputs_of
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -168,6 +169,15 @@ def test_dead_purge_asks_first_and_honours_older_than(env, settings, redis_clien
     assert code == 0 and "purged 2 dead letter(s)" in out and redis_client.llen(dead) == 0
     log = [line.decode() for line in redis_client.lrange(settings.log_key, 0, 5)]
     assert any("stemworker dead purge: removed 2" in line for line in log)
+
+
+def test_outputs_of_reads_only_an_object_of_stems():
+    assert outputs_of({"outputs": '{"vocals": {"bucket": "out", "key": "a-vocals.mp3"}}'}) == {
+        "vocals": {"bucket": "out", "key": "a-vocals.mp3"}}
+    # a field another writer filled with something else is no outputs, not a crash in `stemworker show`
+    assert outputs_of({"outputs": '["a-vocals.mp3"]'}) == {}
+    assert outputs_of({"outputs": "not json"}) == {}
+    assert outputs_of({}) == {}
 
 
 def test_parse_duration():

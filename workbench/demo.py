@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     print("starting Redis and S3 (SeaweedFS) on loopback ...", flush=True)
     with LocalServices() as services:
         settings = load_settings(**{k.lower(): v for k, v in services.env().items()},
-                                 demucs_model=args.model, demucs_repo=repo, claim_wait_seconds=5)
+                                 demucs_model=args.model, demucs_repo=repo, claim_wait_s=5)
         client = s3_client(settings)
         if not client.bucket_exists(settings.input_bucket):
             client.make_bucket(settings.input_bucket)

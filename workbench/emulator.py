@@ -44,7 +44,7 @@ from typing import Any
 
 import redis
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from function.clients import redis_client
@@ -269,8 +269,10 @@ def release_volumes(pod: Pod) -> None:
 
 def pod_settings(env: dict[str, str]) -> Settings:
     """The worker settings a pod would read from `env`; a bad value fails here, before any pod starts."""
-    fields = {name.lower(): value for name, value in env.items() if name.lower() in Settings.model_fields}
-    return load_settings(**fields)
+    names = set(Settings.model_fields) | {str(old) for info in Settings.model_fields.values()
+                                          if isinstance(info.validation_alias, AliasChoices)
+                                          for old in info.validation_alias.choices}  # e.g. CLAIM_WAIT_SECONDS
+    return load_settings(**{name.lower(): value for name, value in env.items() if name.lower() in names})
 
 
 @dataclass

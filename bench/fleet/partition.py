@@ -168,8 +168,8 @@ def scenario(report: Report, method: str, lease_s: int, services: LocalServices,
     seed_inputs(services, [JOB], SONG_SECONDS)
     client.rpush(QUEUE, json.dumps({"id": JOB, "callback": receiver.url}))
     # The receiver is on this host (loopback for sigstop), which the SSRF guard refuses unless allowed by name.
-    common = {"LEASE_SECONDS": str(lease_s), "ORPHAN_GRACE_SECONDS": "1", "MAX_MESSAGES": "1",
-              "CLAIM_WAIT_SECONDS": "5", "MAX_ATTEMPTS": "3", "CALLBACK_ALLOW_HOSTS": receiver.host}
+    common = {"LEASE_S": str(lease_s), "ORPHAN_GRACE_S": "1", "MAX_MESSAGES": "1",
+              "CLAIM_WAIT_S": "5", "MAX_ATTEMPTS": "3", "CALLBACK_ALLOW_HOSTS": receiver.host}
     # The zombie's calls must wait out the cut (as a partitioned pod's do) rather than give up within it.
     zombies = RunnerPool(runner_env(services, repo, REDIS_TIMEOUT_S="120", S3_TIMEOUT_S="120", **common),
                          workdir / "zombie")
@@ -206,7 +206,7 @@ def scenario(report: Report, method: str, lease_s: int, services: LocalServices,
     for line in did[-14:]:
         print(f"    {line[:200]}")
 
-    report.check("the cut lasted longer than LEASE_SECONDS", restored_at - cut_at > lease_s,
+    report.check("the cut lasted longer than LEASE_S", restored_at - cut_at > lease_s,
                  f"{restored_at - cut_at:.1f} s > {lease_s} s")
     report.check("the rescuer finished the message", code == 0 and done_record.get("state") == "done",
                  f"exit {code}, state {done_record.get('state')}")

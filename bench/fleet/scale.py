@@ -87,8 +87,8 @@ def run(messages: int, runners: int, unrelated: int, clip_s: float, faults: bool
         client.rpush(QUEUE, *(json.dumps({"id": job_id}) for job_id in ids))
         watch_slowlog(client)
         client.config_resetstat()
-        env = runner_env(services, repo, MAX_MESSAGES="100000", CLAIM_WAIT_SECONDS="3", LEASE_SECONDS="20",
-                         ORPHAN_GRACE_SECONDS="5", MAX_ATTEMPTS="5", REDIS_TIMEOUT_S="5", S3_TIMEOUT_S="10")
+        env = runner_env(services, repo, MAX_MESSAGES="100000", CLAIM_WAIT_S="3", LEASE_S="20",
+                         ORPHAN_GRACE_S="5", MAX_ATTEMPTS="5", REDIS_TIMEOUT_S="5", S3_TIMEOUT_S="10")
         pool = RunnerPool(env, workdir / "logs")
         reaper = WorkQueue(client, QUEUE, lease_s=20, orphan_grace_s=5)
         plan = Faults(runners, rng) if faults else None

@@ -25,7 +25,7 @@ def add_common(parser: argparse.ArgumentParser, table_defaults: bool = False) ->
     fleet.add_argument("--list-length", type=float, help="the redis trigger's listLength")
     fleet.add_argument("--pending-until", choices=("claim", "running"),
                        help="a Job is pending until its pod claims (pendingPodConditions set) or runs (none)")
-    fleet.add_argument("--claim-wait", type=float, help="CLAIM_WAIT_SECONDS: how long a pod waits on an empty list")
+    fleet.add_argument("--claim-wait", type=float, help="CLAIM_WAIT_S: how long a pod waits on an empty list")
     fleet.add_argument("--max-messages", type=int, help="MAX_MESSAGES per pod (drain mode when > 1)")
     fleet.add_argument("--queue-length-deduction", type=int, help="custom strategy")
     fleet.add_argument("--running-job-percentage", help="custom strategy, a float as a string")

@@ -65,7 +65,7 @@ class SimResult:
 
     @property
     def idle_pod_seconds(self) -> float:
-        """Pod time spent blocked on an empty list (CLAIM_WAIT_SECONDS before giving up)."""
+        """Pod time spent blocked on an empty list (CLAIM_WAIT_S before giving up)."""
         # A difference of sums: clamp the float rounding that would print as -0 when no pod ever waited.
         return max(0.0, self.pod_seconds - self.cold_pod_seconds - self.busy_pod_seconds)
 
