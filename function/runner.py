@@ -319,7 +319,10 @@ def check(settings: Settings) -> list[str]:
     except Exception as err:  # any failure is a problem to report, not to raise
         problems.append(f"redis: {type(err).__name__}")
     try:
-        worker.store.ensure_bucket(settings.output_bucket)
+        if "{" in settings.output_bucket:  # a bucket per job (`{id}`): there is no one bucket to make
+            worker.store.reachable()
+        else:
+            worker.store.ensure_bucket(settings.output_bucket)
     except Transient as err:
         problems.append(f"s3: {err}")
     return problems

@@ -79,6 +79,13 @@ class ObjectStore:
             raise Transient(f"cannot write the input to the temp dir: {err}") from None
         return written
 
+    def reachable(self) -> None:
+        """One cheap read (ListBuckets) that proves the store answers; Transient when it does not."""
+        try:
+            self._client.list_buckets()
+        except (MinioException, urllib3.exceptions.HTTPError) as err:
+            raise _transient("listing buckets", err) from None
+
     def ensure_bucket(self, bucket: str) -> None:
         """Create `bucket` if it does not exist (checked once per process)."""
         with self._lock:

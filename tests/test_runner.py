@@ -228,6 +228,13 @@ def test_check_reports_ok_against_live_services(settings, monkeypatch, capsys):
         monkeypatch.setenv(name, value)
     assert main(["--check"]) == 0
     assert capsys.readouterr().out.strip() == "ok"
+    monkeypatch.setenv("OUTPUT_BUCKET", "stems-{id}")  # a bucket per song: reachability only, nothing created
+    assert main(["--check"]) == 0
+    assert capsys.readouterr().out.strip() == "ok"
+    monkeypatch.setenv("MINIO_ENDPOINT", "127.0.0.1:9")
+    monkeypatch.setenv("S3_TIMEOUT_S", "1")
+    assert main(["--check"]) == 1
+    assert "s3: object store unavailable" in capsys.readouterr().out
 
 
 def test_preload_starts_the_default_model_loading_before_the_claim(settings, redis_client, monkeypatch):
