@@ -249,7 +249,7 @@ class Worker:
             self.events.info(f"job {job.id}: downloaded {source_bucket}/{source_key} ({size} bytes)",
                              stage="downloading", duration_s=timings["download"])
             device = separation.resolve_device(s.demucs_device)
-            precision = separation.resolve_precision(s.demucs_precision, device, native=s.native_bf16)
+            precision = separation.job_precision(s, device)
             tick = time.monotonic()
             flight = cleanup.enter_context(self.cache.begin(job, sha256.hexdigest(), device, precision, status))
             timings["cache"] = time.monotonic() - tick

@@ -169,6 +169,11 @@ def resolve_precision(setting: str, device: str, cpuinfo: str | None = None, nat
     return "bf16" if native else "fp32"
 
 
+def job_precision(settings: Settings, device: str) -> str:
+    """The precision a job runs with on `device` under `settings` (DEMUCS_PRECISION, CPU_NATIVE_BF16)."""
+    return resolve_precision(settings.demucs_precision, device, native=settings.native_bf16)
+
+
 def autocast_for(precision: str, device: str) -> contextlib.AbstractContextManager[object]:
     """The autocast context for a DEMUCS_PRECISION value; fp32 (the default) is a no-op."""
     precision = resolve_precision(precision, device)

@@ -231,7 +231,7 @@ def test_names_and_irrelevant_settings_stay_out_of_the_key(make_settings, redis_
 
     def key(settings, **job):
         event = event_from_message(json.dumps({"id": "k1", **job}), 65536)
-        precision = separation.resolve_precision(settings.demucs_precision, "cpu")
+        precision = separation.job_precision(settings, "cpu")
         return key_parts(job_from_event(event, settings), settings, digest, "cpu", precision).cache_key()
 
     renamed = make_settings(stem_aliases="vocals:voice", output_key="{model}/{id}/{stem}.{ext}", output_bucket="xyz")
@@ -297,7 +297,7 @@ def test_each_setting_and_job_field_that_shapes_the_stems_misses(make_settings, 
             worker = Worker(case_settings)
             job_id = "case-" + label.replace(" ", "-")
             job = job_from_event(event_from_message(json.dumps({"id": job_id, **fields}), 65536), case_settings)
-            precision = separation.resolve_precision(case_settings.demucs_precision, "cpu")
+            precision = separation.job_precision(case_settings, "cpu")
             with worker.cache.begin(job, input_sha256, "cpu", precision, worker.status_for(job_id)) as flight:
                 expected = "a hit" if hit_expected else "a miss"
                 assert (flight.hit is not None) == hit_expected, f"changing {label}: expected {expected}"
@@ -365,7 +365,7 @@ def test_malformed_entry_is_dropped(make_settings, redis_client, s3):
 
 def key_of(settings, job_id: str, data: bytes) -> str:
     job = job_from_event(event_from_message(job_id, 65536), settings)
-    precision = separation.resolve_precision(settings.demucs_precision, "cpu")
+    precision = separation.job_precision(settings, "cpu")
     return key_parts(job, settings, hashlib.sha256(data).hexdigest(), "cpu", precision).cache_key()
 
 

@@ -34,7 +34,7 @@ def run_runner(settings, *args: str, **env: str) -> tuple[list[dict], float, flo
     done = subprocess.run([sys.executable, "-m", "function.runner", *args], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=300,
                           env=runner_env(settings, DEMUCS_MODEL="tiny", DEMUCS_DEVICE="cpu", DEMUCS_SHIFTS="0",
-                                         DEMUCS_THREADS="1", CLAIM_WAIT_SECONDS="1", LOG_FORMAT="json",
+                                         DEMUCS_THREADS="1", CLAIM_WAIT_S="1", LOG_FORMAT="json",
                                          LOG_LEVEL="INFO", TZ=NEW_YORK, **env))
     after = time.time()
     lines = [json.loads(text) for text in done.stderr.splitlines()]  # every stderr line is one JSON object

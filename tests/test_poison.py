@@ -150,32 +150,41 @@ def test_the_claim_waits_in_slices_shorter_than_the_socket_timeout(make_settings
 # ----- runner processes
 
 
+CLAIM_WAIT_NAMES = ("CLAIM_WAIT_S", "CLAIM_WAIT_SECONDS")  # the setting and its older name
+
+
 def shipped_configmap() -> dict[str, str]:
-    """The worker's ConfigMap as shipped (the first one under keda/ that sets CLAIM_WAIT_SECONDS)."""
+    """The worker's ConfigMap as shipped: the first one under keda/ that sets the claim wait."""
     for path in sorted((REPO_ROOT / "keda").rglob("*.yaml")):
         for document in yaml.safe_load_all(path.read_text()):
-            if isinstance(document, dict) and document.get("kind") == "ConfigMap" and \
-                    "CLAIM_WAIT_SECONDS" in (document.get("data") or {}):
-                return {name: str(value) for name, value in document["data"].items()}
-    raise AssertionError("no ConfigMap with CLAIM_WAIT_SECONDS under keda/")
+            data = document.get("data") if isinstance(document, dict) else None
+            if document and document.get("kind") == "ConfigMap" and any(n in (data or {}) for n in CLAIM_WAIT_NAMES):
+                return {name: str(value) for name, value in data.items()}
+    raise AssertionError("no ConfigMap with CLAIM_WAIT_S under keda/")
+
+
+def shipped_claim_wait_s(shipped: dict[str, str]) -> float:
+    return float(next(shipped[name] for name in CLAIM_WAIT_NAMES if name in shipped))
 
 
 def test_an_idle_runner_exits_0_with_the_shipped_settings(settings, redis_client) -> None:
-    """CLAIM_WAIT_SECONDS=30 from the ConfigMap against the default REDIS_TIMEOUT_S=10: the claim waits the whole
-    30 s for a message that never comes, then the pod exits 0 (KEDA's extra pods must not count as failed)."""
+    """The ConfigMap's claim wait (30 s) against the default REDIS_TIMEOUT_S=10: the claim waits the whole 30 s for a
+    message that never comes, then the pod exits 0 (KEDA's extra pods must not count as failed)."""
     shipped = shipped_configmap()
-    env = {**runner_env(settings), **{name: value for name, value in shipped.items() if name not in (
-        "MINIO_ENDPOINT", "DEMUCS_MODEL", "DEMUCS_DEVICE")}}
-    env.pop("REDIS_TIMEOUT_S")  # the default, as a pod gets it
-    env.pop("CLAIM_WAIT_SECONDS", None)
-    env["CLAIM_WAIT_SECONDS"] = shipped["CLAIM_WAIT_SECONDS"]
-    assert float(shipped["CLAIM_WAIT_SECONDS"]) >= 10  # the combination that used to exit 1
+    env = runner_env(settings)
+    for name in ("REDIS_TIMEOUT_S", *CLAIM_WAIT_NAMES):
+        env.pop(name, None)  # the pod's values: the ConfigMap's claim wait, the default socket timeout
+    where = ("MINIO_ENDPOINT", "DEMUCS_MODEL", "DEMUCS_DEVICE", "REDIS_HOST", "REDIS_PORT", "INPUT_BUCKET",
+             "OUTPUT_BUCKET")  # the test's services and tiny model, not the cluster's
+    env.update({name: value for name, value in shipped.items() if name not in where})
+    wait_s = shipped_claim_wait_s(shipped)
+    assert wait_s >= 10 and "REDIS_TIMEOUT_S" not in env  # the combination that used to exit 1
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "function.runner"], env=env, cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=float(shipped["CLAIM_WAIT_SECONDS"]) + 60)
+                          text=True, timeout=wait_s + 60)
     waited = time.monotonic() - started
     assert done.returncode == 0, done.stderr[-2000:]
-    assert waited >= float(shipped["CLAIM_WAIT_SECONDS"]), waited
+    assert waited >= wait_s, waited
     assert "Redis unavailable" not in done.stderr
 
 
@@ -186,7 +195,7 @@ def start_runner(env: dict[str, str], *args: str) -> subprocess.Popen:
 
 def fleet_env(settings, **extra: str) -> dict[str, str]:
     fleet = {"DEMUCS_MODEL": "tiny", "DEMUCS_DEVICE": "cpu", "DEMUCS_SHIFTS": "0", "DEMUCS_THREADS": "1",
-             "CLAIM_WAIT_SECONDS": "1", "LEASE_SECONDS": "2", "ORPHAN_GRACE_SECONDS": "1", "MAX_ATTEMPTS": "3"}
+             "CLAIM_WAIT_S": "1", "LEASE_S": "2", "ORPHAN_GRACE_S": "1", "MAX_ATTEMPTS": "3"}
     return runner_env(settings, **{**fleet, **extra})
 
 
@@ -248,7 +257,7 @@ def test_redis_losing_its_data_is_said_and_counted(settings, upload, redis_clien
     Redis lost its data, count it, and never claim that nothing was lost."""
     upload("lost1", sample_song.song_mp3(seconds=30.0))
     redis_client.rpush("toWorker", "lost1", "lost2")
-    process = start_runner(fleet_env(settings, LEASE_SECONDS="30"))
+    process = start_runner(fleet_env(settings, LEASE_S="30"))
     wait_for(lambda: redis_client.hget("status:lost1", "state") == b"separating", 90, "separation to start")
     redis_client.flushall()
     output = process.communicate(timeout=120)[0]
@@ -296,7 +305,7 @@ def test_stems_published_by_an_earlier_attempt_stay_listed_when_the_job_fails(se
 
 
 def test_shipped_configmap_is_found() -> None:
-    assert Path(REPO_ROOT / "keda").is_dir() and shipped_configmap()["CLAIM_WAIT_SECONDS"]
+    assert Path(REPO_ROOT / "keda").is_dir() and shipped_claim_wait_s(shipped_configmap()) > 0
 
 
 # ----- receivers that never finish answering
