@@ -22,6 +22,7 @@ from cloudevents.http import CloudEvent
 from function import audio, separation
 from function.cache import ResultCache, finish_hit
 from function.callback import deliver
+from function.claims import pod_name
 from function.clients import redis_client, s3_client
 from function.clock import now_iso
 from function.config import Settings, get_settings
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from function.fencing import Fence
 
 ATTEMPT_ATTRIBUTE = "attempt"
+# When the job runner claimed the message (UTC ISO 8601); absent for an event that came over HTTP.
+CLAIMED_AT_ATTRIBUTE = "claimedat"
 
 
 def attempt_of(event: CloudEvent) -> int:
@@ -118,7 +121,8 @@ class Worker:
             self.events.info(f"job {job.id}: {note}")
         status = self.status_for(job.id)
         status.start(model=job.model, model_requested=job.model_requested or job.model, format=job.format,
-                     attempts=attempt, event_id=job.event_id)
+                     attempts=attempt, event_id=job.event_id, pod=pod_name(self.settings),
+                     claimed_at=event.get(CLAIMED_AT_ATTRIBUTE) or now_iso())
         self.metrics.job_started(job.id)
         try:
             result = self._separate(job, status, attempt, started)

@@ -33,9 +33,10 @@ from typing import Any
 
 from cloudevents.conversion import to_dict
 
+from function.claims import forget_claim, record_claim
 from function.clock import now_iso
 from function.config import Settings, get_settings, load_settings
-from function.core import ATTEMPT_ATTRIBUTE, Worker
+from function.core import ATTEMPT_ATTRIBUTE, CLAIMED_AT_ATTRIBUTE, Worker
 from function.errors import (
     ConfigError,
     Interrupted,
@@ -159,6 +160,7 @@ class Runner:
         finally:
             self.worker.fence = None
             unbind_job(job_fields)
+            forget_claim(self.worker.redis, self.settings.queue_key, claim.token)
 
     def _lost(self, claim: Claim, err: LeaseLost) -> Result:
         """The claim's lease was reaped (this runner was cut off or paused for longer than LEASE_SECONDS): another
@@ -179,8 +181,11 @@ class Runner:
             self.events.error(f"malformed message dead-lettered: {err}", stage="dead", error_type=type(err).__name__)
             return self._dead_letter(claim, None, err, started)
         event[ATTEMPT_ATTRIBUTE] = str(claim.attempts)
+        event[CLAIMED_AT_ATTRIBUTE] = now_iso()
         job_id = job_id_or_none(event)
         bind_job(job_id=job_id, event_id=event.get("id"))  # undone by run_once with the attempt's binding
+        record_claim(self.worker.redis, self.settings, claim.token, claim.message, claim.attempts, job_id,
+                     self.worker.metrics)  # who runs it, and how long it waited (function/claims.py)
         if claim.attempts > self.settings.max_attempts:
             # This claim is not a run: the job ran `claim.attempts - 1` times, and each of its runners died.
             ran = claim.attempts - 1

@@ -37,7 +37,7 @@ class State(StrEnum):
 OWN_FIELDS = frozenset({
     "state", "progress", "received_at", "model", "model_requested", "format", "attempts", "event_id", "error",
     "retryable", "failed_at", "device", "precision", "audio_seconds", "outputs", "seconds", "cached", "cached_from",
-    "waiting_for", *(f"{state}_at" for state in State),
+    "waiting_for", "pod", "claimed_at", *(f"{state}_at" for state in State),
 })
 
 # KEYS[1] the hash; ARGV[1] TTL s, ARGV[2] n, ARGV[3..2+n] fields to clear, then field/value pairs to set.
