@@ -166,7 +166,7 @@ def test_runs_as_the_manifests_non_root_user() -> None:
     uid, _, gid = users[-1].partition(":")
     assert uid.isdigit() and int(uid) != 0, f"USER must be a numeric non-root uid, got {users[-1]!r}"
     assert gid.isdigit() and int(gid) != 0, f"USER must name a numeric non-root gid, got {users[-1]!r}"
-    manifest = ROOT / "keda" / "scaledjob.yaml"
+    manifest = ROOT / "keda" / "base" / "scaledjob.yaml"
     if manifest.is_file():
         docs = [doc for doc in yaml.safe_load_all(manifest.read_text()) if doc]
         text = json.dumps(docs)
