@@ -123,3 +123,13 @@ def test_rest_tier_defaults():
 def test_a_model_alias_names_its_target_and_the_allowed_models():
     with pytest.raises(ConfigError, match=r"MODEL_ALIASES maps 'default' to 'mdx'.*allowed.*\['htdemucs'\]"):
         load_settings(demucs_model="htdemucs", model_aliases="default:mdx")
+
+
+def test_redis_password_joins_host_and_port_unless_redis_url_is_set():
+    from function.config import load_settings
+
+    settings = load_settings(redis_host="redis.ns.svc", redis_port=6380, redis_password="p@ss word/1")
+    assert settings.redis_connection_url == "redis://:p%40ss%20word%2F1@redis.ns.svc:6380/0"
+    assert "p@ss" not in repr(settings)
+    overridden = load_settings(redis_url="redis://other:1/2", redis_password="x")
+    assert overridden.redis_connection_url == "redis://other:1/2"
