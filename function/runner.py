@@ -51,6 +51,7 @@ from function.logs import Timeline, bind_job, configure_logging, unbind_job
 from function.messages import event_from_message, job_id_or_none
 from function.queue import Claim, WorkQueue
 from function.status import State
+from function.tracing import configure_tracing, shutdown_tracing
 
 log = logging.getLogger("stemworker.job")
 
@@ -308,6 +309,7 @@ def main(argv: list[str] | None = None, timeline: Timeline | None = None) -> int
         print(f"stemworker-runner: {err}", file=sys.stderr)
         return 2
     configure_logging(settings)
+    configure_tracing()  # OTEL_EXPORTER_OTLP_ENDPOINT set: spans over OTLP (function/tracing.py)
     timeline.mark("settings")
     max_messages = args.max_messages if args.max_messages is not None else settings.max_messages
     reap_only = args.reap or settings.reap_only
@@ -351,6 +353,7 @@ def cli() -> None:
     timeline.mark("imports")
     code = main(timeline=timeline)
     log.debug(timeline.line())  # LOG_LEVEL=DEBUG: the cold-start breakdown (bench/cold_start.py)
+    shutdown_tracing()  # os._exit skips atexit: export the buffered spans first
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

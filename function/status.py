@@ -19,6 +19,7 @@ import redis
 from function.clock import now_iso
 from function.errors import Transient
 from function.keys import LOG_MAX_LINES
+from function.tracing import span
 
 log = logging.getLogger("stemworker")
 
@@ -109,6 +110,10 @@ class StatusRecord:
         self._state_fields = state_fields
 
     def _write(self, fields: dict[str, object], fresh: bool = False) -> None:
+        with span("status", **{"stemworker.state": None if fields.get("state") is None else str(fields["state"])}):
+            self._write_now(fields, fresh)
+
+    def _write_now(self, fields: dict[str, object], fresh: bool) -> None:
         mapping = {name: str(value) for name, value in fields.items() if value is not None and name != "state"}
         if fields.get("state") is not None:
             mapping.update(dict.fromkeys(self._state_fields, str(fields["state"])))
