@@ -290,8 +290,10 @@ class MetricsCollector(Collector):
         wait_family = HistogramMetricFamily("stemworker_queue_wait_seconds",
                                             "Seconds a job's message waited in the queue before its first claim "
                                             "(from the CloudEvent time, else when an observer first saw it)")
-        for (buckets, total) in _histograms(queue_wait, QUEUE_WAIT_BUCKETS_S, 0).values():
-            wait_family.add_metric([], buckets, total)
+        # No labels: present from the start, all zero, so that rate() sees the first observation.
+        empty = ([(floatToGoString(b), 0.0) for b in QUEUE_WAIT_BUCKETS_S] + [(INF, 0.0)], 0.0)
+        buckets, total = _histograms(queue_wait, QUEUE_WAIT_BUCKETS_S, 0).get((), empty)
+        wait_family.add_metric([], buckets, total)
         yield wait_family
 
     def _counter_families(self, counters: Mapping[str, str]) -> Iterable[Metric]:
