@@ -48,18 +48,29 @@ RUN if [ -n "$BUILD_DEPS" ]; then \
     fi
 
 WORKDIR /src
+# Every runtime dependency (no extras) at the version and hashes of requirements.lock (scripts/lock.sh writes it
+# from pyproject.toml; torch is not in it: it is installed above). No resolution happens here, so every build gets
+# the same packages; this layer is reused until the lock changes.
+COPY requirements.lock ./
+RUN --mount=type=secret,id=pip.conf \
+    --mount=type=secret,id=pip-ca.crt \
+    --mount=type=secret,id=pip-constraints.txt \
+    --mount=type=bind,from=pip-find-links,target=/run/pip-find-links \
+    if [ -s /run/secrets/pip.conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip.conf; fi; \
+    pip install --no-deps --require-hashes -r requirements.lock
+
 COPY pyproject.toml README.md* ./
 COPY function ./function
 COPY stemops ./stemops
-# The project's runtime dependencies only (no extras), with the pins of pyproject.toml; the torch spec is
-# repeated so that resolving the project can never swap the torch build installed above.
+# The project itself, without resolving anything; pip check then proves the lock and torch satisfy every
+# requirement of pyproject.toml.
 RUN --mount=type=secret,id=pip.conf \
     --mount=type=secret,id=pip-ca.crt \
     --mount=type=secret,id=pip-constraints.txt \
     --mount=type=bind,from=pip-find-links,target=/run/pip-find-links \
     if [ -s /run/secrets/pip.conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip.conf; fi; \
     pip wheel --no-deps --wheel-dir /tmp/dist . \
-    && pip install "$TORCH_SPEC" /tmp/dist/stemworker-*.whl \
+    && pip install --no-deps /tmp/dist/stemworker-*.whl \
     && pip check \
     && rm -rf /tmp/dist
 

@@ -11,7 +11,7 @@ import string
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -186,6 +186,9 @@ class Settings(BaseSettings):
     exporter_scrape_budget_s: float = Field(5.0, gt=0, le=15)
     # This pod's name (the downward API's metadata.name); the host name when unset. Recorded with each claim.
     pod_name: str | None = None
+    # Redis' password when REDIS_URL is unset (the manifests: REDIS_HOST/REDIS_PORT in the ConfigMap, the password in
+    # the Secret that KEDA's trigger reads too, so the address is written once).
+    redis_password: SecretStr | None = None
 
     @field_validator("demucs_models", "input_buckets", "state_fields", mode="before")
     @classmethod
@@ -327,6 +330,9 @@ class Settings(BaseSettings):
     def redis_connection_url(self) -> str:
         if self.redis_url is not None:
             return self.redis_url.get_secret_value()
+        if self.redis_password is not None:
+            password = quote(self.redis_password.get_secret_value(), safe="")
+            return f"redis://:{password}@{self.redis_host}:{self.redis_port}/0"
         return f"redis://{self.redis_host}:{self.redis_port}/0"
 
     @property

@@ -15,6 +15,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from function import audio, separation
 from function.buckets import render_bucket
 from function.cache import ResultCache
 from function.callback import deliver
+from function.claims import pod_name
 from function.clients import redis_client, s3_client
 from function.clock import now_iso
 from function.config import Settings, get_settings
@@ -36,11 +38,14 @@ from function.metrics import Recorder
 from function.outputs import publish, published_names
 from function.status import EventLog, State, StatusRecord
 from function.storage import CONTENT_TYPES, ObjectStore, input_key, output_key
+from function.tracing import job_span, span
 
 if TYPE_CHECKING:
     from function.fencing import Fence
 
 ATTEMPT_ATTRIBUTE = "attempt"
+# When the job runner claimed the message (UTC ISO 8601); absent for an event that came over HTTP.
+CLAIMED_AT_ATTRIBUTE = "claimedat"
 
 
 def attempt_of(event: CloudEvent) -> int:
@@ -74,6 +79,15 @@ class Stems:
     precision: str
     cached_from: str | None = None
     cache_key: str | None = None
+
+
+def claimed_at_ns(event: CloudEvent) -> int | None:
+    """When the job runner claimed the event's message, in Unix nanoseconds (None over HTTP)."""
+    stamp = event.get(CLAIMED_AT_ATTRIBUTE)
+    try:
+        return int(datetime.fromisoformat(str(stamp)).timestamp() * 1e9) if stamp else None
+    except ValueError:
+        return None
 
 
 class Worker:
@@ -116,7 +130,10 @@ class Worker:
     def handle(self, event: CloudEvent) -> dict[str, Any]:
         """Separate the song the event names; raises a StemworkerError subclass on failure. Every log line of the
         call carries the job's id, attempt and event id (function/logs.py)."""
-        with job_context(job_id=job_id_or_none(event), attempt=attempt_of(event), event_id=event_id_or_none(event)):
+        job_id, attempt, event_id = job_id_or_none(event), attempt_of(event), event_id_or_none(event)
+        attributes = {"stemworker.job_id": job_id, "stemworker.attempt": attempt, "cloudevents.event_id": event_id}
+        with job_context(job_id=job_id, attempt=attempt, event_id=event_id), \
+                job_span(event.get_attributes(), claimed_at_ns(event), **attributes):
             return self._handle(event)
 
     def _handle(self, event: CloudEvent) -> dict[str, Any]:
@@ -139,7 +156,8 @@ class Worker:
         status = self.status_for(job.id)
         published = self._published_before(status, job)
         status.start(model=job.model, model_requested=job.model_requested or job.model, format=job.format,
-                     attempts=attempt, event_id=job.event_id, published=json.dumps(published) if published else None)
+                     attempts=attempt, event_id=job.event_id, published=json.dumps(published) if published else None,
+                     pod=pod_name(self.settings), claimed_at=event.get(CLAIMED_AT_ATTRIBUTE) or now_iso())
         self.metrics.job_started(job.id)
         timings: dict[str, float] = {}
         try:
@@ -224,7 +242,9 @@ class Worker:
 
     def _notify(self, job: Job, body: Any) -> dict[str, Any]:
         assert job.callback is not None
-        outcome = deliver(job.callback, body, job.event_id, self.settings)
+        with span("callback") as current:
+            outcome = deliver(job.callback, body, job.event_id, self.settings)
+            current.set_attribute("http.response.status_code", outcome.status or 0)
         line = f"job {job.id}: callback {outcome.reason} (attempts {outcome.attempts}, status {outcome.status})"
         (self.events.info if outcome.delivered else self.events.error)(line, stage="callback")
         self.metrics.callback(outcome.delivered, outcome.reason)
@@ -244,7 +264,8 @@ class Worker:
             status.update(State.DOWNLOADING)
             tick = time.monotonic()
             sha256 = hashlib.sha256()  # fed as the input streams in: the cache key and the seed cost no extra read
-            size = self.store.download(source_bucket, source_key, Path(tmp) / "input", s.max_input_bytes, sha256)
+            with span("download", **{"s3.bucket": source_bucket, "s3.key": source_key}):
+                size = self.store.download(source_bucket, source_key, Path(tmp) / "input", s.max_input_bytes, sha256)
             timings["download"] = time.monotonic() - tick
             self.events.info(f"job {job.id}: downloaded {source_bucket}/{source_key} ({size} bytes)",
                              stage="downloading", duration_s=timings["download"])
@@ -267,8 +288,9 @@ class Worker:
                 raise UnprocessableInput(f"model {job.model} has no stems {missing}; "
                                          f"its stems are {list(separator.model.sources)}")
             tick = time.monotonic()
-            wav = audio.decode(Path(tmp) / "input", separator.samplerate, separator.audio_channels,
-                               s.max_duration_s)
+            with span("decode"):
+                wav = audio.decode(Path(tmp) / "input", separator.samplerate, separator.audio_channels,
+                                   s.max_duration_s)
             (Path(tmp) / "input").unlink()
             timings["decode"] = time.monotonic() - tick
             audio_seconds = wav.shape[-1] / separator.samplerate
@@ -280,11 +302,13 @@ class Worker:
             # Stems go to raw files in the temp dir as they are separated: memory stays bounded by the song's
             # input, not 4 stems at full length (issue 7).
             try:
-                stems = separation.separate_to_files(
-                    separator, wav, s.demucs_shifts, lambda p: status.update(progress=p), Path(tmp),
-                    pick=lambda separated: pick_stems(separated, job), precision=precision,
-                    seed=separation.seed_of(sha256.hexdigest()),
-                )
+                with span("separate", **{"stemworker.model": job.model, "stemworker.device": device,
+                                         "stemworker.audio_seconds": round(audio_seconds, 3)}):
+                    stems = separation.separate_to_files(
+                        separator, wav, s.demucs_shifts, lambda p: status.update(progress=p), Path(tmp),
+                        pick=lambda separated: pick_stems(separated, job), precision=precision,
+                        seed=separation.seed_of(sha256.hexdigest()),
+                    )
             except OSError as err:
                 raise Transient(f"cannot write separated stems to the temp dir: {err}") from None
             del wav
@@ -316,14 +340,16 @@ class Worker:
         def encode_and_upload(stem: str, raw: audio.StemFile) -> tuple[str, dict[str, Any]]:
             path = tmp / f"{stem}.{job.format}"
             try:
-                audio.encode_file(raw, path, samplerate, s.mp3_bitrate, s.mp3_preset)
+                with span("encode", **{"stemworker.stem": stem, "stemworker.format": job.format}):
+                    audio.encode_file(raw, path, samplerate, s.mp3_bitrate, s.mp3_preset)
             except OSError as err:
                 raise Transient(f"cannot write stem {stem} to the temp dir: {err}") from None
             finally:
                 raw.unlink()
             keys = [output_key(s.output_key, job.id, name, job.format, job.model)
                     for name in published_names(s.stem_aliases, stem)]
-            entry = publish(self.store, bucket, keys, path, CONTENT_TYPES[job.format])
+            with span("upload", **{"stemworker.stem": stem, "s3.bucket": bucket}):
+                entry = publish(self.store, bucket, keys, path, CONTENT_TYPES[job.format])
             path.unlink()
             record(stem, entry)
             self.events.info(f"job {job.id}: uploaded {stem} to {bucket}/{', '.join(keys)}", stage="uploading")

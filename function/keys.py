@@ -98,3 +98,10 @@ def cache_entry_key(cache_key: str) -> str:
 def cache_lock_key(cache_key: str) -> str:
     """Single-flight lock of one cache key: `<token> <job id>` of the job separating it, with a TTL it renews."""
     return f"{RESULT_CACHE_PREFIX}:lock:{cache_key}"
+
+
+# Who runs what (function/claims.py), beside the lease bookkeeping of function/queue.py.
+def holders_key(queue_key: str) -> str:
+    """Hash: lease token -> JSON {pod, job_id, claimed_at} of the runner holding that claim; entries whose lease is
+    gone are dropped by readers."""
+    return f"{queue_key}:holders"

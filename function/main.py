@@ -38,12 +38,14 @@ from function.config import get_settings
 from function.core import default_worker
 from function.errors import InvalidJob, StemworkerError
 from function.logs import configure_logging
+from function.tracing import configure_tracing
 
 log = logging.getLogger("stemworker.http")
 # A bad setting fails the server's start here, never a request.
 settings = get_settings()
 # functions-framework configures no logging; without this only warnings would reach the pod's log.
 configure_logging(settings)
+configure_tracing()  # OTEL_EXPORTER_OTLP_ENDPOINT set: spans over OTLP, flushed at exit by the SDK
 worker = default_worker()
 _slot = threading.Semaphore(1)
 _metrics = metrics.registry_with(metrics.MetricsCollector(worker.redis, settings))

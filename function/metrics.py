@@ -10,7 +10,8 @@ Hashes (`keys.metrics_key(queue, name)`):
 - `counters`: `jobs|<outcome>|<model>`, `audio_seconds|<model>` (separated, so cache hits add none),
   `cache_hits|<model>` (jobs done from the result cache), `callbacks|<result>`;
 - `durations`: `<stage>|<model>|<le>` (observations in that bucket alone, not cumulative), `<stage>|<model>|sum`;
-- `rtf`: `<model>|<le>`, `<model>|sum` (real-time factor: separate seconds / audio seconds).
+- `rtf`: `<model>|<le>`, `<model>|sum` (real-time factor: separate seconds / audio seconds);
+- `queue_wait`: `<le>`, `sum` (seconds a job's message waited before its first claim; function/claims.py).
 
 Outcomes: `done` and `failed` count `Worker.handle` calls (every attempt ends in one of them, except one
 interrupted by SIGTERM); `requeued` (after a transient failure), `interrupted` (SIGTERM) and `dead` count
@@ -41,6 +42,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from function import keys
+from function.claims import QUEUE_WAIT_BUCKETS_S, queue_wait_key
 from function.config import Settings
 from function.errors import Interrupted, InvalidJob, StemworkerError
 from function.messages import job_from_event, job_id_or_none
@@ -161,6 +163,16 @@ class Recorder:
         """A runner found that Redis lost its data while it held a claim (written into the new, empty dataset)."""
         self._apply("a Redis data loss", lambda pipe: pipe.hincrby(self._counters, "redis_data_loss", 1))
 
+    def queue_wait(self, seconds: float) -> None:
+        """How long a job's message waited in the queue before its first claim."""
+        key = queue_wait_key(self._settings.queue_key)
+
+        def write(pipe: Any) -> None:
+            pipe.hincrby(key, bucket_of(seconds, QUEUE_WAIT_BUCKETS_S), 1)
+            pipe.hincrbyfloat(key, "sum", seconds)
+
+        self._apply("a queue wait", write)
+
     def callback(self, delivered: bool, reason: str) -> None:
         result = callback_result(delivered, reason)
         self._apply("a callback", lambda pipe: pipe.hincrby(self._counters, f"callbacks|{result}", 1))
@@ -262,9 +274,9 @@ class MetricsCollector(Collector):
     def families(self) -> Iterator[Metric]:
         queued, processing, dead = self.queue.lengths()
         with self.client.pipeline(transaction=True) as pipe:
-            for name in ("counters", "durations", "rtf"):
+            for name in ("counters", "durations", "rtf", "queue_wait"):
                 pipe.hgetall(keys.metrics_key(self.settings.queue_key, name))
-            counters, durations, rtf = (_text(raw) for raw in pipe.execute())
+            counters, durations, rtf, queue_wait = (_text(raw) for raw in pipe.execute())
         yield GaugeMetricFamily("stemworker_queue_waiting", "Messages waiting in the queue", value=queued)
         yield GaugeMetricFamily("stemworker_queue_processing",
                                 "Messages claimed by a runner and not finished (the processing list)", value=processing)
@@ -280,6 +292,14 @@ class MetricsCollector(Collector):
         for labels, (buckets, total) in sorted(_histograms(rtf, RTF_BUCKETS, 1).items()):
             rtf_family.add_metric(list(labels), buckets, total)
         yield rtf_family
+        wait_family = HistogramMetricFamily("stemworker_queue_wait_seconds",
+                                            "Seconds a job's message waited in the queue before its first claim "
+                                            "(from the CloudEvent time, else when an observer first saw it)")
+        # No labels: present from the start, all zero, so that rate() sees the first observation.
+        empty = ([(floatToGoString(b), 0.0) for b in QUEUE_WAIT_BUCKETS_S] + [(INF, 0.0)], 0.0)
+        buckets, total = _histograms(queue_wait, QUEUE_WAIT_BUCKETS_S, 0).get((), empty)
+        wait_family.add_metric([], buckets, total)
+        yield wait_family
 
     def _counter_families(self, counters: Mapping[str, str]) -> Iterable[Metric]:
         # Every outcome x allowed model and every callback result is present from the start at 0, so that

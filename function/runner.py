@@ -32,10 +32,11 @@ from typing import Any
 
 from cloudevents.conversion import to_dict
 
+from function.claims import forget_claim, record_claim
 from function.clients import s3_credentials
 from function.clock import now_iso
 from function.config import Settings, get_settings, load_settings
-from function.core import ATTEMPT_ATTRIBUTE, Worker
+from function.core import ATTEMPT_ATTRIBUTE, CLAIMED_AT_ATTRIBUTE, Worker
 from function.errors import (
     ConfigError,
     Interrupted,
@@ -51,6 +52,7 @@ from function.messages import event_from_message, job_id_or_none
 from function.queue import Claim, WorkQueue, dead_letter_fields
 from function.renewal import Renewal
 from function.status import State, StatusRecord
+from function.tracing import configure_tracing, shutdown_tracing
 
 log = logging.getLogger("stemworker.job")
 
@@ -152,6 +154,7 @@ class Runner:
         finally:
             self.worker.fence = None
             unbind_job(job_fields)
+            forget_claim(self.worker.redis, self.settings.queue_key, claim.token)
 
     def _job_id_of(self, claim: Claim) -> str | None:
         """The claim's job id, when its message has a valid one (parsing never raises past InvalidJob)."""
@@ -219,8 +222,11 @@ class Runner:
             self.events.error(f"malformed message dead-lettered: {err}", stage="dead", error_type=type(err).__name__)
             return self._dead_letter(claim, None, err, started)
         event[ATTEMPT_ATTRIBUTE] = str(claim.attempts)
+        event[CLAIMED_AT_ATTRIBUTE] = now_iso()
         job_id = job_id_or_none(event)
         bind_job(job_id=job_id, event_id=event.get("id"))  # undone by run_once with the attempt's binding
+        record_claim(self.worker.redis, self.settings, claim.token, claim.message, claim.attempts, job_id,
+                     self.worker.metrics)  # who runs it, and how long it waited (function/claims.py)
         self.events.info(f"claimed job {job_id or '(invalid id)'} (attempt {claim.attempts}/"
                          f"{self.settings.max_attempts})", stage="claimed", job_id=job_id)
         heartbeat = Heartbeat(self.queue, claim)
@@ -349,6 +355,7 @@ def main(argv: list[str] | None = None, timeline: Timeline | None = None) -> int
         print(f"stemworker-runner: {err}", file=sys.stderr)
         return 2
     configure_logging(settings)
+    configure_tracing()  # OTEL_EXPORTER_OTLP_ENDPOINT set: spans over OTLP (function/tracing.py)
     timeline.mark("settings")
     max_messages = args.max_messages if args.max_messages is not None else settings.max_messages
     reap_only = args.reap or settings.reap_only
@@ -393,6 +400,7 @@ def cli() -> None:
     timeline.mark("imports")
     code = main(timeline=timeline)
     log.debug(timeline.line())  # LOG_LEVEL=DEBUG: the cold-start breakdown (bench/cold_start.py)
+    shutdown_tracing()  # os._exit skips atexit: export the buffered spans first
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -19,6 +19,7 @@ import redis
 from function.clock import now_iso
 from function.errors import Transient
 from function.keys import LOG_MAX_LINES
+from function.tracing import span
 
 log = logging.getLogger("stemworker")
 
@@ -37,7 +38,7 @@ class State(StrEnum):
 OWN_FIELDS = frozenset({
     "state", "progress", "received_at", "model", "model_requested", "format", "attempts", "event_id", "error",
     "retryable", "failed_at", "device", "precision", "audio_seconds", "outputs", "seconds", "cached", "cached_from",
-    "waiting_for", "published", *(f"{state}_at" for state in State),
+    "waiting_for", "published", "pod", "claimed_at", *(f"{state}_at" for state in State),
 })
 
 # KEYS[1] the hash; ARGV[1] TTL s, ARGV[2] n, ARGV[3..2+n] fields to clear, then field/value pairs to set.
@@ -118,6 +119,10 @@ class StatusRecord:
         self._state_map = state_map or {}
 
     def _write(self, fields: dict[str, object], fresh: bool = False) -> None:
+        with span("status", **{"stemworker.state": None if fields.get("state") is None else str(fields["state"])}):
+            self._write_now(fields, fresh)
+
+    def _write_now(self, fields: dict[str, object], fresh: bool) -> None:
         mapping = {name: str(value) for name, value in fields.items() if value is not None and name != "state"}
         if fields.get("state") is not None:
             state = str(fields["state"])

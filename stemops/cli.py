@@ -1,7 +1,8 @@
 """`stemworker`: one command for operators of a stemworker fleet.
 
     stemworker stats [--watch]                 the queue at a glance
-    stemworker jobs [--state S] [--limit N]    recent jobs, newest first
+    stemworker jobs [--state S] [--limit N]    running jobs (pod, age), waiting messages, recent jobs
+    stemworker workers                         live runners by pod, with the job each holds
     stemworker watch ID                        one job's progress to its end (exit 0 done, 1 failed)
     stemworker dead list|show N|requeue N|--all|purge [--older-than 7d] [--yes]
     stemworker flood --count N [--wait]        a load test: N jobs the way the REST tier sends them
@@ -44,9 +45,12 @@ from function.status import State
 from stemops import deadletters, flood, render
 from stemops import doctor as doctor_checks
 from stemops.exporter import scrape_client, serve
-from stemops.recent import FINAL, GONE, outputs_of, recent_jobs, status_of
+from stemops.leases import running_now
+from stemops.recent import FINAL, GONE, outputs_of, recent_jobs, status_of, typed_status
 from stemops.stats import gather
 from stemops.tierwatch import NothingSeen, WatchUnavailable
+from stemops.waiting import waiting_messages
+from stemops.workers import live_workers
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -143,6 +147,14 @@ def stats(ops: Ops, watch: bool, interval: float, count: int, as_json: bool) -> 
             if count and refreshes >= count:
                 return 0
             time.sleep(interval)
+    if not ops.console.is_terminal:  # a pipe, a file, `kubectl exec` without -t: one snapshot after another
+        while True:
+            ops.console.print(render.stats_view(gather(ops.redis, ops.settings)))
+            ops.console.print()
+            refreshes += 1
+            if count and refreshes >= count:
+                return 0
+            time.sleep(interval)
     with Live(render.stats_view(gather(ops.redis, ops.settings)), console=ops.console, auto_refresh=False) as live:
         refreshes = 1
         while not count or refreshes < count:
@@ -159,13 +171,41 @@ def stats(ops: Ops, watch: bool, interval: float, count: int, as_json: bool) -> 
 @json_option
 @click.pass_obj
 def jobs(ops: Ops, state: str | None, limit: int, as_json: bool) -> int:
-    """Recent jobs, newest first (by their latest start or end): state, progress, model, audio seconds, time
-    taken and error. Read from the bounded recent-jobs index the worker keeps, never a keyspace scan."""
-    rows = recent_jobs(ops.redis, ops.settings, state, limit)
+    """Running jobs (the pod running each and for how long), the messages waiting to be claimed (next first), and
+    recent jobs, newest first (by their latest start or end): state, progress, model, audio seconds, time taken
+    and error. --state filters the recent jobs and leaves out the other two. Read from the leases, the queue's
+    claim end and the bounded recent-jobs index, never a keyspace scan. --json prints one object:
+    {"queue", "running": [...], "waiting_total", "waiting": [...], "jobs": [...]}."""
+    settings = ops.settings
+    rows = recent_jobs(ops.redis, settings, state, limit)
+    running = running_now(ops.redis, settings)[:limit] if state is None else []
+    waiting = waiting_messages(ops.redis, settings, limit) if state is None else []
+    waiting_total = int(ops.redis.llen(settings.queue_key)) if state is None else 0
     if as_json:
-        emit_json([row.as_dict() for row in rows])
+        emit_json({"queue": settings.queue_key, "running": [job.as_dict() for job in running],
+                   "waiting_total": waiting_total, "waiting": [message.as_dict() for message in waiting],
+                   "jobs": [row.as_dict() for row in rows]})
+        return 0
+    if running:
+        ops.console.print(render.running_view(running))
+    if waiting:
+        ops.console.print(render.waiting_view(waiting, waiting_total))
+    ops.console.print(render.jobs_view(rows, ops.console.width))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ workers
+@cli.command()
+@json_option
+@click.pass_obj
+def workers(ops: Ops, as_json: bool) -> int:
+    """Live runners by pod (POD_NAME, else the host name), with the job each holds, its state, how long it has run
+    and how long its lease has left. A runner still waiting for a message holds nothing and is not listed."""
+    rows = live_workers(ops.redis, ops.settings)
+    if as_json:
+        emit_json({"queue": ops.settings.queue_key, "workers": [row.as_dict() for row in rows]})
     else:
-        ops.console.print(render.jobs_view(rows, ops.console.width))
+        ops.console.print(render.workers_view(rows))
     return 0
 
 
@@ -195,12 +235,24 @@ def watch(ops: Ops, job_id: str, interval: float, timeout_s: float, as_json: boo
         while True:
             now = (status.get("state", ""), status.get("progress", ""))
             if now != last:
-                emit_json({"id": job_id, **status, **({"outputs": outputs_of(status)} if "outputs" in status else {})})
+                emit_json({"id": job_id, **typed_status(status)})
                 last = now
             if now[0] in FINAL or time.monotonic() > deadline:
                 break
             time.sleep(interval)
             status = status_of(ops.redis, ops.settings, job_id)
+    elif not ops.console.is_terminal:  # a pipe, a file, `kubectl exec` without -t: a line per change
+        seen: tuple[str, str] | None = None
+        while True:
+            now = (status.get("state", GONE), status.get("progress", ""))
+            if now != seen:
+                click.echo(f"job {job_id}: {now[0]}" + (f" {now[1]}%" if now[1] and now[0] not in FINAL else ""))
+                seen = now
+            if now[0] in FINAL or time.monotonic() > deadline:
+                break
+            time.sleep(interval)
+            status = status_of(ops.redis, ops.settings, job_id)
+        finished(ops, job_id, status)
     else:
         columns = (TextColumn("[bold]{task.fields[job]}"), TextColumn("{task.fields[state]:<11}"), BarColumn(),
                    TaskProgressColumn(), TimeElapsedColumn())
@@ -214,12 +266,7 @@ def watch(ops: Ops, job_id: str, interval: float, timeout_s: float, as_json: boo
                     break
                 time.sleep(interval)
                 status = status_of(ops.redis, ops.settings, job_id)
-        state = status.get("state", GONE)
-        if state == State.DONE.value:
-            ops.console.print(f"job {job_id} done in {render.seconds(float(status.get('seconds', 0)))}")
-            ops.console.print(render.outputs_view(outputs_of(status)))
-        elif state == State.FAILED.value:
-            ops.console.print(f"[red]job {job_id} failed:[/red] {escape(status.get('error', ''))}")
+        finished(ops, job_id, status)
     state = status.get("state", GONE)
     if state == State.DONE.value:
         return 0
@@ -227,6 +274,16 @@ def watch(ops: Ops, job_id: str, interval: float, timeout_s: float, as_json: boo
         return EXIT_FAILED
     click.echo(f"stemworker: job {job_id} still {state} after {timeout_s:g} s", err=True)
     return EXIT_TIMEOUT
+
+
+def finished(ops: Ops, job_id: str, status: dict[str, str]) -> None:
+    """Where a done job's stems went, or a failed job's error."""
+    state = status.get("state", GONE)
+    if state == State.DONE.value:
+        ops.console.print(f"job {job_id} done in {render.seconds(float(status.get('seconds', 0)))}")
+        ops.console.print(render.outputs_view(outputs_of(status)))
+    elif state == State.FAILED.value:
+        ops.console.print(f"[red]job {job_id} failed:[/red] {escape(status.get('error', ''))}")
 
 
 # ------------------------------------------------------------------------------------------------ dead

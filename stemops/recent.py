@@ -91,6 +91,29 @@ def outputs_of(status: Mapping[str, str]) -> dict[str, Any]:
     return outputs if isinstance(outputs, dict) else {}
 
 
+# Status hash fields that hold numbers, and the type each is shown as (everything else stays text).
+INT_FIELDS = frozenset({"progress", "attempts", "retryable", "cached"})
+FLOAT_FIELDS = frozenset({"audio_seconds", "seconds"})
+
+
+def typed_status(status: Mapping[str, str]) -> dict[str, Any]:
+    """A status hash with its numbers as numbers and `outputs` as the object it encodes (for --json)."""
+    typed: dict[str, Any] = {}
+    for name, text in status.items():
+        try:
+            if name in INT_FIELDS:
+                typed[name] = int(float(text))
+            elif name in FLOAT_FIELDS:
+                typed[name] = float(text)
+            elif name == "outputs":
+                typed[name] = outputs_of(status)
+            else:
+                typed[name] = text
+        except ValueError:
+            typed[name] = text
+    return typed
+
+
 def recent_jobs(client: redis.Redis, settings: Settings, state: str | None = None, limit: int = 20) -> list[JobRow]:
     """Up to `limit` jobs, newest first (by their latest start or end), optionally only those in `state`."""
     index = keys.recent_jobs_key(settings.queue_key)

@@ -14,8 +14,11 @@ from rich.text import Text
 
 from function.status import State
 from stemops.deadletters import DeadLetter
+from stemops.leases import RunningJob
 from stemops.recent import JobRow
 from stemops.stats import Stats
+from stemops.waiting import WaitingMessage
+from stemops.workers import WorkerRow
 
 STATE_STYLES = {State.DONE.value: "green", State.FAILED.value: "red", State.QUEUED.value: "dim",
                 State.DOWNLOADING.value: "cyan", State.SEPARATING.value: "cyan", State.UPLOADING.value: "cyan"}
@@ -51,7 +54,12 @@ def state_text(state: str) -> Text:
     return Text(state, style=STATE_STYLES.get(state, "yellow"))
 
 
-def stats_view(stats: Stats) -> Table:
+def duration(value: float | None) -> str:
+    """Seconds as `42s`, `17m`, `3.5h`, `2.0d` (`-` when unknown)."""
+    return "-" if value is None else ago(0.0, value)
+
+
+def stats_view(stats: Stats) -> Table | Group:
     stamp = time.strftime("%H:%M:%S", time.localtime(stats.at))
     table = Table(title=f"stemworker · queue {escape(stats.queue)} · {stamp}", show_header=False, box=None,
                   title_justify="left", padding=(0, 2))
@@ -66,6 +74,49 @@ def stats_view(stats: Stats) -> Table:
     if stats.redis_persistence:
         table.add_row("redis persistence", Text(stats.redis_persistence,
                                                 style="bold red" if stats.redis_persistence_none else ""), "", "")
+    if not stats.running_jobs:
+        return table
+    return Group(table, running_view(list(stats.running_jobs)))
+
+
+def running_view(rows: list[RunningJob]) -> Table:
+    """Running jobs: the pod running each and for how long."""
+    table = Table(title=f"{len(rows)} running job(s), longest first", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    for name, justify in (("id", "left"), ("pod", "left"), ("state", "left"), ("%", "right"), ("running", "right"),
+                          ("lease left", "right")):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for row in rows:
+        table.add_row(row.job_id or "-", row.pod or "-", state_text(row.state or "-"),
+                      "-" if row.progress is None else f"{row.progress}%", duration(row.age_s),
+                      duration(row.lease_left_s))
+    return table
+
+
+def waiting_view(rows: list[WaitingMessage], total: int) -> Table:
+    """Messages queued and not started, next to be claimed first."""
+    shown = "all shown" if len(rows) >= total else f"next {len(rows)} shown"
+    table = Table(title=f"{total} waiting message(s), next first ({shown})", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for name, justify in (("#", "right"), ("id", "left"), ("waiting", "right")):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for row in rows:
+        table.add_row(str(row.position), row.job_id or "(no valid id)", duration(row.waiting_s))
+    return table
+
+
+def workers_view(rows: list[WorkerRow]) -> Table:
+    """Live runners by pod, with the job each holds."""
+    table = Table(title=f"{len(rows)} runner pod(s) holding a job", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    for name, justify in (("pod", "left"), ("job", "left"), ("state", "left"), ("%", "right"), ("running", "right"),
+                          ("lease left", "right")):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for worker in rows:
+        for job in worker.jobs:
+            table.add_row(worker.pod, job.job_id or "-", state_text(job.state or "-"),
+                          "-" if job.progress is None else f"{job.progress}%", duration(job.age_s),
+                          duration(job.lease_left_s))
     return table
 
 

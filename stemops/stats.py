@@ -12,7 +12,7 @@ import redis
 from function.config import Settings
 from function.queue import WorkQueue
 from function.status import State
-from stemops.leases import running_jobs
+from stemops.leases import RunningJob, running_jobs, running_now
 from stemops.persistence import read_persistence
 from stemops.recent import ended_since
 from stemops.waiting import oldest_waiting_age_s
@@ -35,6 +35,7 @@ class Stats:
     at: float
     redis_persistence: str = ""  # AOF/RDB as Redis reports them (stemops/persistence.py)
     redis_persistence_none: bool = False  # a restart would lose every queued job
+    running_jobs: tuple[RunningJob, ...] = ()  # each live claim: job, pod, age
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,11 +44,13 @@ class Stats:
 def gather(client: redis.Redis, settings: Settings) -> Stats:
     """Read the queue's lists and leases, the oldest waiting message's age, and the jobs of the last hour.
 
+    The running jobs are the live claims with the pod running each and its age (stemops.leases.running_now).
     The last hour is the jobs whose latest start or end (their score in the recent-jobs index) is within
     WINDOW_S, counted by the state their status hash has now; the median is over those done, of their total
     seconds (the status hash's `seconds`); `cached_last_hour` counts those done from the result cache."""
     waiting, processing, dead = WorkQueue(client, settings.queue_key).lengths()
     running = running_jobs(client, settings.queue_key)
+    running_list = tuple(running_now(client, settings))
     oldest = oldest_waiting_age_s(client, settings)
     now = time.time()
     recent = ended_since(client, settings, now - WINDOW_S)
@@ -59,4 +62,5 @@ def gather(client: redis.Redis, settings: Settings) -> Stats:
                  queue=settings.queue_key, waiting=waiting, processing=processing, dead=dead, running=running,
                  oldest_waiting_s=oldest, done_last_hour=len(done),
                  cached_last_hour=sum(1 for job in done if job["cached"] == "1"), failed_last_hour=failed,
-                 median_job_s_last_hour=statistics.median(times) if times else None, at=now)
+                 median_job_s_last_hour=statistics.median(times) if times else None, at=now,
+                 running_jobs=running_list)

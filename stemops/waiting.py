@@ -17,10 +17,16 @@ concurrent observers never undo each other's records.
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import Any
+
 import redis
 
 from function import keys
 from function.config import Settings
+from function.errors import InvalidJob
+from function.messages import event_from_message, job_id_or_none
 
 WINDOW = 1000
 MAX_AGE_S = keys.STATUS_TTL_S
@@ -67,3 +73,38 @@ def oldest_waiting_age_s(client: redis.Redis, settings: Settings) -> float | Non
     if not first:
         return None
     return max(0.0, float(now) - float(first))
+
+
+@dataclass(frozen=True)
+class WaitingMessage:
+    """A message in the queue that no runner has claimed: its place in line (0 is claimed next), its job id (None
+    when the message names no valid one) and how long an observer has seen it waiting (None when never seen)."""
+
+    position: int
+    job_id: str | None
+    waiting_s: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def waiting_messages(client: redis.Redis, settings: Settings, limit: int) -> list[WaitingMessage]:
+    """The next `limit` messages to be claimed, in claim order (QUEUE_POP's end first)."""
+    if settings.queue_pop == "left":
+        raw = client.lrange(settings.queue_key, 0, limit - 1)
+    else:
+        raw = list(reversed(client.lrange(settings.queue_key, -limit, -1)))
+    if not raw:
+        return []
+    now_s, micros = client.time()
+    now = now_s + micros / 1e6
+    digests = [hashlib.sha1(m if isinstance(m, bytes) else m.encode()).hexdigest() for m in raw]
+    seen = client.zmscore(keys.seen_key(settings.queue_key), digests)
+    found = []
+    for position, (message, first) in enumerate(zip(raw, seen, strict=True)):
+        try:
+            job_id = job_id_or_none(event_from_message(message, settings.max_message_bytes))
+        except InvalidJob:
+            job_id = None
+        found.append(WaitingMessage(position, job_id, None if first is None else round(max(0.0, now - first), 3)))
+    return found

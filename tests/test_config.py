@@ -202,3 +202,13 @@ def test_state_map_and_an_explicit_status_ttl_are_read(monkeypatch):
     assert not s.status_ttl_explicit and s.status_ttl_s == 604800
     monkeypatch.setenv("STATUS_TTL_S", "604800")
     assert load_settings().status_ttl_explicit
+
+
+def test_redis_password_joins_host_and_port_unless_redis_url_is_set():
+    from function.config import load_settings
+
+    settings = load_settings(redis_host="redis.ns.svc", redis_port=6380, redis_password="p@ss word/1")
+    assert settings.redis_connection_url == "redis://:p%40ss%20word%2F1@redis.ns.svc:6380/0"
+    assert "p@ss" not in repr(settings)
+    overridden = load_settings(redis_url="redis://other:1/2", redis_password="x")
+    assert overridden.redis_connection_url == "redis://other:1/2"

@@ -120,24 +120,71 @@ def test_torch_pin_matches_ci() -> None:
     assert arg_default("TORCH_SPEC", stage_of("build")) == f"torch=={ci_torch_pin()}"
 
 
-def test_torch_is_installed_first_then_the_project_from_pyproject() -> None:
+def test_torch_is_installed_first_then_the_lock_then_the_project() -> None:
     runs = pip_runs(stage_of("build"))
     installs = [run for run in runs if "pip install" in run]
-    assert installs, "the build stage installs nothing with pip"
+    assert len(installs) == 3, installs
     first = installs[0]
     assert re.search(r'pip install \$\{TORCH_INDEX:\+--index-url "\$TORCH_INDEX"\} "\$TORCH_SPEC"\s*$', first), first
-    project = installs[1]
+    lock = installs[1]
+    assert re.search(r"pip install --no-deps --require-hashes -r requirements\.lock\s*$", lock), lock
+    project = installs[2]
     assert re.search(r"pip wheel --no-deps --wheel-dir (\S+) \.(\s|$)", project), project
-    assert re.search(r'pip install "\$TORCH_SPEC" \S+/stemworker-\*\.whl', project), project
+    assert re.search(r"pip install --no-deps \S+/stemworker-\*\.whl", project), project
+    assert "pip check" in project.split("stemworker-*.whl")[1], "pip check must prove the lock covers pyproject.toml"
     assert "[" not in project.split("stemworker-*.whl")[1].split("&&")[0], "the image must not install extras"
-    # Nothing else is installed by name: every dependency and pin comes from pyproject.toml.
+    # Nothing else is installed by name: torch by TORCH_SPEC, every other dependency from the lock.
     for run in installs:
         named = re.findall(r"pip install ([^&;]*)", run)
         for spec in named:
             for token in shlex.split(re.sub(r"\$\{[^}]*\}", "", spec)):
                 if token.startswith("-"):
                     continue
-                assert token in ('$TORCH_SPEC', "/tmp/dist/stemworker-*.whl"), f"pip installs {token!r} by name"
+                assert token in ('$TORCH_SPEC', "/tmp/dist/stemworker-*.whl", "requirements.lock"), \
+                    f"pip installs {token!r} by name"
+    copies = [args for stage, keyword, args in instructions() if keyword == "COPY" and stage == stage_of("build")]
+    assert copies.index("requirements.lock ./") < next(i for i, c in enumerate(copies) if c.startswith("function"))
+
+
+def lock_pins() -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, hashes) of requirements.lock."""
+    pins: dict[str, tuple[str, list[str]]] = {}
+    text = (ROOT / "requirements.lock").read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        requirement, *options = line.split("--hash=")
+        name, _, version = requirement.strip().partition("==")
+        assert version and ";" not in version, f"not pinned to one version: {line!r}"
+        pins[canonical(name)] = (version.strip(), [option.strip() for option in options])
+    return pins
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_lock_pins_every_runtime_dependency_but_torch_with_hashes() -> None:
+    from packaging.requirements import Requirement
+
+    pins = lock_pins()
+    assert pins, "requirements.lock is empty"
+    for name, (_, hashes) in pins.items():
+        assert hashes and all(h.startswith("sha256:") for h in hashes), f"{name} has no sha256 hash"
+    assert "torch" not in pins and not [name for name in pins if name.startswith("nvidia-")], \
+        "torch comes from TORCH_SPEC and TORCH_INDEX, never from the lock"
+    dependencies = [Requirement(spec) for spec in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+                    ["dependencies"]]
+    for requirement in dependencies:
+        name = canonical(requirement.name)
+        if name == "torch":
+            continue
+        assert name in pins, f"{name} (pyproject.toml) is not in requirements.lock: run scripts/lock.sh"
+        assert requirement.specifier.contains(pins[name][0], prereleases=True), \
+            f"requirements.lock pins {name}=={pins[name][0]}, outside pyproject's {requirement.specifier}"
+    header = (ROOT / "requirements.lock").read_text().splitlines()[:2]
+    assert any("scripts/lock.sh" in line for line in header), "the lock must name the command that refreshes it"
 
 
 def test_ci_installs_the_project_from_the_same_pyproject() -> None:
@@ -166,7 +213,7 @@ def test_runs_as_the_manifests_non_root_user() -> None:
     uid, _, gid = users[-1].partition(":")
     assert uid.isdigit() and int(uid) != 0, f"USER must be a numeric non-root uid, got {users[-1]!r}"
     assert gid.isdigit() and int(gid) != 0, f"USER must name a numeric non-root gid, got {users[-1]!r}"
-    manifest = ROOT / "keda" / "scaledjob.yaml"
+    manifest = ROOT / "keda" / "base" / "scaledjob.yaml"
     if manifest.is_file():
         docs = [doc for doc in yaml.safe_load_all(manifest.read_text()) if doc]
         text = json.dumps(docs)
@@ -216,7 +263,8 @@ def test_dockerignore_keeps_everything_but_the_package_out() -> None:
     rules = [line for line in lines if line and not line.startswith("#")]
     assert rules[0] == "*", ".dockerignore must start by excluding everything"
     included = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
-    assert included == {"pyproject.toml", "README.md", "function", "stemops", "scripts/bake_models.py"}
+    assert included == {"pyproject.toml", "requirements.lock", "README.md", "function", "stemops",
+                        "scripts/bake_models.py"}
     for copied in re.findall(r"^COPY (?!--from)(.+) \S+$", DOCKERFILE.read_text(), re.M):
         for source in copied.split():
             assert source.rstrip("*") in included, f"COPY {source} is excluded by .dockerignore"

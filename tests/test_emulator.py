@@ -137,7 +137,7 @@ def test_manifests_are_read_as_keda_would():
     # Secrets are not in the pod env the emulator builds from the manifest.
     assert "REDIS_URL" not in spec.pod.env and "MINIO_SECRET_KEY" not in spec.pod.env
     assert spec.pod.empty_dirs == ("/tmp",) and spec.pod.env["TMPDIR"] == "/tmp"
-    assert manifests.reaper is not None and manifests.reaper.command[-1] == "--reap"
+    assert manifests.reaper is not None and manifests.reaper.command == ("python", "-m", "function.reaper")
     assert manifests.reap_interval_s == 60
 
 

@@ -417,3 +417,27 @@ def test_pyproject_and_image_ship_stemops():
         "COPY function ./function\n")
     assert "!stemops/" in (REPO_ROOT / ".dockerignore").read_text().split()
 
+
+
+def test_queue_wait_is_a_histogram_from_the_event_time_or_first_sight(settings, redis_client):
+    """The wait of each message's first claim: from a structured CloudEvent's `time`, else from when an observer
+    first saw the message waiting; a message with neither is not counted."""
+    queue = settings.queue_key
+    an_hour_ago = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+    event = {"specversion": "1.0", "id": "ev-wait", "source": "tier", "type": "song", "time": an_hour_ago,
+             "data": {"songhash": "nowhere1"}}
+    redis_client.rpush(queue, json.dumps(event))
+    runner = Runner(settings)
+    assert runner.run_once(wait_s=1).outcome is Outcome.DEAD  # no input: it still waited
+    redis_client.rpush(queue, "nowhere2")
+    assert oldest_waiting_age_s(redis_client, settings) is not None  # an observer (a scrape) sees it arrive
+    assert runner.run_once(wait_s=1).outcome is Outcome.DEAD
+    redis_client.rpush(queue, "nowhere3")  # never observed: its wait is unknown
+    assert runner.run_once(wait_s=1).outcome is Outcome.DEAD
+    found = samples(exposition(exporter_registry(redis_client, settings)).decode())
+    assert value(found, "stemworker_queue_wait_seconds_count") == 2
+    total = value(found, "stemworker_queue_wait_seconds_sum")
+    assert 3600 <= total < 3600 + 60
+    assert value(found, "stemworker_queue_wait_seconds_bucket", le="5.0") == 1  # the observed one, just now
+    assert value(found, "stemworker_queue_wait_seconds_bucket", le="3600.0") == 1
+    assert value(found, "stemworker_queue_wait_seconds_bucket", le="7200.0") == 2

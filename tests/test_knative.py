@@ -60,7 +60,7 @@ def test_func_yaml_envs_come_from_the_configmap_and_secret_the_keda_manifests_de
         if whole:
             assert "name" not in env, "a whole ConfigMap or Secret is imported without a name"
             references[whole[1]] = whole[2]
-    configmap = yaml.safe_load((ROOT / "keda" / "configmap.yaml").read_text())
+    configmap = yaml.safe_load((ROOT / "keda" / "base" / "configmap.yaml").read_text())
     secret = yaml.safe_load((ROOT / "keda" / "secret.example.yaml").read_text())
     assert references == {"configMap": configmap["metadata"]["name"], "secret": secret["metadata"]["name"]}
     threads = {env["name"]: env["value"] for env in envs if "name" in env}["THREADS"]

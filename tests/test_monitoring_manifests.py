@@ -130,14 +130,17 @@ def test_exporter_is_wired_to_the_worker_and_to_prometheus():
     assert {port["targetPort"] for port in service["spec"]["ports"]} <= container_ports
     service_ports = {port["name"] for port in service["spec"]["ports"]}
     assert {endpoint["port"] for endpoint in monitor["spec"]["endpoints"]} <= service_ports
-    # Same settings as the worker, and the ScaledJob's cap for the dashboard.
-    keda_root = ROOT / "keda"
-    worker = yaml.safe_load((keda_root / "scaledjob.yaml").read_text())
+    # Same settings as the worker, the ScaledJob's cap (SCALEDJOB_MAX_REPLICAS) among them, from the same ConfigMap;
+    # nothing sets it apart (the overlays' wiring copies that value into maxReplicaCount).
+    base = ROOT / "keda" / "base"
+    worker = yaml.safe_load((base / "scaledjob.yaml").read_text())
     worker_container = worker["spec"]["jobTargetRef"]["template"]["spec"]["containers"][0]
     assert container["envFrom"] == worker_container["envFrom"]
-    env = {item["name"]: item["value"] for item in container["env"]}
-    assert int(env["SCALEDJOB_MAX_REPLICAS"]) == worker["spec"]["maxReplicaCount"]
-    assert container["image"] == worker_container["image"]
+    config = yaml.safe_load((base / "configmap.yaml").read_text())
+    assert {"configMapRef": {"name": config["metadata"]["name"]}} in container["envFrom"]
+    assert int(config["data"]["SCALEDJOB_MAX_REPLICAS"]) == worker["spec"]["maxReplicaCount"]
+    assert "SCALEDJOB_MAX_REPLICAS" not in {item["name"] for item in container["env"]}
+    assert container["image"] == worker_container["image"] == "stemworker"  # the overlay sets name and tag
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
 

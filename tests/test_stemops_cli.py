@@ -41,8 +41,8 @@ def test_every_command_takes_json():
                 yield f"{prefix}{name}", command
 
     found = dict(commands(cli))
-    assert set(found) == {"stats", "jobs", "watch", "dead list", "dead show", "dead requeue", "dead purge", "flood",
-                          "exporter", "doctor"}
+    assert set(found) == {"stats", "jobs", "workers", "watch", "dead list", "dead show", "dead requeue", "dead purge",
+                          "flood", "exporter", "doctor"}
     for name, command in found.items():
         # `exporter` serves /metrics: it has no output for scripts to parse, so no --json.
         assert ("--json" in {opt for param in command.params for opt in param.opts}) == (name != "exporter"), name
@@ -67,11 +67,15 @@ def test_stats_jobs_and_watch_follow_real_jobs(env, settings, redis_client, uplo
     assert code == 0, err
     changes = [json.loads(line) for line in out.splitlines()]
     assert changes[-1]["state"] == "done" and changes[-1]["outputs"]["vocals"]["key"] == "good-vocals.mp3"
+    # Numbers as numbers.
+    assert changes[-1]["progress"] == 100 and changes[-1]["attempts"] == 1
+    assert isinstance(changes[-1]["seconds"], float) and isinstance(changes[-1]["audio_seconds"], float)
+    assert all(isinstance(change["progress"], int) for change in changes)
     assert len({change["state"] for change in changes}) >= 2  # it saw the job move, not only its end
     assert outcomes == [Outcome.DONE, Outcome.DEAD]
 
-    code, out, _ = run(capsys, "watch", "good")
-    assert code == 0 and "good-vocals.mp3" in out and "done" in out
+    code, out, _ = run(capsys, "watch", "good")  # stdout is not a terminal here: plain lines
+    assert code == 0 and "good-vocals.mp3" in out and out.startswith("job good: done\n")
     code, out, _ = run(capsys, "watch", "missing")
     assert code == 1 and "not found" in out
     code, _, err = run(capsys, "watch", "nosuchjob")
@@ -91,18 +95,27 @@ def test_stats_jobs_and_watch_follow_real_jobs(env, settings, redis_client, uplo
     lines = run(capsys, "stats", "--watch", "--count", "2", "--interval", "0.1", "--json")[1].splitlines()
     assert len(lines) == 2 and all(json.loads(line)["dead"] == 1 for line in lines)
     code, out, _ = run(capsys, "stats", "--watch", "--count", "2", "--interval", "0.1")
-    assert code == 0 and "oldest waiting" in out
+    assert code == 0 and out.count("oldest waiting") == 2  # not a terminal: every refresh is printed
 
-    rows = json_of(capsys, "jobs", "--json")
-    assert [row["id"] for row in rows] == ["missing", "good"]  # newest first; never-started jobs are not listed
+    listing = json_of(capsys, "jobs", "--json")
+    assert listing["queue"] == settings.queue_key
+    # Queued but not started: listed apart from the recent jobs, next to be claimed first.
+    assert [m["job_id"] for m in listing["waiting"]] == ["waiting"] and listing["waiting_total"] == 1
+    assert listing["waiting"][0]["waiting_s"] is not None  # `stats` saw it arrive
+    # Claimed outside a runner (no holder recorded): running, pod unknown.
+    assert [(job["job_id"], job["pod"]) for job in listing["running"]] == [(None, None)]
+    rows = listing["jobs"]
+    assert [row["id"] for row in rows] == ["missing", "good"]  # newest first
     good = rows[1]
     assert (good["state"], good["progress"], good["model"], good["attempts"]) == ("done", 100, "tiny", 1)
     assert good["audio_seconds"] == pytest.approx(3.0, abs=0.1) and good["seconds"] > 0 and good["error"] is None
     assert rows[0]["state"] == "failed" and "not found" in rows[0]["error"]
-    assert [row["id"] for row in json_of(capsys, "jobs", "--state", "done", "--json")] == ["good"]
-    assert [row["id"] for row in json_of(capsys, "jobs", "--limit", "1", "--json")] == ["missing"]
+    done_only = json_of(capsys, "jobs", "--state", "done", "--json")
+    assert [row["id"] for row in done_only["jobs"]] == ["good"] and done_only["waiting"] == []
+    assert [row["id"] for row in json_of(capsys, "jobs", "--limit", "1", "--json")["jobs"]] == ["missing"]
     code, out, _ = run(capsys, "jobs")
     assert code == 0 and "good" in out and "done" in out and "failed" in out
+    assert "1 waiting message(s)" in out and "1 running job(s)" in out
     assert run(capsys, "jobs", "--state", "nonsense")[0] == 2
 
 
@@ -243,3 +256,63 @@ def test_options_read_their_environment_variable(env, settings, redis_client, ca
     dead_letter(settings, redis_client, "e0", "e1")
     monkeypatch.setenv("STEMWORKER_DEAD_LIST_LIMIT", "1")
     assert [e["job_id"] for e in json_of(capsys, "dead", "list", "--json")["entries"]] == ["e1"]
+
+
+def test_workers_jobs_and_stats_name_the_pod_running_each_job(env, make_settings, redis_client, upload, capsys):
+    """A real runner with POD_NAME set: while its job runs, `workers`, `jobs` and `stats` show the pod and the job's
+    age; its status hash records the pod and the claim time; once done, nothing is left in the holders' hash."""
+    from function.claims import live_claims
+    from workbench import sample_song
+
+    settings = make_settings(pod_name="stemworker-abc12")
+    upload("slow", sample_song.song_mp3(seconds=30.0))
+    redis_client.rpush(settings.queue_key, "slow")
+    outcomes: list[Outcome] = []
+    runner = threading.Thread(target=lambda: outcomes.append(Runner(settings).run_once(5).outcome))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 120
+        shown = None
+        while time.monotonic() < deadline:
+            shown = json_of(capsys, "workers", "--json")
+            if shown["workers"] and shown["workers"][0]["jobs"][0]["state"] == "separating":
+                break
+            time.sleep(0.1)
+        assert shown is not None and [w["pod"] for w in shown["workers"]] == ["stemworker-abc12"]
+        (held,) = shown["workers"][0]["jobs"]
+        assert held["job_id"] == "slow" and held["age_s"] >= 0 and 0 < held["lease_left_s"] <= settings.lease_s
+        running = json_of(capsys, "jobs", "--json")["running"]
+        assert [(job["job_id"], job["pod"]) for job in running] == [("slow", "stemworker-abc12")]
+        stats = json_of(capsys, "stats", "--json")
+        assert [(job["job_id"], job["pod"]) for job in stats["running_jobs"]] == [("slow", "stemworker-abc12")]
+        code, out, _ = run(capsys, "workers")
+        assert code == 0 and "stemworker-abc12" in out and "slow" in out
+    finally:
+        runner.join(300)
+    assert outcomes == [Outcome.DONE]
+    status = {k.decode(): v.decode() for k, v in redis_client.hgetall("status:slow").items()}
+    assert status["pod"] == "stemworker-abc12" and status["claimed_at"].endswith("Z")
+    assert live_claims(redis_client, settings.queue_key) == []
+    assert redis_client.hlen(keys.holders_key(settings.queue_key)) == 0
+    assert json_of(capsys, "workers", "--json")["workers"] == []
+
+
+def test_a_killed_runners_holder_record_goes_with_its_lease(settings, redis_client):
+    """A holder whose lease is gone (its runner died before removing it; a reaper dropped the lease) is dropped by
+    the next reader; a lease without a holder record is shown with an unknown pod."""
+    from function.claims import live_claims, record_claim
+
+    queue = WorkQueue(redis_client, settings.queue_key)
+    redis_client.rpush(settings.queue_key, "a", "b")
+    first, second = queue.claim(0), queue.claim(0)
+    record_claim(redis_client, settings, first.token, first.message, first.attempts, "a")
+    redis_client.zrem(keys.leases_key(settings.queue_key), first.token)  # as a reaper does when the lease expires
+    (left,) = live_claims(redis_client, settings.queue_key)
+    assert left.token == second.token and left.pod is None and left.job_id is None
+    assert redis_client.hlen(keys.holders_key(settings.queue_key)) == 0
+
+
+def test_watch_prints_lines_without_a_terminal(env, settings, redis_client, capsys):
+    redis_client.hset("status:piped", mapping={"state": "failed", "progress": 0, "error": "input not found"})
+    code, out, _ = run(capsys, "watch", "piped")
+    assert code == 1 and out.splitlines()[0] == "job piped: failed" and "input not found" in out

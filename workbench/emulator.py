@@ -98,13 +98,26 @@ class Manifests:
 
 
 def load_documents(folder: Path) -> list[dict[str, Any]]:
-    """Every object of the kustomization's resources (or of every *.yaml when there is no kustomization)."""
+    """Every object of the kustomization's resources, following resources that are folders (or of every *.yaml
+    when there is no kustomization). Kustomize's transformers (an overlay's patches, images, replacements) are not
+    applied: point it at the base (`keda/`, which lists `keda/base`), whose settings agree with each other."""
     kustomization = folder / "kustomization.yaml"
-    if kustomization.exists():
-        files = [folder / name for name in yaml.safe_load(kustomization.read_text()).get("resources", [])]
-    else:
-        files = sorted(folder.glob("*.yaml"))
-    return [doc for path in files for doc in yaml.safe_load_all(path.read_text()) if doc]
+    if not kustomization.exists():
+        return [doc for path in sorted(folder.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    docs: list[dict[str, Any]] = []
+    for name in yaml.safe_load(kustomization.read_text()).get("resources", []):
+        path = folder / name
+        if path.is_dir():
+            docs += load_documents(path)
+        else:
+            docs += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return docs
+
+
+def is_reaper(cron_job: dict[str, Any]) -> bool:
+    """A CronJob whose command reaps: `python -m function.reaper`, or the runner's `--reap`."""
+    command = cron_job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0].get("command", [])
+    return "--reap" in command or "function.reaper" in command
 
 
 def _container_env(container: dict[str, Any], config_maps: dict[str, dict[str, str]]) -> dict[str, str]:
@@ -143,7 +156,7 @@ def cron_interval_s(schedule: str) -> float:
 
 
 def load_manifests(folder: Path) -> Manifests:
-    """Parse the ScaledJob, its ConfigMaps and the reaper CronJob (the one whose command has `--reap`)."""
+    """Parse the ScaledJob, its ConfigMaps and the reaper CronJob (the one whose command reaps)."""
     docs = load_documents(folder)
     config_maps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d.get("kind") == "ConfigMap"}
     scaled = [d for d in docs if d.get("kind") == "ScaledJob"]
@@ -173,8 +186,7 @@ def load_manifests(folder: Path) -> Manifests:
         backoff_limit=int(job.get("backoffLimit", DEFAULT_BACKOFF_LIMIT)),
         pod=pod_spec(job["template"]["spec"], config_maps),
     )
-    reapers = [d for d in docs if d.get("kind") == "CronJob"
-               and "--reap" in d["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0].get("command", [])]
+    reapers = [d for d in docs if d.get("kind") == "CronJob" and is_reaper(d)]
     reaper = reapers[0] if reapers else None
     return Manifests(
         scaled_job=scaled_job,
