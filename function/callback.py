@@ -32,6 +32,7 @@ import requests
 from function import netguard, signing
 from function.config import Settings
 from function.messages import Callback
+from function.tracing import trace_headers
 
 log = logging.getLogger("stemworker")
 
@@ -157,6 +158,7 @@ def _deliver(
             headers = {
                 "Content-Type": "application/json",
                 "User-Agent": USER_AGENT,
+                **trace_headers(),  # the receiver can continue the job's trace (W3C trace context)
                 **signing.signature_headers(secret, msg_id, payload),
             }
             wait: float | None = None

@@ -73,6 +73,15 @@ def parent_context(carrier: Mapping[str, Any]) -> otel_context.Context | None:
     return found if trace.get_current_span(found).get_span_context().is_valid else None
 
 
+def trace_headers() -> dict[str, str]:
+    """`traceparent` (and `tracestate`) of the current span, for an outgoing request; empty outside a trace. With
+    tracing off, a job that came with a `traceparent` still passes that one on (the API's non-recording span keeps
+    the parent's context)."""
+    headers: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(headers)
+    return headers
+
+
 @contextlib.contextmanager
 def span(name: str, **attributes: Any) -> Iterator[trace.Span]:
     """A child span of the current one; attributes with None values are left out. An exception is recorded on it

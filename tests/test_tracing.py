@@ -68,8 +68,9 @@ def run_runner(settings, endpoint: str) -> None:
     done = subprocess.run([sys.executable, "-m", "function.runner"], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=300,
                           env=runner_env(settings, DEMUCS_MODEL="tiny", DEMUCS_DEVICE="cpu", DEMUCS_SHIFTS="0",
-                                         DEMUCS_THREADS="1", CLAIM_WAIT_SECONDS="1",
-                                         OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_SERVICE_NAME="stemworker-test"))
+                                         DEMUCS_THREADS="1", CLAIM_WAIT_S="1",
+                                         OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_SERVICE_NAME="stemworker-test",
+                                         CALLBACK_ALLOW_HOSTS="127.0.0.1/32"))
     assert done.returncode == 0, done.stderr
 
 
@@ -102,6 +103,10 @@ def test_a_job_continues_the_events_trace_with_a_span_per_stage(settings, redis_
         assert one["parent"] == job["id"], name
     # The pool threads' spans (encode, upload) join the job's trace too.
     assert all(span["parent"] == job["id"] for span in spans if span["name"] in ("encode", "upload"))
+    # The webhook request carries the trace on: its traceparent names the callback span.
+    (callback,) = [span for span in spans if span["name"] == "callback"]
+    headers = {name.lower(): value for name, value in receiver.requests[-1]["headers"].items()}
+    assert headers["traceparent"] == f"00-{TRACE_ID}-{callback['id']}-01"
 
 
 def test_without_a_traceparent_a_job_starts_its_own_trace(settings, redis_client, otlp):
