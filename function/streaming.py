@@ -33,8 +33,8 @@ DEMUCS_VERSION = "4.1.0"
 log = logging.getLogger(__name__)
 
 Sink = Callable[[dict[str, torch.Tensor]], None]
-# Frames per read when the normalisation statistics are computed from a FrameSource.
-STATS_CHUNK_FRAMES = 1 << 20
+# Frames per read (about 6 s at 44.1 kHz) when the normalisation statistics are computed from a FrameSource.
+STATS_CHUNK_FRAMES = 1 << 18
 
 
 class FrameSource(Protocol):
