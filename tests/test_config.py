@@ -20,7 +20,7 @@ def test_defaults_match_the_documented_ones(monkeypatch):
     assert s.minio_access_key.get_secret_value() == "rootuser" and not s.s3_secure
     assert (s.demucs_model, s.demucs_shifts, s.demucs_overlap, s.mp3_bitrate) == ("htdemucs", 1, 0.25, 320)
     assert s.allowed_models == {"htdemucs"} and s.max_input_bytes == 200_000_000
-    assert s.max_duration_seconds == 1200
+    assert s.max_duration_seconds == 3600
 
 
 def test_environment_variables_are_read(monkeypatch):
