@@ -2,9 +2,12 @@
 a stretch of code inside the current process.
 
 A child is started with `Popen` and reaped with `os.wait4`, whose rusage counts the CPU time of the child
-and of every descendant it waited for. Its peak RSS is the larger of two readings: a psutil poll that sums
-the RSS of the whole tree every few milliseconds (what the node sees, several processes at once) and
-`ru_maxrss` (the largest single process, exact but per process).
+and of every descendant it waited for. Its peak RSS is the larger of two readings, both taken by a poll every
+few milliseconds: the summed RSS of the whole tree (what the node sees, several processes at once) and the
+largest `VmHWM` of one process of the tree (/proc/PID/status: the kernel's high-water mark of that process's
+memory since its exec, so exact per process even between polls). `ru_maxrss` is not used: Python starts a
+child with vfork, and at exec the kernel carries the parent's high-water mark into the child's `ru_maxrss`,
+so a bench process that generated a long song in memory made every child read as large as itself.
 
 Inside a process, `/proc/self/clear_refs` (writing "5") resets the kernel's high-water mark `VmHWM`, so each
 in-process run gets its own peak even when the model stays loaded between runs.
@@ -41,6 +44,17 @@ class Sample:
         return asdict(self)
 
 
+def vm_hwm_bytes(pid: int) -> int:
+    """The RSS high-water mark (`VmHWM`) of process `pid`; 0 when it is gone or the kernel does not say."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 class TreePeak:
     """Polls the summed RSS of a process and all its descendants in a background thread."""
 
@@ -49,6 +63,7 @@ class TreePeak:
         self._interval_s = interval_s
         self._stop = threading.Event()
         self.peak_bytes = 0
+        self.largest_hwm_bytes = 0  # the largest VmHWM of one process of the tree
         self._thread = threading.Thread(target=self._loop, name=f"tree-peak-{pid}", daemon=True)
 
     def _total(self) -> int:
@@ -60,6 +75,7 @@ class TreePeak:
         for proc in procs:
             with suppress(psutil.Error):
                 total += proc.memory_info().rss
+            self.largest_hwm_bytes = max(self.largest_hwm_bytes, vm_hwm_bytes(proc.pid))
         return total
 
     def _loop(self) -> None:
@@ -104,10 +120,11 @@ def run_tree(scenario: str, argv: Sequence[str], env: dict[str, str] | None = No
             out.close()  # type: ignore[union-attr]
     assert usage is not None
     cpu = usage.ru_utime + usage.ru_stime
-    peak = max(polled, usage.ru_maxrss * 1024)
+    peak = max(polled, sampler.largest_hwm_bytes)
     return Sample(scenario, wall, cpu, peak, ok=proc.returncode == 0,
                   detail={"returncode": proc.returncode, "polled_tree_peak_bytes": polled,
-                          "max_single_process_rss_bytes": usage.ru_maxrss * 1024})
+                          "max_single_process_rss_bytes": sampler.largest_hwm_bytes,
+                          "ru_maxrss_bytes_includes_parent": usage.ru_maxrss * 1024})
 
 
 def reset_peak_rss() -> bool:

@@ -71,6 +71,8 @@ COLD_VS_SEED = 0.60
 COLD_MINUS_WARM_S = 2.0
 GPU_WARM_VS_FLOOR = 1.5
 GPU_COLD_S = 4.0
+# Issue 23: the cold job's peak RSS at the longest song of a run within this factor of its peak at the shortest.
+RSS_LONGEST_VS_SHORTEST = 1.25
 
 
 def _difference(summaries: dict[str, Summary], top: str, bottom: str) -> float | None:
@@ -235,3 +237,35 @@ def write_png(path: Path, summaries: dict[str, Summary], meta: dict[str, Any]) -
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def rss_by_length(runs: list[tuple[float, dict[str, Summary]]], cold: str = "stemworker_cold") -> str:
+    """Peak RSS (median, MiB) of every scenario at every song length of one run, its growth per second of audio
+    between the shortest and the longest, and the PASS/FAIL line of the target: the cold job's peak RSS at the
+    longest length <= RSS_LONGEST_VS_SHORTEST x its peak at the shortest (both measured in this run)."""
+    runs = sorted(runs, key=lambda run: run[0])
+    names = list(dict.fromkeys(name for _, summaries in runs for name in summaries))
+    (short_s, short), (long_s, long) = runs[0], runs[-1]
+    lines = ["| scenario | " + " | ".join(f"{seconds:g} s song, MiB" for seconds, _ in runs)
+             + f" | MiB per s of audio ({short_s:g} s -> {long_s:g} s) |",
+             "|---|" + "---|" * (len(runs) + 1)]
+
+    def peak(summaries: dict[str, Summary], name: str) -> float | None:
+        summary = summaries.get(name)
+        if summary is None or summary.failed == summary.runs:
+            return None
+        return summary.peak_rss_median_bytes / MIB
+
+    for name in names:
+        peaks = [peak(summaries, name) for _, summaries in runs]
+        first, last = peaks[0], peaks[-1]
+        slope = (last - first) / (long_s - short_s) if first is not None and last is not None and long_s > short_s \
+            else None
+        lines.append(f"| {name} | " + " | ".join("failed" if x is None else f"{x:.0f}" for x in peaks)
+                     + f" | {'n/a' if slope is None else f'{slope:.3f}'} |")
+    first, last = peak(short, cold), peak(long, cold)
+    ratio = last / first if first and last is not None else None
+    verdict = "n/a" if ratio is None or long_s <= short_s else ("PASS" if ratio <= RSS_LONGEST_VS_SHORTEST else "FAIL")
+    lines += ["", f"{verdict} cold job peak RSS at {long_s:g} s <= {RSS_LONGEST_VS_SHORTEST:g}x at {short_s:g} s: "
+              + ("n/a" if ratio is None else f"{ratio:.3f}x ({last:.0f} MiB / {first:.0f} MiB)")]
+    return "\n".join(lines)

@@ -21,7 +21,9 @@ A `--variant` adds a warm and a cold stemworker scenario run with extra environm
 (e.g. `--variant bf16:DEMUCS_PRECISION=bf16`) is measured side by side with the default.
 Outputs: a Markdown table (stdout and OUT/results.md), OUT/results.json (or --json), OUT/results.png.
 Several `--seconds` (comma-separated) run the whole benchmark once per length, each in OUT/<S>s/, and end with
-the peak RSS target at every length.
+the peak RSS target at every length, a table of peak RSS per length (also OUT/rss_by_length.md) and the
+PASS/FAIL line of issue 23's target: the cold job's peak RSS at the longest length <= 1.25x at the shortest
+(`--scenarios stemworker_cold --repeat 1` measures just that).
 """
 
 from __future__ import annotations
@@ -173,6 +175,7 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.summaries: dict[str, report.Summary] = {}
         self.device = resolve_device(args.device)
         self.out: Path = args.out.resolve()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -350,6 +353,7 @@ class Bench:
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         }
         summaries = report.summarize(self.samples, audio_s)
+        self.summaries = summaries
         latencies = [x["latency_s"] for x in self.latencies if x.get("latency_s") is not None]
         suffixes = list(self.variants)
         text = report.markdown(summaries, meta, latencies, suffixes)
@@ -370,8 +374,8 @@ class Bench:
             shutil.rmtree(self.work, ignore_errors=True)
 
 
-def run_one(args: argparse.Namespace) -> tuple[int, str]:
-    """The whole benchmark at one song length; (exit code, its Markdown)."""
+def run_one(args: argparse.Namespace) -> tuple[int, str, dict[str, report.Summary]]:
+    """The whole benchmark at one song length; (exit code, its Markdown, its summaries)."""
     bench = Bench(args)
     completed = False
     text = ""
@@ -385,23 +389,27 @@ def run_one(args: argparse.Namespace) -> tuple[int, str]:
     finally:
         failed = [s for s in bench.samples if not s.get("ok")]
         bench.close(keep_logs=bool(failed) or not completed)
-    return (1 if failed else 0), text
+    return (1 if failed else 0), text, bench.summaries
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    codes, verdicts = [], []
+    codes, verdicts, by_length = [], [], []
     for seconds in args.lengths:
         one = argparse.Namespace(**vars(args))
         one.seconds = seconds
         if len(args.lengths) > 1:
             one.out = args.out / f"{seconds:g}s"
             one.json = None
-        code, text = run_one(one)
+        code, text, summaries = run_one(one)
         codes.append(code)
+        by_length.append((seconds, summaries))
         verdicts += [line for line in text.splitlines() if line.startswith(("PASS", "FAIL")) and "peak RSS" in line]
     if len(args.lengths) > 1:
         print("Peak RSS at every length:\n```\n" + "\n".join(verdicts) + "\n```")
+        table = report.rss_by_length(by_length)
+        (args.out / "rss_by_length.md").write_text(table + "\n")
+        print("\nPeak RSS per song length (median of the runs):\n\n" + table)
     return max(codes)
 
 

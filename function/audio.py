@@ -1,7 +1,9 @@
-"""Decode untrusted audio by its content into a model-ready tensor, and encode stems to mp3/wav/flac."""
+"""Decode untrusted audio by its content into a model-ready tensor or, chunk by chunk, into a raw file
+(`decode_to_file`), and encode stems to mp3/wav/flac."""
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,11 +17,18 @@ import sphn
 import torch
 from demucs.audio import convert_audio
 
-from function.errors import UnprocessableInput
+from function.errors import Transient, UnprocessableInput
 
 MIN_SAMPLES = 1
 # Frames per chunk fed to the MP3 encoder (about 6 s at 44.1 kHz).
 MP3_CHUNK_FRAMES = 1 << 18
+# `decode_to_file` decodes DECODE_CHUNK_S seconds at a time, each from DECODE_PREROLL_S seconds before its start
+# (thrown away: a decoder that seeks into an MP3 needs a few frames to rebuild its state), and checks that the
+# last DECODE_GUARD_S seconds of the preroll equal the end of the chunk before; whole seconds, so every boundary
+# is a whole sample at any rate.
+DECODE_CHUNK_S = 10
+DECODE_PREROLL_S = 1
+DECODE_GUARD_S = 0.5
 
 
 def _quiet(err: BaseException) -> None:
@@ -73,22 +82,144 @@ def _read(path: Path, max_duration_s: float) -> tuple[np.ndarray, int]:
     return data.T, int(rate)
 
 
-def decode(path: Path, samplerate: int, channels: int, max_duration_s: float) -> torch.Tensor:
-    """Decode `path` (mp3, wav, flac or ogg, recognised by content) to float32 [channels, samples]
-    at `samplerate`: mono is duplicated, extra channels dropped, other rates resampled."""
+def _check_duration(path: Path, max_duration_s: float) -> None:
     duration = probe_duration_s(path)
     if duration > max_duration_s:
         raise UnprocessableInput(f"input is {duration:.1f} s long, over MAX_DURATION_S={max_duration_s:g}")
-    data, source_rate = _read(path, max_duration_s)
-    if data.ndim != 2 or data.shape[1] < MIN_SAMPLES or data.shape[0] < 1:
+
+
+def _checked(data: np.ndarray, source_rate: int, max_duration_s: float, frames_before: int = 0) -> torch.Tensor:
+    """`data` ([channels, samples], following `frames_before` already decoded) as a float32 tensor, refused when it
+    is empty, takes the song past `max_duration_s` or holds NaN or infinite samples."""
+    if data.ndim != 2 or (frames_before == 0 and data.shape[1] < MIN_SAMPLES) or data.shape[0] < 1:
         raise UnprocessableInput(f"input audio has no samples (decoded shape {tuple(data.shape)})")
-    if data.shape[1] / source_rate > max_duration_s:
+    if (frames_before + data.shape[1]) / source_rate > max_duration_s:
         raise UnprocessableInput(f"input decodes to over MAX_DURATION_S={max_duration_s:g}")
     if not np.isfinite(data).all():
         raise UnprocessableInput("input audio contains NaN or infinite samples")
-    wav = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+    return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+
+
+def decode(path: Path, samplerate: int, channels: int, max_duration_s: float) -> torch.Tensor:
+    """Decode `path` (mp3, wav, flac or ogg, recognised by content) to float32 [channels, samples]
+    at `samplerate`: mono is duplicated, extra channels dropped, other rates resampled."""
+    _check_duration(path, max_duration_s)
+    data, source_rate = _read(path, max_duration_s)
+    wav = _checked(data, source_rate, max_duration_s)
     converted: torch.Tensor = convert_audio(wav, int(source_rate), samplerate, channels)
     return converted
+
+
+@dataclass
+class MixFile:
+    """The decoded song as raw interleaved float32 frames on disk ([frames, channels]), read back a span at a time
+    with positioned reads (no memory map, whose pages would stay resident as the song is read through)."""
+
+    path: Path
+    channels: int
+    frames: int
+    samplerate: int
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        """Frames [start, stop) as a contiguous float32 tensor [channels, stop - start]."""
+        start, stop = max(0, start), min(self.frames, stop)
+        count = max(0, stop - start)
+        if count == 0:
+            return torch.zeros(self.channels, 0)
+        frame_bytes = 4 * self.channels
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            raw = os.pread(fd, count * frame_bytes, start * frame_bytes)
+        finally:
+            os.close(fd)
+        if len(raw) != count * frame_bytes:
+            raise OSError(f"{self.path} is shorter than its {self.frames} frames")
+        return torch.frombuffer(bytearray(raw), dtype=torch.float32).view(count, self.channels).t().contiguous()
+
+    def unlink(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class _Unseekable(Exception):
+    """The chunked decoder cannot reproduce a whole-file decode of this input (decode it whole instead)."""
+
+
+def _chunks(path: Path) -> tuple[int, Iterator[np.ndarray]]:
+    """The sample rate of `path` and its samples ([channels, n] per chunk), exactly those of `sphn.read`: chunk k
+    is decoded from DECODE_PREROLL_S before its start, the preroll dropped, and the preroll's last DECODE_GUARD_S
+    must equal the end of chunk k - 1 (else `_Unseekable`, also raised for any decoder error but the end)."""
+    try:
+        reader = sphn.FileReader(str(path))
+        rate = int(reader.sample_rate)
+    except BaseException as err:
+        _quiet(err)
+        raise _Unseekable from None
+    if rate <= 0:
+        raise _Unseekable
+
+    def chunks() -> Iterator[np.ndarray]:
+        guard = int(DECODE_GUARD_S * rate)
+        previous: np.ndarray | None = None
+        start = 0
+        while True:
+            preroll = min(start, DECODE_PREROLL_S)
+            try:
+                data = reader.decode(float(start - preroll), float(DECODE_CHUNK_S + preroll))
+            except BaseException as err:
+                _quiet(err)
+                if previous is not None and "end of stream" in str(err):
+                    return  # the song ended exactly at the end of the chunk before
+                raise _Unseekable from None
+            skip = preroll * rate
+            if previous is not None:
+                head = data[:, skip - guard:skip]
+                if head.shape != (previous.shape[0], guard) or not np.array_equal(head, previous[:, -guard:]):
+                    raise _Unseekable
+            chunk = data[:, skip:]
+            if chunk.shape[1] > DECODE_CHUNK_S * rate or (previous is None and chunk.shape[1] == 0):
+                raise _Unseekable  # more than asked for, or nothing at all (libsndfile may read it): decode whole
+            if chunk.shape[1] == 0:
+                return
+            yield chunk
+            if chunk.shape[1] < DECODE_CHUNK_S * rate:
+                return
+            previous, start = chunk, start + DECODE_CHUNK_S
+
+    return rate, chunks()
+
+
+def decode_to_file(path: Path, target: Path, samplerate: int, channels: int, max_duration_s: float) -> MixFile:
+    """`decode(path, ...)` written to the raw file `target` (a `MixFile`) without holding the song in memory: the
+    same samples, decoded and written DECODE_CHUNK_S seconds at a time. Inputs at another sample rate, and those
+    the chunked decoder cannot reproduce exactly (an Ogg file, one libsndfile reads), are decoded whole as
+    `decode` does and then written out. A failed write (a full work dir) is Transient."""
+    _check_duration(path, max_duration_s)
+    mix = MixFile(target, channels, 0, samplerate)
+    try:
+        with target.open("wb") as out:
+            try:
+                rate, chunks = _chunks(path)
+                if rate != samplerate:
+                    raise _Unseekable
+                for data in chunks:
+                    wav = convert_audio(_checked(data, rate, max_duration_s, mix.frames), rate, samplerate, channels)
+                    out.write(wav.t().contiguous().numpy().tobytes())
+                    mix.frames += wav.shape[-1]
+            except _Unseekable:
+                out.seek(0)
+                out.truncate()
+                wav = decode(path, samplerate, channels, max_duration_s)
+                for start in range(0, wav.shape[-1], MP3_CHUNK_FRAMES):
+                    out.write(wav[:, start:start + MP3_CHUNK_FRAMES].t().contiguous().numpy().tobytes())
+                mix.frames = wav.shape[-1]
+                del wav
+    except OSError as err:
+        target.unlink(missing_ok=True)
+        raise Transient(f"cannot write the decoded input to the work dir: {err}") from None
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return mix
 
 
 def _rescale(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor | int:

@@ -131,7 +131,9 @@ class Settings(BaseSettings):
 
     # Limits
     max_input_bytes: int = Field(200_000_000, gt=0)
-    max_duration_s: float = Field(1200.0, gt=0, validation_alias=AliasChoices("max_duration_s", "max_duration_seconds"))
+    # An hour: the job's peak memory no longer grows with the song (docs/performance.md); its work dir needs
+    # about 2.12 MB per second of audio allowed (7.6 GB for an hour), see the table there.
+    max_duration_s: float = Field(3600.0, gt=0, validation_alias=AliasChoices("max_duration_s", "max_duration_seconds"))
     max_message_bytes: int = Field(64 * 1024, gt=0)
 
     # Debugging: every received event is saved here as `<event id>.json`, ready for `python -m function.replay`.

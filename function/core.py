@@ -288,12 +288,14 @@ class Worker:
                 raise UnprocessableInput(f"model {job.model} has no stems {missing}; "
                                          f"its stems are {list(separator.model.sources)}")
             tick = time.monotonic()
+            # Decoded chunk by chunk to a raw file in the work dir, read back a chunk at a time by the separation:
+            # memory does not grow with the song (issue 23); disk use is in docs/performance.md.
             with span("decode"):
-                wav = audio.decode(Path(tmp) / "input", separator.samplerate, separator.audio_channels,
-                                   s.max_duration_s)
+                wav = audio.decode_to_file(Path(tmp) / "input", Path(tmp) / "mix.f32", separator.samplerate,
+                                           separator.audio_channels, s.max_duration_s)
             (Path(tmp) / "input").unlink()
             timings["decode"] = time.monotonic() - tick
-            audio_seconds = wav.shape[-1] / separator.samplerate
+            audio_seconds = wav.frames / separator.samplerate
             status.update(State.SEPARATING, progress=0, device=device, precision=precision,
                           audio_seconds=f"{audio_seconds:.3f}")
             self.events.info(f"job {job.id}: separating {audio_seconds:.1f} s of audio with {job.model} on {device}",
@@ -311,7 +313,7 @@ class Worker:
                     )
             except OSError as err:
                 raise Transient(f"cannot write separated stems to the temp dir: {err}") from None
-            del wav
+            wav.unlink()
             timings["separate"] = time.monotonic() - tick
             status.update(State.UPLOADING, progress=100)
             tick = time.monotonic()

@@ -230,19 +230,22 @@ def separate(separator: Separator, wav: torch.Tensor, shifts: int, on_progress: 
 StemPicker = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
-def separate_to_files(separator: Separator, wav: torch.Tensor, shifts: int, on_progress: ProgressFn,
+def separate_to_files(separator: Separator, wav: torch.Tensor | audio.MixFile, shifts: int, on_progress: ProgressFn,
                       directory: Path, pick: StemPicker | None = None,
                       precision: str = "fp32", seed: int | None = None) -> dict[str, audio.StemFile]:
-    """Separate `wav` ([channels, samples]) into closed `StemFile`s under `directory`, one per stem that
-    `pick` returns (it gets the model's stems and returns the ones to keep, e.g. `core.pick_stems`; all of
-    them when None). The samples are exactly those of `separate` (then `pick`) with the same `seed`, and
-    progress is reported the same way.
+    """Separate `wav` ([channels, samples], or the song decoded to the work dir by `audio.decode_to_file`) into
+    closed `StemFile`s under `directory`, one per stem that `pick` returns (it gets the model's stems and returns
+    the ones to keep, e.g. `core.pick_stems`; all of them when None). The samples are exactly those of `separate`
+    (then `pick`) of the same song with the same `seed`, and progress is reported the same way.
 
     With split=True (the worker's setting) the song is streamed, for every model, bag of models and shift count:
-    apply_model's chunks are run in order and each finished span goes to the files, so memory does not grow with
-    the song's length beyond the input itself. With split=False `separate` runs and its stems are written out.
+    apply_model's chunks are run in order and each finished span goes to the files; given a MixFile, the input is
+    read from it a chunk at a time too, so memory does not grow with the song's length (beyond one float per frame
+    while the normalisation is computed, freed before the first chunk). With split=False `separate` runs on the
+    whole song and its stems are written out.
     """
-    if wav.shape[-1] < 1:
+    frames = wav.frames if isinstance(wav, audio.MixFile) else wav.shape[-1]
+    if frames < 1:
         raise UnprocessableInput("input audio has no samples")
     pick = pick or (lambda stems: stems)
     files: dict[str, audio.StemFile] = {}
@@ -255,7 +258,8 @@ def separate_to_files(separator: Separator, wav: torch.Tensor, shifts: int, on_p
 
     try:
         if not streaming.streamable(separator):
-            sink(separate(separator, wav, shifts, on_progress, precision=precision, seed=seed))
+            whole = wav.read(0, wav.frames) if isinstance(wav, audio.MixFile) else wav
+            sink(separate(separator, whole, shifts, on_progress, precision=precision, seed=seed))
         else:
             device = str(separator._device)
             with separation_lock, torch.inference_mode(), autocast_for(precision, device), seeded_random(seed):

@@ -20,9 +20,10 @@ import random
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 from demucs.api import Separator
 from demucs.apply import BagOfModels, TensorChunk, _replace_dict, apply_model
 
@@ -32,6 +33,82 @@ DEMUCS_VERSION = "4.1.0"
 log = logging.getLogger(__name__)
 
 Sink = Callable[[dict[str, torch.Tensor]], None]
+# Frames per read (about 6 s at 44.1 kHz) when the normalisation statistics are computed from a FrameSource.
+STATS_CHUNK_FRAMES = 1 << 18
+
+
+class FrameSource(Protocol):
+    """The song, [channels, frames], read a span at a time (`audio.MixFile` reads it from the work dir)."""
+
+    @property
+    def channels(self) -> int: ...
+
+    @property
+    def frames(self) -> int: ...
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        """Frames [start, stop) as float32 [channels, stop - start]."""
+        ...
+
+
+@dataclass
+class TensorFrames:
+    """An in-memory [channels, frames] tensor as a FrameSource."""
+
+    wav: torch.Tensor
+
+    @property
+    def channels(self) -> int:
+        return int(self.wav.shape[0])
+
+    @property
+    def frames(self) -> int:
+        return int(self.wav.shape[-1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.wav.device
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        return self.wav[:, start:stop]
+
+
+def normalisation(source: FrameSource) -> tuple[torch.Tensor, torch.Tensor]:
+    """`separate_tensor`'s mean and std of the mix, `ref = wav.mean(0)`, `ref.mean()`, `ref.std() + 1e-8`, with
+    the whole song never in memory: `ref` (one value per frame; the mean over channels is per frame, so computing it
+    a span at a time changes no bit) is filled span by span, and torch's own reductions then run over it, so the
+    two scalars are bit for bit those of `separate_tensor`, whatever torch's reduction order and thread count. It is
+    freed before any chunk is separated."""
+    reference = torch.empty(source.frames, device=getattr(source, "device", None))
+    for start in range(0, source.frames, STATS_CHUNK_FRAMES):
+        stop = min(source.frames, start + STATS_CHUNK_FRAMES)
+        reference[start:stop] = source.read(start, stop).mean(0)
+    return reference.mean(), reference.std() + 1e-8
+
+
+class NormalisedMix:
+    """What apply_model splits, `TensorChunk(((wav - mean) / std)[None]).padded(frames + 2 * pad)` (`pad` 0 without
+    shifts), never held whole: [1, channels, pad + frames + pad], zeros in the padding, each slice computed from
+    `source` when `TensorChunk.padded` cuts a chunk from it (it slices the last axis only; `(x - mean) / std` is per
+    sample, so a slice has the bits the same slice of the whole tensor has)."""
+
+    def __init__(self, source: FrameSource, mean: torch.Tensor, std: torch.Tensor, pad: int) -> None:
+        self.source, self.mean, self.std, self.pad = source, mean, std, pad
+        self.shape = torch.Size([1, source.channels, source.frames + 2 * pad])
+        self.device = mean.device
+        self.dtype = torch.float32
+
+    def __getitem__(self, key: tuple[Any, slice]) -> torch.Tensor:
+        ellipsis, span = key
+        if ellipsis is not Ellipsis or not isinstance(span, slice) or span.step not in (None, 1):
+            raise TypeError(f"NormalisedMix takes [..., start:stop] only, got {key!r}")
+        start, stop, _ = span.indices(self.shape[-1])
+        stop = max(start, stop)
+        low, high = max(start, self.pad), min(stop, self.pad + self.source.frames)
+        if high <= low:
+            return torch.zeros(1, self.shape[1], stop - start, device=self.device)
+        middle = (self.source.read(low - self.pad, high - self.pad) - self.mean) / self.std
+        return F.pad(middle[None], (low - start, stop - high))
 
 
 def streamable(separator: Separator) -> bool:
@@ -118,17 +195,18 @@ class _Plan:
     """Every pass apply_model runs, in its order (each shift of model 0, then of model 1, ...), each one set up
     (its shift offset drawn) only when the previous one has run its first chunk."""
 
-    def __init__(self, separator: Separator, mix: torch.Tensor) -> None:
+    def __init__(self, separator: Separator, source: FrameSource, mean: torch.Tensor, std: torch.Tensor) -> None:
         bag = separator._model
         self.separator = separator
         self.models = list(bag.models) if isinstance(bag, BagOfModels) else [bag]
         self.weights = [list(row) for row in bag.weights] if isinstance(bag, BagOfModels) else None
         self.shifts = separator._shifts
         self.count = len(self.models) * max(1, self.shifts)
-        self.length = mix.shape[-1]
-        # A bag's models share one sample rate, so one shift width and one padded copy of the input serve them all.
+        self.length = source.frames
+        # A bag's models share one sample rate, so one shift width and one padded input serve them all; the padded,
+        # normalised input is computed a chunk at a time (NormalisedMix), never held at full length.
         self.max_shift = int(0.5 * self.models[0].samplerate)
-        self.input = TensorChunk(mix).padded(self.length + 2 * self.max_shift) if self.shifts else mix
+        self.input = NormalisedMix(source, mean, std, self.max_shift if self.shifts else 0)
         self.passes: list[_Pass] = []
         self._start_state = random.getstate()
 
@@ -245,9 +323,11 @@ def _combine(grouped: list[list[_Pass]], weights: list[list[float]] | None, shif
     return estimates
 
 
-def stream_apply_model(separator: Separator, wav: torch.Tensor, sink: Sink) -> None:
+def stream_apply_model(separator: Separator, wav: torch.Tensor | FrameSource, sink: Sink) -> None:
     """`separator.separate_tensor(wav)`, streamed: `sink` gets every span of the de-normalised stems (name ->
-    [channels, n]), in order, as soon as every pass of every model has finished it.
+    [channels, n]), in order, as soon as every pass of every model has finished it. `wav` is a [channels, frames]
+    tensor or a FrameSource (the song in the work dir): the input side is streamed too, see `normalisation` and
+    `NormalisedMix`, so neither the song nor its normalised, padded copy is held at full length.
 
     Exact by construction against demucs 4.1.0: the same normalisation, the same `random` draws for the shifts
     (and the same `random` state in every forward, see `_Plan`), each pass's split loop (`_spans`) and the bag's
@@ -258,14 +338,11 @@ def stream_apply_model(separator: Separator, wav: torch.Tensor, sink: Sink) -> N
     bag, or shifts > 1) it gets one `state: end` call per combined span, as from one unshifted model (`shifts: 1`)
     whose `segment_offset` is the last sample written, so the percentage follows the song.
     """
-    reference = wav.mean(0)
-    mean, std = reference.mean(), reference.std() + 1e-8
-    del reference
-    mix = ((wav - mean) / std)[None]
-    plan = _Plan(separator, mix)
-    del mix  # the plan holds the input (or, with shifts, only its padded copy)
+    source = TensorFrames(wav) if isinstance(wav, torch.Tensor) else wav
+    mean, std = normalisation(source)
+    plan = _Plan(separator, source, mean, std)
     length = plan.length
-    device = torch.device(separator._device) if separator._device is not None else wav.device
+    device = torch.device(separator._device) if separator._device is not None else plan.input.device
     callback = separator._callback
     base_arg = dict(separator._callback_arg or {}, audio_length=length, models=1, model_idx_in_bag=0,
                     shift_idx=0, segment_offset=0)

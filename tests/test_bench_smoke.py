@@ -49,6 +49,11 @@ def test_several_lengths_end_with_the_rss_target_at_each(tmp_path: Path, capsys:
     summary = capsys.readouterr().out.split("Peak RSS at every length:")[1]
     assert summary.count("peak RSS of cold job <= CLI peak RSS") == 2
     assert "(2 s song)" in summary and "(3 s song)" in summary
+    table = summary.split("Peak RSS per song length")[1]
+    assert "| stemworker_cold |" in table and "| cli |" in table
+    assert any(line.startswith(("PASS", "FAIL")) and "cold job peak RSS at 3 s <= 1.25x at 2 s" in line
+               for line in table.splitlines())
+    assert (tmp_path / "out" / "rss_by_length.md").read_text().strip() == table.split("\n\n", 1)[1].strip()
 
 
 @pytest.mark.slow

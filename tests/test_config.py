@@ -22,7 +22,7 @@ def test_defaults_match_the_documented_ones(monkeypatch):
     assert s.minio_access_key is None and s.minio_secret_key is None and not s.s3_secure
     assert (s.demucs_model, s.demucs_shifts, s.demucs_overlap, s.mp3_bitrate) == ("htdemucs", 1, 0.25, 320)
     assert s.allowed_models == {"htdemucs"} and s.max_input_bytes == 200_000_000
-    assert s.max_duration_s == 1200
+    assert s.max_duration_s == 3600
 
 
 def test_environment_variables_are_read(monkeypatch):

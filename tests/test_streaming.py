@@ -85,6 +85,51 @@ def test_split_false_falls_back_to_the_same_stems(model_repo: Path, tmp_path: Pa
     assert all(torch.equal(read_back(files[name]), expected[name]) for name in expected)
 
 
+def mix_file(wav: torch.Tensor, path: Path) -> audio.MixFile:
+    """`wav` as the worker's decode leaves it in the work dir (`audio.decode_to_file`)."""
+    path.write_bytes(wav.t().contiguous().numpy().tobytes())
+    return audio.MixFile(path, wav.shape[0], wav.shape[-1], SAMPLERATE)
+
+
+@pytest.mark.parametrize("shifts", [0, 1])
+@pytest.mark.parametrize("seconds", [0.3, 13.0, 20.1])  # under one chunk, 3 chunks, 4 chunks and a bit
+def test_stems_from_the_work_dir_file_are_bit_identical_to_demucs(model_repo: Path, tmp_path: Path, shifts: int,
+                                                                  seconds: float) -> None:
+    """The input side streamed too: the song read from its raw file a chunk at a time, the normalisation computed
+    span by span, the normalised and padded mix cut chunk by chunk, and still demucs' stems bit for bit."""
+    separator = tiny(model_repo, shifts)
+    wav = torch.from_numpy(sample_song.generate(seconds, seed=7))
+    random.seed(5)
+    with torch.inference_mode():
+        _, expected = separator.separate_tensor(wav)
+    state_after = random.getstate()
+    random.seed(5)
+    streamed: list[int] = []
+    files = separation.separate_to_files(separator, mix_file(wav, tmp_path / "mix.f32"), shifts, streamed.append,
+                                         tmp_path)
+    assert list(files) == list(expected)
+    for name, stem in files.items():
+        assert stem.frames == wav.shape[-1]
+        assert torch.equal(read_back(stem), expected[name]), f"stem {name} from the file differs from demucs'"
+    assert random.getstate() == state_after
+    assert streamed == sorted(streamed)
+
+
+@pytest.mark.parametrize(("name", "shifts", "segment"), [("htdemucs_ft", 1, None), ("mdx_q", 2, 2)])
+def test_bags_from_the_work_dir_file_are_bit_identical_to_demucs(standin_repo: Path, tmp_path: Path, name: str,
+                                                                 shifts: int, segment: int | None) -> None:
+    separator = Separator(model=name, repo=standin_repo, device="cpu", shifts=shifts, segment=segment,
+                          progress=False)
+    wav = torch.from_numpy(sample_song.generate(4.5, seed=10))
+    random.seed(22)
+    with torch.inference_mode():
+        _, expected = separator.separate_tensor(wav)
+    random.seed(22)
+    files = separation.separate_to_files(separator, mix_file(wav, tmp_path / "mix.f32"), shifts, lambda p: None,
+                                         tmp_path)
+    assert all(torch.equal(read_back(files[stem]), expected[stem]) for stem in expected)
+
+
 @pytest.mark.parametrize(("name", "shifts", "segment"), [
     ("htdemucs_ft", 1, None),  # 4 HTDemucs with one-hot weights; HTDemucs draws from `random` in every forward
     ("mdx", 0, 2),  # Demucs + HDemucs members, a weights matrix, a 2 s chunk grid
@@ -188,3 +233,20 @@ def test_no_tensor_with_stems_at_full_length(model_repo: Path, tmp_path: Path) -
     with _LargestPerSample(2 * segment_length) as in_memory:
         separation.separate(separator, wav, shifts, lambda p: None)
     assert max(rows for rows, _ in in_memory.rows) >= len(model.sources) * channels
+
+
+def test_from_the_work_dir_file_no_tensor_holds_the_song(model_repo: Path, tmp_path: Path) -> None:
+    """With the song in the work dir, no tensor longer than two chunks holds even the mix: the only one is the
+    per-frame mean over channels that the normalisation reduces (one value per sample), freed before the first
+    chunk. With the song in memory, the normalised mix and its padded copy are full length (`channels` rows)."""
+    shifts = 1
+    separator = tiny(model_repo, shifts)
+    segment_length = int(separator.model.samplerate * separator.model.max_allowed_segment)
+    wav = torch.from_numpy(sample_song.generate(24.0, seed=8))
+    with _LargestPerSample(2 * segment_length) as from_file:
+        separation.separate_to_files(separator, mix_file(wav, tmp_path / "mix.f32"), shifts, lambda p: None,
+                                     tmp_path)
+    assert from_file.rows and max(rows for rows, _ in from_file.rows) == 1, from_file.rows
+    with _LargestPerSample(2 * segment_length) as from_memory, torch.inference_mode():
+        separator.separate_tensor(wav)
+    assert max(rows for rows, _ in from_memory.rows) >= wav.shape[0]
