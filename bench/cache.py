@@ -53,18 +53,33 @@ MISS_OVERHEAD_MAX = 0.01
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     env = os.environ.get
-    parser.add_argument("--seconds", type=float, default=float(env("BENCH_SECONDS", "30")),
-                        help="length of the generated song (env BENCH_SECONDS)")
-    parser.add_argument("--repeat", type=int, default=int(env("BENCH_REPEAT", "4")),
-                        help="songs, each run 3 ways; even, so half run off-first and half miss-first")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=float(env("BENCH_SECONDS", "30")),
+        help="length of the generated song (env BENCH_SECONDS)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=int(env("BENCH_REPEAT", "4")),
+        help="songs, each run 3 ways; even, so half run off-first and half miss-first",
+    )
     parser.add_argument("--model", default=env("BENCH_MODEL", "htdemucs"), choices=sorted(model_repo.MODELS))
-    parser.add_argument("--repo", type=Path, default=Path(env("BENCH_REPO", str(ROOT / ".models"))),
-                        help="local DEMUCS repo; the model is generated there once")
+    parser.add_argument(
+        "--repo",
+        type=Path,
+        default=Path(env("BENCH_REPO", str(ROOT / ".models"))),
+        help="local DEMUCS repo; the model is generated there once",
+    )
     parser.add_argument("--device", default=env("BENCH_DEVICE", "auto"), help="auto, cpu or cuda")
     parser.add_argument("--shifts", type=int, default=1, help="DEMUCS shifts (the worker's default, 1)")
     parser.add_argument("--out", type=Path, default=Path(env("BENCH_OUT", str(ROOT / "bench" / "out"))))
-    parser.add_argument("--report", type=Path, help="print the report of a saved cache.json again, with that run's "
-                        "own flags; nothing is run")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        help="print the report of a saved cache.json again, with that run's own flags; nothing is run",
+    )
     return parser.parse_args(argv)
 
 
@@ -85,6 +100,7 @@ class CacheClock:
                     return call(*args, **kwargs)
                 finally:
                     self.seconds += time.perf_counter() - tick
+
             return wrapper
 
         cache.begin, cache.record = timed(begin), timed(record)
@@ -124,9 +140,16 @@ class CacheBench:
         from function.config import load_settings
         from function.runner import Runner
 
-        common = dict(env, input_bucket="cache-in", output_bucket="cache-out", demucs_model=self.args.model,
-                      demucs_repo=str(self.args.repo.resolve()), demucs_device=self.device,
-                      demucs_shifts=self.args.shifts, log_level="WARNING")
+        common = dict(
+            env,
+            input_bucket="cache-in",
+            output_bucket="cache-out",
+            demucs_model=self.args.model,
+            demucs_repo=str(self.args.repo.resolve()),
+            demucs_device=self.device,
+            demucs_shifts=self.args.shifts,
+            log_level="WARNING",
+        )
         self.on = Runner(load_settings(**common))
         self.off = Runner(load_settings(**common, result_cache=False))
         self.clock = CacheClock(self.on.worker)
@@ -154,8 +177,13 @@ class CacheBench:
         if result.outcome != Outcome.DONE:
             raise RuntimeError(f"job {job_id}: {result.outcome} {result.error}")
         status = runner.worker.status_for(job_id).read()
-        return {"id": job_id, "wall_s": wall, "cpu_s": cpu, "cached": status.get("cached") == "1",
-                "outputs": json.loads(status["outputs"])}
+        return {
+            "id": job_id,
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "cached": status.get("cached") == "1",
+            "outputs": json.loads(status["outputs"]),
+        }
 
     def stems(self, outputs: dict[str, dict[str, str]]) -> dict[str, bytes]:
         client = self.s3._client
@@ -172,28 +200,45 @@ class CacheBench:
                 self.clock.take()
                 jobs[name] = self.job(runner, f"{name}-{index}-{tag}", song)
                 jobs[name]["cache_s"] = self.clock.take()
-                print(f"[{index + 1}/{self.args.repeat}] {name:<5} {jobs[name]['wall_s']:8.2f} s  "
-                      f"cpu {jobs[name]['cpu_s']:7.1f} s  cached={jobs[name]['cached']}", file=sys.stderr, flush=True)
+                print(
+                    f"[{index + 1}/{self.args.repeat}] {name:<5} {jobs[name]['wall_s']:8.2f} s  "
+                    f"cpu {jobs[name]['cpu_s']:7.1f} s  cached={jobs[name]['cached']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             tick = time.perf_counter()
             for _ in range(5):
                 hashlib.sha256(song).digest()
             sha_s = (time.perf_counter() - tick) / 5
             miss, off, hit = jobs["miss"], jobs["off"], jobs["hit"]
             first = self.stems(miss["outputs"])
-            self.identical.append({"hit": self.stems(hit["outputs"]) == first,
-                                   "off": self.stems(off["outputs"]) == first})
-            self.rows.append({
-                "repeat": index + 1, "order": order, "song_bytes": len(song),
-                "miss_s": miss["wall_s"], "off_s": off["wall_s"], "hit_s": hit["wall_s"],
-                "miss_cpu_s": miss["cpu_s"], "off_cpu_s": off["cpu_s"], "hit_cpu_s": hit["cpu_s"],
-                "hit_cached": hit["cached"], "miss_cached": miss["cached"],
-                "cache_work_s": miss["cache_s"] + sha_s, "sha256_s": sha_s,
-            })
+            self.identical.append(
+                {"hit": self.stems(hit["outputs"]) == first, "off": self.stems(off["outputs"]) == first}
+            )
+            self.rows.append(
+                {
+                    "repeat": index + 1,
+                    "order": order,
+                    "song_bytes": len(song),
+                    "miss_s": miss["wall_s"],
+                    "off_s": off["wall_s"],
+                    "hit_s": hit["wall_s"],
+                    "miss_cpu_s": miss["cpu_s"],
+                    "off_cpu_s": off["cpu_s"],
+                    "hit_cpu_s": hit["cpu_s"],
+                    "hit_cached": hit["cached"],
+                    "miss_cached": miss["cached"],
+                    "cache_work_s": miss["cache_s"] + sha_s,
+                    "sha256_s": sha_s,
+                }
+            )
 
     def report(self) -> tuple[str, bool]:
         rows = self.rows
-        med = {name: statistics.median(r[name] for r in rows) for name in
-               ("miss_s", "off_s", "hit_s", "miss_cpu_s", "off_cpu_s", "cache_work_s")}
+        med = {
+            name: statistics.median(r[name] for r in rows)
+            for name in ("miss_s", "off_s", "hit_s", "miss_cpu_s", "off_cpu_s", "cache_work_s")
+        }
         hit_ratio = med["hit_s"] / med["miss_s"]
         pair_ratio, order_effect = balanced_ratio(rows, "miss_s", "off_s")
         cpu_ratio, _ = balanced_ratio(rows, "miss_cpu_s", "off_cpu_s")
@@ -201,16 +246,27 @@ class CacheBench:
         identical = all(i["hit"] and i["off"] for i in self.identical)
         flags_ok = all(r["hit_cached"] and not r["miss_cached"] for r in rows)
         checks = [
-            (f"repeated song <= {HIT_RATIO_MAX:g}x its first separation (median hit / median miss)",
-             f"{hit_ratio:.4f}x", hit_ratio <= HIT_RATIO_MAX and flags_ok),
-            ("stems byte-identical: hit = first run, and a second separation (cache off) = first run",
-             f"{sum(i['hit'] for i in self.identical)}/{len(rows)} and {sum(i['off'] for i in self.identical)}/"
-             f"{len(rows)}", identical),
-            (f"miss <= {1 + MISS_OVERHEAD_MAX:g}x cache off, end to end (order-balanced miss/off, wall)",
-             f"{pair_ratio:.4f}x (cpu {cpu_ratio:.4f}x; second run of a pair {order_effect:.3f}x the first)",
-             pair_ratio <= 1 + MISS_OVERHEAD_MAX),
-            (f"cache work inside a miss <= {MISS_OVERHEAD_MAX:.0%} of it (sha256 + lookup/lock + record + release)",
-             f"{med['cache_work_s'] * 1000:.1f} ms = {work_share:.4%}", work_share <= MISS_OVERHEAD_MAX),
+            (
+                f"repeated song <= {HIT_RATIO_MAX:g}x its first separation (median hit / median miss)",
+                f"{hit_ratio:.4f}x",
+                hit_ratio <= HIT_RATIO_MAX and flags_ok,
+            ),
+            (
+                "stems byte-identical: hit = first run, and a second separation (cache off) = first run",
+                f"{sum(i['hit'] for i in self.identical)}/{len(rows)} and {sum(i['off'] for i in self.identical)}/"
+                f"{len(rows)}",
+                identical,
+            ),
+            (
+                f"miss <= {1 + MISS_OVERHEAD_MAX:g}x cache off, end to end (order-balanced miss/off, wall)",
+                f"{pair_ratio:.4f}x (cpu {cpu_ratio:.4f}x; second run of a pair {order_effect:.3f}x the first)",
+                pair_ratio <= 1 + MISS_OVERHEAD_MAX,
+            ),
+            (
+                f"cache work inside a miss <= {MISS_OVERHEAD_MAX:.0%} of it (sha256 + lookup/lock + record + release)",
+                f"{med['cache_work_s'] * 1000:.1f} ms = {work_share:.4%}",
+                work_share <= MISS_OVERHEAD_MAX,
+            ),
         ]
         lines = [
             f"result cache: {self.args.model} (full architecture, seeded random weights), "
@@ -221,12 +277,16 @@ class CacheBench:
             "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in rows:
-            lines.append(f"| {r['repeat']} | {', '.join(r['order'])}, hit | {r['miss_s']:.2f} | {r['off_s']:.2f} | "
-                         f"{r['hit_s']:.3f} | {r['hit_s'] / r['miss_s']:.4f} | {r['miss_s'] / r['off_s']:.4f} | "
-                         f"{r['miss_cpu_s'] / r['off_cpu_s']:.4f} | {r['cache_work_s'] * 1000:.1f} |")
-        lines.append(f"| median (miss/off: order-balanced) | | {med['miss_s']:.2f} | {med['off_s']:.2f} | "
-                     f"{med['hit_s']:.3f} | {hit_ratio:.4f} | {pair_ratio:.4f} | {cpu_ratio:.4f} | "
-                     f"{med['cache_work_s'] * 1000:.1f} |")
+            lines.append(
+                f"| {r['repeat']} | {', '.join(r['order'])}, hit | {r['miss_s']:.2f} | {r['off_s']:.2f} | "
+                f"{r['hit_s']:.3f} | {r['hit_s'] / r['miss_s']:.4f} | {r['miss_s'] / r['off_s']:.4f} | "
+                f"{r['miss_cpu_s'] / r['off_cpu_s']:.4f} | {r['cache_work_s'] * 1000:.1f} |"
+            )
+        lines.append(
+            f"| median (miss/off: order-balanced) | | {med['miss_s']:.2f} | {med['off_s']:.2f} | "
+            f"{med['hit_s']:.3f} | {hit_ratio:.4f} | {pair_ratio:.4f} | {cpu_ratio:.4f} | "
+            f"{med['cache_work_s'] * 1000:.1f} |"
+        )
         lines += ["", "| target | measured | result |", "|---|---:|---|"]
         lines += [f"| {what} | {value} | {'PASS' if ok else 'FAIL'} |" for what, value, ok in checks]
         return "\n".join(lines) + "\n", all(ok for _, _, ok in checks)
@@ -266,8 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     command = " ".join(["python -m bench.cache", *sys.argv[1:]])
     (bench.out / "cache.md").write_text(f"`{command}`\n\n{text}")
-    (bench.out / "cache.json").write_text(json.dumps({"command": command, "rows": bench.rows,
-                                                      "identical": bench.identical}, indent=2))
+    (bench.out / "cache.json").write_text(
+        json.dumps({"command": command, "rows": bench.rows, "identical": bench.identical}, indent=2)
+    )
     return 0 if passed else 1
 
 

@@ -57,8 +57,9 @@ def probe(args: argparse.Namespace) -> int:
     from function.config import load_settings
 
     imports_s = time.perf_counter() - started
-    settings = load_settings(demucs_model=args.model, demucs_repo=args.repo, demucs_device="cpu",
-                             demucs_precision=args.precision)
+    settings = load_settings(
+        demucs_model=args.model, demucs_repo=args.repo, demucs_device="cpu", demucs_precision=args.precision
+    )
     tick = time.perf_counter()
     separator = separation.get_separator(args.model, settings)
     load_s = time.perf_counter() - tick
@@ -77,14 +78,30 @@ def probe(args: argparse.Namespace) -> int:
         ends: list[float] = []
         tick = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            separation.separate_to_files(separator, wav, settings.demucs_shifts,
-                                         lambda p, ends=ends: ends.append(time.perf_counter()), Path(tmp),
-                                         precision=settings.demucs_precision)
+            separation.separate_to_files(
+                separator,
+                wav,
+                settings.demucs_shifts,
+                lambda p, ends=ends: ends.append(time.perf_counter()),
+                Path(tmp),
+                precision=settings.demucs_precision,
+            )
         total = time.perf_counter() - tick
         chunks = [b - a for a, b in zip([tick, *ends[:-1]], ends, strict=True)]
         passes.append({"seconds": total, "chunks": chunks})
-    print("PROBE " + json.dumps({"imports_s": imports_s, "load_s": load_s, "decode_s": decode_s,
-                                 "warmup_s": warmup_s, "passes": passes, "threads": torch.get_num_threads()}))
+    print(
+        "PROBE "
+        + json.dumps(
+            {
+                "imports_s": imports_s,
+                "load_s": load_s,
+                "decode_s": decode_s,
+                "warmup_s": warmup_s,
+                "passes": passes,
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
     return 0
 
 
@@ -95,8 +112,9 @@ def cold_job(bench: run.Bench, index: int) -> dict[str, Any]:
     bench.push(job_id)
     log = bench.work / f"cold-{index}.log"
     env = bench.env({"LOG_LEVEL": "DEBUG"})
-    sample = run_tree("stemworker_cold", [sys.executable, "-m", "function.runner", "--max-messages", "1"],
-                      env=env, cwd=ROOT, log=log)
+    sample = run_tree(
+        "stemworker_cold", [sys.executable, "-m", "function.runner", "--max-messages", "1"], env=env, cwd=ROOT, log=log
+    )
     ended = time.time()
     text = log.read_text(errors="replace")
     line = next((raw for raw in text.splitlines() if "timeline {" in raw), None)
@@ -120,8 +138,9 @@ def cold_job(bench: run.Bench, index: int) -> dict[str, Any]:
         "decode": job["decode"],
         "separate": job["separate"],
         "encode_upload": job["encode_upload"],
-        "job_other": job["total"] - sum(job[k] for k in ("download", "decode", "separate", "encode_upload"))
-                     - job.get("model_wait", 0.0),
+        "job_other": job["total"]
+        - sum(job[k] for k in ("download", "decode", "separate", "encode_upload"))
+        - job.get("model_wait", 0.0),
         "exit": ended - marks["message"],
     }
 
@@ -137,16 +156,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="htdemucs")
     parser.add_argument("--repo", type=Path, default=ROOT / ".models")
     parser.add_argument("--precision", default="fp32", help="DEMUCS_PRECISION for the probe")
-    parser.add_argument("--warmup-seconds", type=float, default=0.0,
-                        help="probe: one forward pass on this much silence before the timed passes")
+    parser.add_argument(
+        "--warmup-seconds",
+        type=float,
+        default=0.0,
+        help="probe: one forward pass on this much silence before the timed passes",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "cold-start")
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe:
         return probe(args)
-    bench = run.Bench(run.parse_args(["--seconds", f"{args.seconds:g}", "--repeat", "1", "--model", args.model,
-                                      "--repo", str(args.repo), "--device", "cpu", "--out", str(args.out),
-                                      "--scenarios", "stemworker_cold"]))
+    bench = run.Bench(
+        run.parse_args(
+            [
+                "--seconds",
+                f"{args.seconds:g}",
+                "--repeat",
+                "1",
+                "--model",
+                args.model,
+                "--repo",
+                str(args.repo),
+                "--device",
+                "cpu",
+                "--out",
+                str(args.out),
+                "--scenarios",
+                "stemworker_cold",
+            ]
+        )
+    )
     rows: list[dict[str, Any]] = []
     probes: list[dict[str, Any]] = []
     interpreter: list[float] = []
@@ -157,23 +197,45 @@ def main(argv: list[str] | None = None) -> int:
         env = bench.env()
         for index in range(args.repeat):
             interpreter.append(run_tree("python -c pass", [sys.executable, "-c", "pass"], env=env, cwd=ROOT).wall_s)
-            timed = subprocess.run([sys.executable, "-X", "importtime", "-c", "import function.runner"], env=env,
-                                   cwd=ROOT, capture_output=True, text=True, check=True)
+            timed = subprocess.run(
+                [sys.executable, "-X", "importtime", "-c", "import function.runner"],
+                env=env,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             imports.append(import_costs(timed.stderr))
             rows.append(cold_job(bench, index))
-            command = [sys.executable, "-m", "bench.cold_start", "--probe", str(bench.song), "--model",
-                       args.model, "--repo", str(args.repo.resolve()), "--precision", args.precision,
-                       "--warmup-seconds", str(args.warmup_seconds)]
+            command = [
+                sys.executable,
+                "-m",
+                "bench.cold_start",
+                "--probe",
+                str(bench.song),
+                "--model",
+                args.model,
+                "--repo",
+                str(args.repo.resolve()),
+                "--precision",
+                args.precision,
+                "--warmup-seconds",
+                str(args.warmup_seconds),
+            ]
             output = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout
             probes.append(json.loads(next(x for x in output.splitlines() if x.startswith("PROBE "))[6:]))
-            print(f"[{index + 1}/{args.repeat}] cold job {rows[-1]['wall_s']:.2f} s, probe passes "
-                  f"{probes[-1]['passes'][0]['seconds']:.2f} / {probes[-1]['passes'][1]['seconds']:.2f} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[{index + 1}/{args.repeat}] cold job {rows[-1]['wall_s']:.2f} s, probe passes "
+                f"{probes[-1]['passes'][0]['seconds']:.2f} / {probes[-1]['passes'][1]['seconds']:.2f} s",
+                file=sys.stderr,
+                flush=True,
+            )
         text = breakdown(args, rows, probes, interpreter, imports)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "cold_start.md").write_text(text)
-        (args.out / "cold_start.json").write_text(json.dumps(
-            {"jobs": rows, "probes": probes, "interpreter_s": interpreter, "imports": imports}, indent=2))
+        (args.out / "cold_start.json").write_text(
+            json.dumps({"jobs": rows, "probes": probes, "interpreter_s": interpreter, "imports": imports}, indent=2)
+        )
         print(text)
         completed = True
     finally:
@@ -181,8 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def breakdown(args: argparse.Namespace, rows: list[dict[str, Any]], probes: list[dict[str, Any]],
-              interpreter: list[float], imports: list[dict[str, float]]) -> str:
+def breakdown(
+    args: argparse.Namespace,
+    rows: list[dict[str, Any]],
+    probes: list[dict[str, Any]],
+    interpreter: list[float],
+    imports: list[dict[str, float]],
+) -> str:
     first = statistics.median(p["passes"][0]["seconds"] for p in probes)
     second = statistics.median(p["passes"][1]["seconds"] for p in probes)
     first_chunk = statistics.median(p["passes"][0]["chunks"][0] for p in probes)
@@ -217,12 +284,16 @@ def breakdown(args: argparse.Namespace, rows: list[dict[str, Any]], probes: list
         f"| **cold job, wall** | **{median_of(rows, 'wall_s'):.2f}** | outside |",
         "",
         "Import time of `function.runner` by package (`python -X importtime`, own time of its modules, s): "
-        + ", ".join(f"{name} {seconds:.3f}" for name, seconds in heavy) + ".",
+        + ", ".join(f"{name} {seconds:.3f}" for name, seconds in heavy)
+        + ".",
     ]
     if probes[0]["warmup_s"] is not None:
         warmup = statistics.median(p["warmup_s"] for p in probes)
-        lines += ["", f"Warm-up forward pass on {args.warmup_seconds:g} s of silence: {warmup:.2f} s; first pass "
-                  f"after it {first:.2f} s, second {second:.2f} s."]
+        lines += [
+            "",
+            f"Warm-up forward pass on {args.warmup_seconds:g} s of silence: {warmup:.2f} s; first pass "
+            f"after it {first:.2f} s, second {second:.2f} s.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -49,11 +49,14 @@ def parse_poll_lines(text: str) -> tuple[dict[str, Any], list[tuple[float, int]]
     for line in text.splitlines():
         if line.startswith("scaler: ") and "strategy=" in line:
             fields = dict(HEADER_FIELDS.findall(line))
-            header = {"strategy": fields["strategy"], "max_replica_count": int(fields["maxReplicaCount"]),
-                      "list_length": float(fields["listLength"]),
-                      "polling_interval_s": float(fields["pollingInterval"]),
-                      # The emulator counts a Job pending until its pod claims, whatever the conditions say.
-                      "pending_until": "claim"}
+            header = {
+                "strategy": fields["strategy"],
+                "max_replica_count": int(fields["maxReplicaCount"]),
+                "list_length": float(fields["listLength"]),
+                "polling_interval_s": float(fields["pollingInterval"]),
+                # The emulator counts a Job pending until its pod claims, whatever the conditions say.
+                "pending_until": "claim",
+            }
         match = POLL_LINE.match(line)
         if match:
             polls.append((float(match.group(1)), int(match.group(2))))
@@ -76,18 +79,30 @@ def _pod_start(name: str, created_at: list[float]) -> float | None:
     return created_at[int(match.group("index"))]
 
 
-def build_measured(pushes: dict[str, float], statuses: dict[str, dict[str, str]], header: dict[str, Any],
-                   polls: list[tuple[float, int]], scaler_started_at: float, claims: dict[str, list[str]],
-                   claim_wait_s: float, max_messages: int) -> dict[str, Any]:
+def build_measured(
+    pushes: dict[str, float],
+    statuses: dict[str, dict[str, str]],
+    header: dict[str, Any],
+    polls: list[tuple[float, int]],
+    scaler_started_at: float,
+    claims: dict[str, list[str]],
+    claim_wait_s: float,
+    max_messages: int,
+) -> dict[str, Any]:
     """The flood JSON: every time in seconds after the first push (`pushes` and the result are epoch-based)."""
     t0 = min(pushes.values())
     jobs = []
     for job_id, pushed in sorted(pushes.items(), key=lambda item: item[1]):
         status = statuses.get(job_id, {})
         start, end = status.get("received_at"), status.get("done_at")
-        jobs.append({"id": job_id, "push_s": pushed - t0,
-                     "start_s": iso_seconds(start) - t0 if start else None,
-                     "end_s": iso_seconds(end) - t0 if end else None})
+        jobs.append(
+            {
+                "id": job_id,
+                "push_s": pushed - t0,
+                "start_s": iso_seconds(start) - t0 if start else None,
+                "end_s": iso_seconds(end) - t0 if end else None,
+            }
+        )
     # Job number k was created by the poll at which the running total of created Jobs first exceeded k.
     created_at = [scaler_started_at + elapsed - t0 for elapsed, count in polls for _ in range(count)]
     pods = [{"name": name, "start_s": _pod_start(name, created_at), "jobs": ids} for name, ids in claims.items()]
@@ -126,8 +141,9 @@ def read_statuses(redis_url: str, ids: list[str], template: str) -> dict[str, di
         for job_id in ids:
             pipe.hgetall(template.format(id=job_id))
         raw = pipe.execute()
-    return {job_id: {k.decode(): v.decode() for k, v in fields.items()} for job_id, fields in zip(ids, raw,
-                                                                                                   strict=True)}
+    return {
+        job_id: {k.decode(): v.decode() for k, v in fields.items()} for job_id, fields in zip(ids, raw, strict=True)
+    }
 
 
 def epoch(text: str) -> float:
@@ -159,8 +175,12 @@ def cmd_collect(args: argparse.Namespace) -> int:
         raise SystemExit(f"{args.scaler_log}: no scaler header or poll lines; is it the emulator's stdout?")
     manifest = fleet_from_manifests(args.manifests)
     measured = build_measured(
-        pushes, read_statuses(args.redis_url, list(pushes), args.status_key), header, polls,
-        epoch(args.scaler_started_at), pod_claims(read_pod_logs(args.workdir)),
+        pushes,
+        read_statuses(args.redis_url, list(pushes), args.status_key),
+        header,
+        polls,
+        epoch(args.scaler_started_at),
+        pod_claims(read_pod_logs(args.workdir)),
         manifest.claim_wait_s if args.claim_wait is None else args.claim_wait,
         manifest.max_messages if args.max_messages is None else args.max_messages,
     )
@@ -171,8 +191,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.flood_measure", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.flood_measure", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     push = sub.add_parser("push")
     push.add_argument("--ids", type=Path, required=True, help="one job id per line, songs uploaded under them")

@@ -62,12 +62,18 @@ class LeverBench:
         self.wav = audio.decode(song, self.separator.samplerate, self.separator.audio_channels, 1e9)
         self.rows: list[dict[str, Any]] = []
 
-    def separate(self, autocast: torch.dtype | None = None, grad: str = "inference_mode",
-                 segment: float | None = None) -> dict[str, torch.Tensor]:
+    def separate(
+        self, autocast: torch.dtype | None = None, grad: str = "inference_mode", segment: float | None = None
+    ) -> dict[str, torch.Tensor]:
         random.seed(1234)  # the shift offset of shifts=1 comes from `random`
         self.separator.update_parameter(segment=segment if segment is not None else None)
-        mode = torch.inference_mode() if grad == "inference_mode" else torch.no_grad() if grad == "no_grad" \
+        mode = (
+            torch.inference_mode()
+            if grad == "inference_mode"
+            else torch.no_grad()
+            if grad == "no_grad"
             else nullcontext()
+        )
         cast = torch.autocast(self.args.device.split(":")[0], dtype=autocast) if autocast else nullcontext()
         with mode, cast:
             _, stems = self.separator.separate_tensor(self.wav)
@@ -79,16 +85,21 @@ class LeverBench:
         samples: dict[str, list[Any]] = {name: [] for name in names}
         outputs: dict[str, Any] = {}
         for index in range(self.args.repeat):
-            for name in names[index % len(names):] + names[:index % len(names)]:
+            for name in names[index % len(names) :] + names[: index % len(names)]:
                 with in_process(f"{lever}:{name}") as sample:
                     outputs[name] = variants[name]()
                 samples[name].append(sample)
-                print(f"  {lever:<9} {name:<22} {sample.wall_s:7.2f} s  cpu {sample.cpu_s:6.1f} s  "
-                      f"peak {sample.peak_rss_bytes / MIB:6.0f} MiB", file=sys.stderr, flush=True)
+                print(
+                    f"  {lever:<9} {name:<22} {sample.wall_s:7.2f} s  cpu {sample.cpu_s:6.1f} s  "
+                    f"peak {sample.peak_rss_bytes / MIB:6.0f} MiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
         for name in names:
             runs = samples[name]
             row = {
-                "lever": lever, "variant": name,
+                "lever": lever,
+                "variant": name,
                 "wall_median_s": statistics.median(s.wall_s for s in runs),
                 "cpu_median_s": statistics.median(s.cpu_s for s in runs),
                 "peak_rss_mib": max(s.peak_rss_bytes for s in runs) / MIB,
@@ -109,14 +120,22 @@ class LeverBench:
         self.compare("precision", variants, reference="fp32")
 
     def grad(self) -> None:
-        self.compare("grad", {"inference_mode": lambda: self.separate(),
-                              "no_grad only (demucs)": lambda: self.separate(grad="none")},
-                     reference="inference_mode")
+        self.compare(
+            "grad",
+            {"inference_mode": lambda: self.separate(), "no_grad only (demucs)": lambda: self.separate(grad="none")},
+            reference="inference_mode",
+        )
 
     def segment(self) -> None:
-        self.compare("segment", {"7.8 s (model)": lambda: self.separate(),
-                                 "4 s": lambda: self.separate(segment=4.0),
-                                 "2 s": lambda: self.separate(segment=2.0)}, reference="7.8 s (model)")
+        self.compare(
+            "segment",
+            {
+                "7.8 s (model)": lambda: self.separate(),
+                "4 s": lambda: self.separate(segment=4.0),
+                "2 s": lambda: self.separate(segment=2.0),
+            },
+            reference="7.8 s (model)",
+        )
         self.separator.update_parameter(segment=None)
 
     def encode(self) -> None:
@@ -127,12 +146,18 @@ class LeverBench:
         def encode_all(preset: int, workers: int) -> None:
             def one(item: tuple[str, torch.Tensor]) -> None:
                 save_audio(item[1], str(tmp / f"{item[0]}.mp3"), self.separator.samplerate, bitrate=320, preset=preset)
+
             with ThreadPoolExecutor(workers) as pool:
                 list(pool.map(one, stems.items()))
 
-        self.compare("encode", {"mp3 preset 2, 1 thread": lambda: encode_all(2, 1),
-                                "mp3 preset 2, 4 threads": lambda: encode_all(2, 4),
-                                "mp3 preset 7, 4 threads": lambda: encode_all(7, 4)})
+        self.compare(
+            "encode",
+            {
+                "mp3 preset 2, 1 thread": lambda: encode_all(2, 1),
+                "mp3 preset 2, 4 threads": lambda: encode_all(2, 4),
+                "mp3 preset 7, 4 threads": lambda: encode_all(7, 4),
+            },
+        )
 
     def load(self) -> None:
         from demucs.states import set_state
@@ -147,11 +172,15 @@ class LeverBench:
         self.compare("load", {"torch.load": lambda: load(False), "torch.load(mmap=True)": lambda: load(True)})
 
     def markdown(self) -> str:
-        lines = ["| lever | variant | wall median s | CPU median s | peak RSS MiB | SNR vs default, dB | "
-                 "max abs diff |", "|---|---|---|---|---|---|---|"]
+        lines = [
+            "| lever | variant | wall median s | CPU median s | peak RSS MiB | SNR vs default, dB | max abs diff |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in self.rows:
-            lines.append(f"| {r['lever']} | {r['variant']} | {r['wall_median_s']:.2f} | {r['cpu_median_s']:.1f} | "
-                         f"{r['peak_rss_mib']:.0f} | {r['snr_db']} | {r['max_abs_diff']} |")
+            lines.append(
+                f"| {r['lever']} | {r['variant']} | {r['wall_median_s']:.2f} | {r['cpu_median_s']:.1f} | "
+                f"{r['peak_rss_mib']:.0f} | {r['snr_db']} | {r['max_abs_diff']} |"
+            )
         return "\n".join(lines) + "\n"
 
 
@@ -181,9 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for lever in args.levers.split(","):
         getattr(bench, lever.strip())()
-    text = (f"Levers on a {args.seconds:g} s song, {args.model} (seeded random weights), {args.device}, "
-            f"{torch.get_num_threads()} threads, {args.repeat} repeats, started {started}; "
-            f"CPU: {cpu_bf16_note()}\n\n" + bench.markdown())
+    text = (
+        f"Levers on a {args.seconds:g} s song, {args.model} (seeded random weights), {args.device}, "
+        f"{torch.get_num_threads()} threads, {args.repeat} repeats, started {started}; "
+        f"CPU: {cpu_bf16_note()}\n\n" + bench.markdown()
+    )
     (args.out / "levers.md").write_text(text)
     print(text)
     return 0

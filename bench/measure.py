@@ -93,8 +93,14 @@ class TreePeak:
         return self.peak_bytes
 
 
-def run_tree(scenario: str, argv: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None,
-             timeout_s: float = 3600.0, log: Path | None = None) -> Sample:
+def run_tree(
+    scenario: str,
+    argv: Sequence[str],
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout_s: float = 3600.0,
+    log: Path | None = None,
+) -> Sample:
     """Run `argv` to completion and measure its whole process tree; a non-zero exit gives `ok=False`."""
     out = log.open("ab") if log else subprocess.DEVNULL
     started = time.perf_counter()
@@ -121,10 +127,19 @@ def run_tree(scenario: str, argv: Sequence[str], env: dict[str, str] | None = No
     assert usage is not None
     cpu = usage.ru_utime + usage.ru_stime
     peak = max(polled, sampler.largest_hwm_bytes)
-    return Sample(scenario, wall, cpu, peak, ok=proc.returncode == 0,
-                  detail={"returncode": proc.returncode, "polled_tree_peak_bytes": polled,
-                          "max_single_process_rss_bytes": sampler.largest_hwm_bytes,
-                          "ru_maxrss_bytes_includes_parent": usage.ru_maxrss * 1024})
+    return Sample(
+        scenario,
+        wall,
+        cpu,
+        peak,
+        ok=proc.returncode == 0,
+        detail={
+            "returncode": proc.returncode,
+            "polled_tree_peak_bytes": polled,
+            "max_single_process_rss_bytes": sampler.largest_hwm_bytes,
+            "ru_maxrss_bytes_includes_parent": usage.ru_maxrss * 1024,
+        },
+    )
 
 
 def reset_peak_rss() -> bool:

@@ -73,33 +73,89 @@ def main() -> int:
     write_model(repo, "tiny")
     frames: list[str] = []
     with LocalServices() as services:
-        env = {**services.env(), "PYTHONPATH": str(ROOT), "DEMUCS_MODEL": "tiny", "DEMUCS_MODELS": "tiny",
-               "DEMUCS_REPO": str(repo), "DEMUCS_DEVICE": "cpu", "DEMUCS_THREADS": "1", "DEMUCS_SHIFTS": "0",
-               "SCALEDJOB_MAX_REPLICAS": str(args.max_replicas), "CLAIM_WAIT_S": "2",
-               "RESULT_CACHE": "off"}
+        env = {
+            **services.env(),
+            "PYTHONPATH": str(ROOT),
+            "DEMUCS_MODEL": "tiny",
+            "DEMUCS_MODELS": "tiny",
+            "DEMUCS_REPO": str(repo),
+            "DEMUCS_DEVICE": "cpu",
+            "DEMUCS_THREADS": "1",
+            "DEMUCS_SHIFTS": "0",
+            "SCALEDJOB_MAX_REPLICAS": str(args.max_replicas),
+            "CLAIM_WAIT_S": "2",
+            "RESULT_CACHE": "off",
+        }
         env_file = work / "env"
         env_file.write_text("".join(f"{name}={value}\n" for name, value in env.items()))
         run_env = {**os.environ, **env}
         stemworker = f"{python} -m stemops"
-        pushed = json.loads(subprocess.run(
-            [python, "-m", "stemops", "flood", "--count", str(args.count), "--id", "capture", "--seconds",
-             str(args.seconds), "--json"], env=run_env, cwd=ROOT, check=True, capture_output=True, text=True).stdout)
+        pushed = json.loads(
+            subprocess.run(
+                [
+                    python,
+                    "-m",
+                    "stemops",
+                    "flood",
+                    "--count",
+                    str(args.count),
+                    "--id",
+                    "capture",
+                    "--seconds",
+                    str(args.seconds),
+                    "--json",
+                ],
+                env=run_env,
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
         watched = pushed["ids"][len(pushed["ids"]) // 2]
         summary = work / "summary.json"
-        tmux("new-session", "-d", "-s", SESSION, "-x", "110", "-y", "16", "-n", "stats",
-             shell_line(env_file, f"{stemworker} stats --watch --interval 1; sleep 3600"))
-        tmux("new-window", "-t", SESSION, "-n", "watch",
-             shell_line(env_file, f"{stemworker} watch {watched} --interval 0.5; echo \"exit code $?\"; sleep 3600"))
-        tmux("new-window", "-t", SESSION, "-n", "emulator", shell_line(
-            env_file, f"{python} -m workbench.emulator --manifests keda --max-replicas {args.max_replicas} "
-                      f"--polling-interval 1 --workdir {work / 'pods'} --summary-json {summary} "
-                      f"--max-seconds {args.max_seconds:.0f}; sleep 3600"))
+        tmux(
+            "new-session",
+            "-d",
+            "-s",
+            SESSION,
+            "-x",
+            "110",
+            "-y",
+            "16",
+            "-n",
+            "stats",
+            shell_line(env_file, f"{stemworker} stats --watch --interval 1; sleep 3600"),
+        )
+        tmux(
+            "new-window",
+            "-t",
+            SESSION,
+            "-n",
+            "watch",
+            shell_line(env_file, f'{stemworker} watch {watched} --interval 0.5; echo "exit code $?"; sleep 3600'),
+        )
+        tmux(
+            "new-window",
+            "-t",
+            SESSION,
+            "-n",
+            "emulator",
+            shell_line(
+                env_file,
+                f"{python} -m workbench.emulator --manifests keda --max-replicas {args.max_replicas} "
+                f"--polling-interval 1 --workdir {work / 'pods'} --summary-json {summary} "
+                f"--max-seconds {args.max_seconds:.0f}; sleep 3600",
+            ),
+        )
         started = time.monotonic()
         last = {"stats": "", "watch": ""}
         try:
             while time.monotonic() - started < args.max_seconds + 30:
-                for window, title in (("stats", "stemworker stats --watch --interval 1"),
-                                      ("watch", f"stemworker watch {watched}")):
+                for window, title in (
+                    ("stats", "stemworker stats --watch --interval 1"),
+                    ("watch", f"stemworker watch {watched}"),
+                ):
                     text = screen(window)
                     if text.strip() and significant(text) != last[window]:
                         last[window] = significant(text)
@@ -107,8 +163,9 @@ def main() -> int:
                 if summary.exists():
                     time.sleep(args.frame_s)  # one more frame of each after the drain
                     for window in ("stats", "watch"):
-                        frames.append(f"---- t={time.monotonic() - started:6.1f} s  after the drain: {window}\n"
-                                      f"{screen(window)}")
+                        frames.append(
+                            f"---- t={time.monotonic() - started:6.1f} s  after the drain: {window}\n{screen(window)}"
+                        )
                     break
                 time.sleep(args.frame_s)
             emulator_tail = "\n".join(screen("emulator").splitlines()[-8:])
@@ -117,52 +174,87 @@ def main() -> int:
         result = json.loads(summary.read_text()) if summary.exists() else {}
 
         port = free_port()
-        exporter = subprocess.Popen([python, "-m", "stemops", "exporter", "--port", str(port), "--address",
-                                     "127.0.0.1"], env=run_env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        exporter = subprocess.Popen(
+            [python, "-m", "stemops", "exporter", "--port", str(port), "--address", "127.0.0.1"],
+            env=run_env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             exporter.stdout.readline()
             metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
         finally:
             exporter.terminate()
             exporter.wait(30)
-        jobs_text = subprocess.run([python, "-m", "stemops", "jobs", "--limit", str(args.count)], env=run_env,
-                                   cwd=ROOT, capture_output=True, text=True).stdout
+        jobs_text = subprocess.run(
+            [python, "-m", "stemops", "jobs", "--limit", str(args.count)],
+            env=run_env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout
 
-    values = {(s.name, tuple(sorted(s.labels.items()))): s.value
-              for family in text_string_to_metric_families(metrics) for s in family.samples}
+    values = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+    }
     done = values.get(("stemworker_jobs_total", (("model", "tiny"), ("outcome", "done"))), -1)
     stage_count = values.get(("stemworker_job_duration_seconds_count", (("model", "tiny"), ("stage", "total"))), -1)
     checks = {
         f"jobs_total done == flood count {args.count}": done == args.count,
         f"job_duration_seconds_count{{stage=total}} == {args.count}": stage_count == args.count,
         "emulator outcomes all done": result.get("outcomes") == {"done": args.count},
-        "queue, processing and dead all 0": all(values.get((name, ()), -1) == 0 for name in (
-            "stemworker_queue_waiting", "stemworker_queue_processing", "stemworker_queue_dead")),
-        f"scaledjob_max_replicas == {args.max_replicas}":
-            values.get(("stemworker_scaledjob_max_replicas", ()), -1) == args.max_replicas,
+        "queue, processing and dead all 0": all(
+            values.get((name, ()), -1) == 0
+            for name in ("stemworker_queue_waiting", "stemworker_queue_processing", "stemworker_queue_dead")
+        ),
+        f"scaledjob_max_replicas == {args.max_replicas}": values.get(("stemworker_scaledjob_max_replicas", ()), -1)
+        == args.max_replicas,
     }
-    wanted = ("stemworker_queue", "stemworker_jobs", "stemworker_audio", "stemworker_callbacks", "stemworker_redis",
-              "stemworker_exporter", "stemworker_scaledjob", "stemworker_realtime_factor_count",
-              "stemworker_realtime_factor_sum", "stemworker_job_duration_seconds_count",
-              "stemworker_job_duration_seconds_sum", 'stemworker_job_duration_seconds_bucket{le="+Inf"')
-    shown = [line for line in metrics.splitlines() if line.startswith(wanted)
-             or (line.startswith("stemworker_job_duration_seconds_bucket") and 'stage="total"' in line)]
+    wanted = (
+        "stemworker_queue",
+        "stemworker_jobs",
+        "stemworker_audio",
+        "stemworker_callbacks",
+        "stemworker_redis",
+        "stemworker_exporter",
+        "stemworker_scaledjob",
+        "stemworker_realtime_factor_count",
+        "stemworker_realtime_factor_sum",
+        "stemworker_job_duration_seconds_count",
+        "stemworker_job_duration_seconds_sum",
+        'stemworker_job_duration_seconds_bucket{le="+Inf"',
+    )
+    shown = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith(wanted)
+        or (line.startswith("stemworker_job_duration_seconds_bucket") and 'stage="total"' in line)
+    ]
     with args.out.open("w") as out:
-        out.write(f"# {args.count} jobs of {args.seconds} s (tiny model) pushed with `stemworker flood --count "
-                  f"{args.count}`, run by `python -m workbench.emulator --manifests keda --max-replicas "
-                  f"{args.max_replicas}`\n# produced by: python -m bench.ops_capture --out {args.out.name} "
-                  f"--count {args.count} --seconds {args.seconds} --max-replicas {args.max_replicas}\n\n")
+        out.write(
+            f"# {args.count} jobs of {args.seconds} s (tiny model) pushed with `stemworker flood --count "
+            f"{args.count}`, run by `python -m workbench.emulator --manifests keda --max-replicas "
+            f"{args.max_replicas}`\n# produced by: python -m bench.ops_capture --out {args.out.name} "
+            f"--count {args.count} --seconds {args.seconds} --max-replicas {args.max_replicas}\n\n"
+        )
         out.write("\n".join(frames))
         out.write(f"\n---- emulator (last lines)\n{emulator_tail}\n")
         out.write(f"\n---- emulator summary\n{json.dumps(result, indent=2)}\n")
         out.write(f"\n---- $ stemworker jobs --limit {args.count}  (after the drain)\n{jobs_text}")
-        out.write("\n---- $ curl /metrics of `stemworker exporter` after the drain (stemworker_* samples; duration "
-                  "buckets of stage total only)\n")
+        out.write(
+            "\n---- $ curl /metrics of `stemworker exporter` after the drain (stemworker_* samples; duration "
+            "buckets of stage total only)\n"
+        )
         out.write("\n".join(shown) + "\n")
         out.write("\n---- checks\n" + "".join(f"{'PASS' if ok else 'FAIL'}  {name}\n" for name, ok in checks.items()))
     shutil.rmtree(work, ignore_errors=True)
-    print(f"wrote {args.out}: {len(frames)} frames; " + ", ".join(f"{n}: {'PASS' if ok else 'FAIL'}"
-                                                                 for n, ok in checks.items()))
+    print(
+        f"wrote {args.out}: {len(frames)} frames; "
+        + ", ".join(f"{n}: {'PASS' if ok else 'FAIL'}" for n, ok in checks.items())
+    )
     return 0 if all(checks.values()) else 1
 
 

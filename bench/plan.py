@@ -36,8 +36,9 @@ TABLE_END = "<!-- plan-table:end -->"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.plan", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command")
     simulate = sub.add_parser("simulate", help="one scenario")
     add_common(simulate)
@@ -62,35 +63,53 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def print_summary(scenario: Scenario, summary: dict) -> None:
     fleet, profile, node = scenario.fleet, scenario.profile, scenario.node
-    print(f"{scenario.label}: {summary['songs']:,} songs over {scenario.rate.duration_s / 3600:g} h "
-          f"(mean {scenario.rate.mean_per_s:.3f}/s, peak/mean {scenario.rate.peak_ratio:g}, {scenario.process}); "
-          f"cache hits {scenario.hit_rate:.0%}")
-    print(f"fleet: {fleet.strategy.name}, maxReplicaCount {fleet.strategy.max_replica_count}, "
-          f"pollingInterval {fleet.polling_interval_s:g} s, pending until {fleet.pending_until}, "
-          f"MAX_MESSAGES {fleet.max_messages}, CLAIM_WAIT_S {fleet.claim_wait_s:g}")
-    print(f"profile {profile.name}: cold start {profile.cold_start_s:.2f} s ({profile.pre_claim_s:.2f} s before the "
-          f"claim), {profile.seconds_per_audio_s:.4f} s per audio s, {profile.memory_mib:.0f} MiB; {profile.source}")
+    print(
+        f"{scenario.label}: {summary['songs']:,} songs over {scenario.rate.duration_s / 3600:g} h "
+        f"(mean {scenario.rate.mean_per_s:.3f}/s, peak/mean {scenario.rate.peak_ratio:g}, {scenario.process}); "
+        f"cache hits {scenario.hit_rate:.0%}"
+    )
+    print(
+        f"fleet: {fleet.strategy.name}, maxReplicaCount {fleet.strategy.max_replica_count}, "
+        f"pollingInterval {fleet.polling_interval_s:g} s, pending until {fleet.pending_until}, "
+        f"MAX_MESSAGES {fleet.max_messages}, CLAIM_WAIT_S {fleet.claim_wait_s:g}"
+    )
+    print(
+        f"profile {profile.name}: cold start {profile.cold_start_s:.2f} s ({profile.pre_claim_s:.2f} s before the "
+        f"claim), {profile.seconds_per_audio_s:.4f} s per audio s, {profile.memory_mib:.0f} MiB; {profile.source}"
+    )
     if node is not None and node.pods_per_node:
-        print(f"nodes {node.name}: {node.pods_per_node} pods/node, start {node.start_s:g} s, "
-              f"${node.price_per_hour:g}/h, scale-down after {node.scale_down_s:g} s empty")
+        print(
+            f"nodes {node.name}: {node.pods_per_node} pods/node, start {node.start_s:g} s, "
+            f"${node.price_per_hour:g}/h, scale-down after {node.scale_down_s:g} s empty"
+        )
     if summary["unserved"]:
         print(f"WARNING: {summary['unserved']:,} messages were never served (the fleet stopped scaling)")
-    print(f"latency push->done (after {summary['warmup_s']:g} s warm-up): p50 {summary['p50_s']:.1f} s, "
-          f"p95 {summary['p95_s']:.1f} s, p99 {summary['p99_s']:.1f} s; drained {summary['drain_s']:.0f} s after "
-          f"the first push")
-    print(f"fleet size: pods peak {summary['peak_pods']:,} mean {summary['mean_pods']:,.1f}; nodes peak "
-          f"{summary['peak_nodes']:,} mean {summary['mean_nodes']:,.1f}; queue peak {summary['peak_queue']:,}; "
-          f"pod memory at peak {summary['peak_pod_memory_gib']:,.0f} GiB")
-    print(f"pod-hours: {summary['pod_hours']:,.1f} total = {summary['busy_pod_hours']:,.1f} working + "
-          f"{summary['cold_start_pod_hours']:,.1f} cold start ({summary['cold_start_pod_seconds']:,.0f} pod-seconds) + "
-          f"{summary['idle_pod_hours']:,.1f} waiting on an empty list; {summary['pods_started']:,} pods")
+    print(
+        f"latency push->done (after {summary['warmup_s']:g} s warm-up): p50 {summary['p50_s']:.1f} s, "
+        f"p95 {summary['p95_s']:.1f} s, p99 {summary['p99_s']:.1f} s; drained {summary['drain_s']:.0f} s after "
+        f"the first push"
+    )
+    print(
+        f"fleet size: pods peak {summary['peak_pods']:,} mean {summary['mean_pods']:,.1f}; nodes peak "
+        f"{summary['peak_nodes']:,} mean {summary['mean_nodes']:,.1f}; queue peak {summary['peak_queue']:,}; "
+        f"pod memory at peak {summary['peak_pod_memory_gib']:,.0f} GiB"
+    )
+    print(
+        f"pod-hours: {summary['pod_hours']:,.1f} total = {summary['busy_pod_hours']:,.1f} working + "
+        f"{summary['cold_start_pod_hours']:,.1f} cold start ({summary['cold_start_pod_seconds']:,.0f} pod-seconds) + "
+        f"{summary['idle_pod_hours']:,.1f} waiting on an empty list; {summary['pods_started']:,} pods"
+    )
     if summary["peak_pods"] >= fleet.strategy.max_replica_count:
-        print(f"NOTE: the fleet reached maxReplicaCount {fleet.strategy.max_replica_count}; raise --max-replicas to "
-              "see what the load needs")
+        print(
+            f"NOTE: the fleet reached maxReplicaCount {fleet.strategy.max_replica_count}; raise --max-replicas to "
+            "see what the load needs"
+        )
     cost = summary["cost"]
     if cost is not None:
-        print(f"cost: {summary['node_hours']:,.1f} node-hours = ${cost:,.2f} for the whole run; "
-              f"${summary['cost_per_1000_songs']:.3f} per 1,000 songs after the warm-up")
+        print(
+            f"cost: {summary['node_hours']:,.1f} node-hours = ${cost:,.2f} for the whole run; "
+            f"${summary['cost_per_1000_songs']:.3f} per 1,000 songs after the warm-up"
+        )
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -99,11 +118,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     data = summary.to_dict()
     print_summary(scenario, data)
     if args.json:
-        args.json.write_text(json.dumps({"scenario": scenario.describe(), "summary": data,
-                                         "timeline": timeline_dict(result)}, indent=1))
+        args.json.write_text(
+            json.dumps({"scenario": scenario.describe(), "summary": data, "timeline": timeline_dict(result)}, indent=1)
+        )
     if args.png:
-        write_png(args.png, result.timeline, f"{scenario.label}: {data['songs']:,} songs, "
-                  f"{scenario.fleet.strategy.name}, p95 {data['p95_s']:.0f} s")
+        write_png(
+            args.png,
+            result.timeline,
+            f"{scenario.label}: {data['songs']:,} songs, {scenario.fleet.strategy.name}, p95 {data['p95_s']:.0f} s",
+        )
     return 0
 
 
@@ -113,8 +136,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     summaries = tables.run_all(scenarios)
     print(tables.comparison_markdown(scenarios, summaries))
     if args.json:
-        args.json.write_text(json.dumps([{"scenario": s.describe(), "summary": m.to_dict()}
-                                         for s, m in zip(scenarios, summaries, strict=True)], indent=1))
+        args.json.write_text(
+            json.dumps(
+                [{"scenario": s.describe(), "summary": m.to_dict()} for s, m in zip(scenarios, summaries, strict=True)],
+                indent=1,
+            )
+        )
     return 0
 
 
@@ -124,18 +151,24 @@ def table_text(args: argparse.Namespace) -> tuple[str, list[dict]]:
     bases = {name: build_scenario(args, kinds[name], nodes[name], label=name) for name in names}
     plan = tables.planning_scenarios(bases, args.peak_ratio, [float(h) for h in args.hit_rates.split(",")])
     # The comparisons run at a constant mean load without hits, whatever the table's own load is.
-    steady = {name: base.but(rate=RateProfile(base.rate.mean_per_s, base.rate.duration_s), hit_rate=0.0)
-              for name, base in bases.items()}
+    steady = {
+        name: base.but(rate=RateProfile(base.rate.mean_per_s, base.rate.duration_s), hit_rate=0.0)
+        for name, base in bases.items()
+    }
     compared = [s for name in names for s in tables.comparison_scenarios(steady[name], args.drain_messages, (1, "0.5"))]
     summaries = tables.run_all(plan + compared, args.jobs)
-    text = ["### Planning table", "", tables.planning_markdown(plan, summaries[:len(plan)])]
+    text = ["### Planning table", "", tables.planning_markdown(plan, summaries[: len(plan)])]
     per_kind = len(compared) // len(names)
     for index, name in enumerate(names):
         rows = slice(index * per_kind, (index + 1) * per_kind)
-        text += [f"### Strategies and drain mode: {name}, constant load at the mean, no cache hits", "",
-                 tables.comparison_markdown(compared[rows], summaries[len(plan):][rows])]
-    records = [{"scenario": s.describe(), "summary": m.to_dict()} for s, m in
-               zip(plan + compared, summaries, strict=True)]
+        text += [
+            f"### Strategies and drain mode: {name}, constant load at the mean, no cache hits",
+            "",
+            tables.comparison_markdown(compared[rows], summaries[len(plan) :][rows]),
+        ]
+    records = [
+        {"scenario": s.describe(), "summary": m.to_dict()} for s, m in zip(plan + compared, summaries, strict=True)
+    ]
     return "\n".join(text), records
 
 
@@ -171,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {profile}\n  nodes: {profiles.EXAMPLE_NODES[name]}")
         return 0
     try:
-        return {"simulate": cmd_simulate, "compare": cmd_compare, "table": cmd_table,
-                "validate": cmd_validate}[args.command](args)
+        return {"simulate": cmd_simulate, "compare": cmd_compare, "table": cmd_table, "validate": cmd_validate}[
+            args.command
+        ](args)
     except (ValueError, OSError, KeyError, ConfigError) as err:
         print(f"plan: {type(err).__name__}: {err}", file=sys.stderr)
         return 2

@@ -108,8 +108,9 @@ def gpu_songs_per_hour(summaries: dict[str, Summary], suffix: str = "") -> float
     return 3600 / warm.wall_median_s
 
 
-def targets(summaries: dict[str, Summary], latencies: list[float], suffix: str = "",
-            device: str = "cpu") -> list[tuple[str, bool | None]]:
+def targets(
+    summaries: dict[str, Summary], latencies: list[float], suffix: str = "", device: str = "cpu"
+) -> list[tuple[str, bool | None]]:
     """PASS/FAIL lines; None when a scenario needed for a target was not run."""
     r = ratios(summaries, suffix)
     warm, cold = f"stemworker_warm{suffix}", f"stemworker_cold{suffix}"
@@ -120,31 +121,54 @@ def targets(summaries: dict[str, Summary], latencies: list[float], suffix: str =
         return None if value is None else value <= limit  # NaN (all runs failed) compares False: FAIL
 
     if device.startswith("cuda"):
-        cold_s = summaries[cold].wall_median_s if cold in summaries and summaries[cold].failed < summaries[cold].runs \
+        cold_s = (
+            summaries[cold].wall_median_s
+            if cold in summaries and summaries[cold].failed < summaries[cold].runs
             else (float("nan") if cold in summaries else None)
+        )
         lines = [
-            (f"GPU: warm job end to end <= {GPU_WARM_VS_FLOOR} x inference floor: "
-             f"{_fmt(r[f'{warm} / inference (wall)'])}", check(r[f"{warm} / inference (wall)"], GPU_WARM_VS_FLOOR)),
-            (f"GPU: cold job <= {GPU_COLD_S:g} s ({audio_s:.0f} s song): {_fmt(cold_s, 's')}",
-             check(cold_s, GPU_COLD_S)),
+            (
+                f"GPU: warm job end to end <= {GPU_WARM_VS_FLOOR} x inference floor: "
+                f"{_fmt(r[f'{warm} / inference (wall)'])}",
+                check(r[f"{warm} / inference (wall)"], GPU_WARM_VS_FLOOR),
+            ),
+            (
+                f"GPU: cold job <= {GPU_COLD_S:g} s ({audio_s:.0f} s song): {_fmt(cold_s, 's')}",
+                check(cold_s, GPU_COLD_S),
+            ),
         ]
     else:
         lines = [
-            (f"warm job end to end <= {WARM_VS_FLOOR} x fp32 inference floor: "
-             f"{_fmt(r[f'{warm} / inference (wall)'])}", check(r[f"{warm} / inference (wall)"], WARM_VS_FLOOR)),
-            (f"cold job <= {COLD_VS_SEED} x seed-style worker: {_fmt(r[f'{cold} / seed_style (wall)'])}",
-             check(r[f"{cold} / seed_style (wall)"], COLD_VS_SEED)),
+            (
+                f"warm job end to end <= {WARM_VS_FLOOR} x fp32 inference floor: "
+                f"{_fmt(r[f'{warm} / inference (wall)'])}",
+                check(r[f"{warm} / inference (wall)"], WARM_VS_FLOOR),
+            ),
+            (
+                f"cold job <= {COLD_VS_SEED} x seed-style worker: {_fmt(r[f'{cold} / seed_style (wall)'])}",
+                check(r[f"{cold} / seed_style (wall)"], COLD_VS_SEED),
+            ),
         ]
     lines += [
-        (f"cold - warm <= {COLD_MINUS_WARM_S:g} s ({audio_s:.0f} s song): {_fmt(gap, 's')}",
-         check(gap, COLD_MINUS_WARM_S)),
-        (f"peak RSS of cold job <= CLI peak RSS ({audio_s:.0f} s song): "
-         f"{_fmt(r[f'peak_rss({cold}) / peak_rss(cli)'])}", check(r[f"peak_rss({cold}) / peak_rss(cli)"], 1.0)),
+        (
+            f"cold - warm <= {COLD_MINUS_WARM_S:g} s ({audio_s:.0f} s song): {_fmt(gap, 's')}",
+            check(gap, COLD_MINUS_WARM_S),
+        ),
+        (
+            f"peak RSS of cold job <= CLI peak RSS ({audio_s:.0f} s song): "
+            f"{_fmt(r[f'peak_rss({cold}) / peak_rss(cli)'])}",
+            check(r[f"peak_rss({cold}) / peak_rss(cli)"], 1.0),
+        ),
     ]
     if not suffix:
         worst = max(latencies) if latencies else None
-        lines.append((f"message on an empty queue -> separating in a warm runner <= 1 s: "
-                      f"max {_fmt(worst, 's')} over {len(latencies)} runs", check(worst, 1.0)))
+        lines.append(
+            (
+                f"message on an empty queue -> separating in a warm runner <= 1 s: "
+                f"max {_fmt(worst, 's')} over {len(latencies)} runs",
+                check(worst, 1.0),
+            )
+        )
     return lines
 
 
@@ -156,8 +180,7 @@ def _fmt(value: float | None, unit: str = "x") -> str:
     return f"{value:.3f} {unit}" if unit == "s" else f"{value:.3f}{unit}"
 
 
-def markdown(summaries: dict[str, Summary], meta: dict[str, Any], latencies: list[float],
-             suffixes: list[str]) -> str:
+def markdown(summaries: dict[str, Summary], meta: dict[str, Any], latencies: list[float], suffixes: list[str]) -> str:
     """The results as a Markdown table, ratios and PASS/FAIL lines."""
     lines = [
         f"Song: {meta['audio_s']:.1f} s generated stereo 44.1 kHz MP3; model {meta['model']} "
@@ -182,11 +205,15 @@ def markdown(summaries: dict[str, Summary], meta: dict[str, Any], latencies: lis
             lines.append(f"| {name} | {_fmt(value, 's')} |")
         if meta["device"].startswith("cuda"):
             songs = gpu_songs_per_hour(summaries, suffix)
-            lines.append(f"| songs per GPU-hour, warm worker{suffix}, {meta['audio_s']:.0f} s songs | "
-                         f"{'n/a' if songs is None else f'{songs:.0f}'} |")
+            lines.append(
+                f"| songs per GPU-hour, warm worker{suffix}, {meta['audio_s']:.0f} s songs | "
+                f"{'n/a' if songs is None else f'{songs:.0f}'} |"
+            )
     if latencies:
-        lines.append(f"| message -> `separating`, warm runner blocked in BLMOVE (s) | "
-                     f"min {min(latencies):.3f}, max {max(latencies):.3f} |")
+        lines.append(
+            f"| message -> `separating`, warm runner blocked in BLMOVE (s) | "
+            f"min {min(latencies):.3f}, max {max(latencies):.3f} |"
+        )
     lines += ["", "```"]
     for suffix in suffixes:
         for text, ok in targets(summaries, latencies, suffix, meta["device"]):
@@ -196,8 +223,14 @@ def markdown(summaries: dict[str, Summary], meta: dict[str, Any], latencies: lis
     return "\n".join(lines) + "\n"
 
 
-def write_json(path: Path, samples: list[dict[str, Any]], summaries: dict[str, Summary], meta: dict[str, Any],
-               latencies: list[dict[str, Any]], suffixes: list[str]) -> None:
+def write_json(
+    path: Path,
+    samples: list[dict[str, Any]],
+    summaries: dict[str, Summary],
+    meta: dict[str, Any],
+    latencies: list[dict[str, Any]],
+    suffixes: list[str],
+) -> None:
     payload = {
         "meta": meta,
         "samples": samples,
@@ -205,11 +238,18 @@ def write_json(path: Path, samples: list[dict[str, Any]], summaries: dict[str, S
         "ratios": {suffix or "base": ratios(summaries, suffix) for suffix in suffixes},
         "latency": latencies,
         "differences": {suffix or "base": differences(summaries, suffix) for suffix in suffixes},
-        "targets": {suffix or "base": [{"target": text, "pass": ok} for text, ok in
-                                       targets(summaries, [x["latency_s"] for x in latencies
-                                                           if x.get("latency_s") is not None], suffix,
-                                               meta["device"])]
-                    for suffix in suffixes},
+        "targets": {
+            suffix or "base": [
+                {"target": text, "pass": ok}
+                for text, ok in targets(
+                    summaries,
+                    [x["latency_s"] for x in latencies if x.get("latency_s") is not None],
+                    suffix,
+                    meta["device"],
+                )
+            ]
+            for suffix in suffixes
+        },
     }
     path.write_text(json.dumps(payload, indent=2, default=str))
 
@@ -246,9 +286,12 @@ def rss_by_length(runs: list[tuple[float, dict[str, Summary]]], cold: str = "ste
     runs = sorted(runs, key=lambda run: run[0])
     names = list(dict.fromkeys(name for _, summaries in runs for name in summaries))
     (short_s, short), (long_s, long) = runs[0], runs[-1]
-    lines = ["| scenario | " + " | ".join(f"{seconds:g} s song, MiB" for seconds, _ in runs)
-             + f" | MiB per s of audio ({short_s:g} s -> {long_s:g} s) |",
-             "|---|" + "---|" * (len(runs) + 1)]
+    lines = [
+        "| scenario | "
+        + " | ".join(f"{seconds:g} s song, MiB" for seconds, _ in runs)
+        + f" | MiB per s of audio ({short_s:g} s -> {long_s:g} s) |",
+        "|---|" + "---|" * (len(runs) + 1),
+    ]
 
     def peak(summaries: dict[str, Summary], name: str) -> float | None:
         summary = summaries.get(name)
@@ -259,13 +302,20 @@ def rss_by_length(runs: list[tuple[float, dict[str, Summary]]], cold: str = "ste
     for name in names:
         peaks = [peak(summaries, name) for _, summaries in runs]
         first, last = peaks[0], peaks[-1]
-        slope = (last - first) / (long_s - short_s) if first is not None and last is not None and long_s > short_s \
-            else None
-        lines.append(f"| {name} | " + " | ".join("failed" if x is None else f"{x:.0f}" for x in peaks)
-                     + f" | {'n/a' if slope is None else f'{slope:.3f}'} |")
+        slope = (
+            (last - first) / (long_s - short_s) if first is not None and last is not None and long_s > short_s else None
+        )
+        lines.append(
+            f"| {name} | "
+            + " | ".join("failed" if x is None else f"{x:.0f}" for x in peaks)
+            + f" | {'n/a' if slope is None else f'{slope:.3f}'} |"
+        )
     first, last = peak(short, cold), peak(long, cold)
     ratio = last / first if first and last is not None else None
     verdict = "n/a" if ratio is None or long_s <= short_s else ("PASS" if ratio <= RSS_LONGEST_VS_SHORTEST else "FAIL")
-    lines += ["", f"{verdict} cold job peak RSS at {long_s:g} s <= {RSS_LONGEST_VS_SHORTEST:g}x at {short_s:g} s: "
-              + ("n/a" if ratio is None else f"{ratio:.3f}x ({last:.0f} MiB / {first:.0f} MiB)")]
+    lines += [
+        "",
+        f"{verdict} cold job peak RSS at {long_s:g} s <= {RSS_LONGEST_VS_SHORTEST:g}x at {short_s:g} s: "
+        + ("n/a" if ratio is None else f"{ratio:.3f}x ({last:.0f} MiB / {first:.0f} MiB)"),
+    ]
     return "\n".join(lines)

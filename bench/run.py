@@ -60,19 +60,36 @@ QUEUE_KEY = "toWorker"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     env = os.environ.get
-    parser.add_argument("--seconds", default=env("BENCH_SECONDS", "30"),
-                        help="length of the generated song; a comma list runs once per length (env BENCH_SECONDS)")
+    parser.add_argument(
+        "--seconds",
+        default=env("BENCH_SECONDS", "30"),
+        help="length of the generated song; a comma list runs once per length (env BENCH_SECONDS)",
+    )
     parser.add_argument("--repeat", type=int, default=int(env("BENCH_REPEAT", "3")), help="runs per scenario")
     parser.add_argument("--model", default=env("BENCH_MODEL", "htdemucs"), choices=sorted(model_repo.MODELS))
-    parser.add_argument("--repo", type=Path, default=Path(env("BENCH_REPO", str(ROOT / ".models"))),
-                        help="local DEMUCS repo; the model is generated there once")
+    parser.add_argument(
+        "--repo",
+        type=Path,
+        default=Path(env("BENCH_REPO", str(ROOT / ".models"))),
+        help="local DEMUCS repo; the model is generated there once",
+    )
     parser.add_argument("--device", default=env("BENCH_DEVICE", "auto"), help="auto, cpu or cuda")
     parser.add_argument("--shifts", type=int, default=1, help="DEMUCS shifts for every scenario (CLI default 1)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list, from " + ", ".join(SCENARIOS))
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
-                        help="also run stemworker warm and cold with these extra environment variables")
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra environment for every stemworker scenario")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="also run stemworker warm and cold with these extra environment variables",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for every stemworker scenario",
+    )
     parser.add_argument("--latency-runs", type=int, default=None, help="claim latency runs (default --repeat)")
     parser.add_argument("--out", type=Path, default=Path(env("BENCH_OUT", str(ROOT / "bench" / "out"))))
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON (default OUT/results.json)")
@@ -139,8 +156,15 @@ class WarmProcess:
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.log_path = log
         self._log = log.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.warm"], env=env, cwd=ROOT,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.warm"],
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+        )
         self.hello = self._read()
 
     def _read(self) -> dict[str, Any]:
@@ -186,8 +210,9 @@ class Bench:
         self.services.workdir.mkdir()
         self.warm: dict[str, WarmProcess] = {}
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        self.variants = {"": {}} | {f"@{name}": parse_pairs(pairs) for name, _, pairs in
-                                    (v.partition(":") for v in args.variant)}
+        self.variants = {"": {}} | {
+            f"@{name}": parse_pairs(pairs) for name, _, pairs in (v.partition(":") for v in args.variant)
+        }
 
     # ----- setup
     def prepare(self) -> None:
@@ -202,8 +227,9 @@ class Bench:
         from minio import Minio
 
         env = self.services.env()
-        self.s3 = Minio(env["MINIO_ENDPOINT"], access_key=env["MINIO_ACCESS_KEY"],
-                        secret_key=env["MINIO_SECRET_KEY"], secure=False)
+        self.s3 = Minio(
+            env["MINIO_ENDPOINT"], access_key=env["MINIO_ACCESS_KEY"], secret_key=env["MINIO_SECRET_KEY"], secure=False
+        )
         for bucket in ("bench-in", "bench-out"):
             if not self.s3.bucket_exists(bucket):
                 self.s3.make_bucket(bucket)
@@ -249,8 +275,11 @@ class Bench:
         for suffix, extra in self.variants.items():
             if suffix and "stemworker_warm" not in self.args.scenarios:
                 continue
-            if not suffix and not {"inference", "stemworker_warm"} & set(self.args.scenarios) \
-                    and not self.args.latency_runs:
+            if (
+                not suffix
+                and not {"inference", "stemworker_warm"} & set(self.args.scenarios)
+                and not self.args.latency_runs
+            ):
                 continue
             warm = WarmProcess(self.env(extra), self.work / f"warm{suffix}.log")
             # One untimed job and one untimed inference first: a worker that has served a job before.
@@ -260,8 +289,11 @@ class Bench:
                 raise RuntimeError(f"the warm-up job of warm process{suffix} failed; see {warm.log_path}")
             warm.ask(op="inference", song=str(self.warmup_song))
             self.warm[suffix] = warm
-            print(f"warm process{suffix or ''} ready: model load {warm.hello['load_s']:.2f} s, "
-                  f"{warm.hello['threads']} threads", file=sys.stderr)
+            print(
+                f"warm process{suffix or ''} ready: model load {warm.hello['load_s']:.2f} s, "
+                f"{warm.hello['threads']} threads",
+                file=sys.stderr,
+            )
 
     # ----- scenarios
     def run_scenario(self, name: str, suffix: str, index: int) -> Sample | dict[str, Any]:
@@ -282,9 +314,23 @@ class Bench:
             sample = run_tree(label, argv, env=self.env(self.variants[suffix]), cwd=ROOT, log=self.work / "cold.log")
         elif name == "cli":
             dest = self.work / f"cli-{index}"
-            argv = [sys.executable, "-m", "demucs.separate", "--mp3", "--repo", str(self.args.repo.resolve()),
-                    "-n", self.args.model, "-d", self.device, "--shifts", str(self.args.shifts),
-                    "--out", str(dest), str(self.song)]
+            argv = [
+                sys.executable,
+                "-m",
+                "demucs.separate",
+                "--mp3",
+                "--repo",
+                str(self.args.repo.resolve()),
+                "-n",
+                self.args.model,
+                "-d",
+                self.device,
+                "--shifts",
+                str(self.args.shifts),
+                "--out",
+                str(dest),
+                str(self.song),
+            ]
             sample = run_tree(label, argv, env=self.env(), cwd=ROOT, log=self.work / "cli.log")
             sample.ok = sample.ok and len(list(dest.rglob("*.mp3"))) == len(STEMS)
             shutil.rmtree(dest, ignore_errors=True)
@@ -301,8 +347,9 @@ class Bench:
         plan = [(name, "") for name in self.args.scenarios]
         for suffix in self.variants:
             if suffix:
-                plan += [(name, suffix) for name in ("stemworker_warm", "stemworker_cold")
-                         if name in self.args.scenarios]
+                plan += [
+                    (name, suffix) for name in ("stemworker_warm", "stemworker_cold") if name in self.args.scenarios
+                ]
         return plan
 
     def run(self) -> None:
@@ -314,9 +361,13 @@ class Bench:
                 record = result.to_dict() if isinstance(result, Sample) else result
                 record["repeat"] = index
                 self.samples.append(record)
-                print(f"[{index + 1}/{self.args.repeat}] {record['scenario']:<24} {record['wall_s']:8.2f} s  "
-                      f"cpu {record['cpu_s']:7.1f} s  peak {record['peak_rss_bytes'] / report.MIB:7.0f} MiB  "
-                      f"{'ok' if record['ok'] else 'FAILED'}", file=sys.stderr, flush=True)
+                print(
+                    f"[{index + 1}/{self.args.repeat}] {record['scenario']:<24} {record['wall_s']:8.2f} s  "
+                    f"cpu {record['cpu_s']:7.1f} s  peak {record['peak_rss_bytes'] / report.MIB:7.0f} MiB  "
+                    f"{'ok' if record['ok'] else 'FAILED'}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         runs = self.args.repeat if self.args.latency_runs is None else self.args.latency_runs
         if "" in self.warm:
             for index in range(runs):
@@ -358,8 +409,9 @@ class Bench:
         suffixes = list(self.variants)
         text = report.markdown(summaries, meta, latencies, suffixes)
         (self.out / "results.md").write_text(text)
-        report.write_json(self.args.json or self.out / "results.json", self.samples, summaries, meta,
-                          self.latencies, suffixes)
+        report.write_json(
+            self.args.json or self.out / "results.json", self.samples, summaries, meta, self.latencies, suffixes
+        )
         if not self.args.no_png:
             report.write_png(self.out / "results.png", summaries, meta)
         return text

@@ -43,8 +43,19 @@ def handle(client: redis.Redis, store: Minio, raw: bytes, workdir: Path) -> None
     store.fget_object(os.environ.get("INPUT_BUCKET", "queue"), f"{songhash}.mp3", str(song))
     out = workdir / "output"
     repo = os.environ.get("DEMUCS_REPO")
-    command = [sys.executable, "-m", "demucs.separate", "--mp3", "-n", model,
-               "-d", os.environ.get("DEMUCS_DEVICE", "cpu"), "--out", str(out), str(song)]
+    command = [
+        sys.executable,
+        "-m",
+        "demucs.separate",
+        "--mp3",
+        "-n",
+        model,
+        "-d",
+        os.environ.get("DEMUCS_DEVICE", "cpu"),
+        "--out",
+        str(out),
+        str(song),
+    ]
     if repo:
         command[4:4] = ["--repo", repo]
     status = os.system(shlex.join(command))
@@ -72,8 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue", default=os.environ.get("QUEUE_KEY", "toWorker"))
     args = parser.parse_args(argv)
     client = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://localhost:6379/0"))
-    store = Minio(os.environ.get("MINIO_ENDPOINT", "localhost:9000"),
-                  access_key=os.environ["MINIO_ACCESS_KEY"], secret_key=os.environ["MINIO_SECRET_KEY"], secure=False)
+    store = Minio(
+        os.environ.get("MINIO_ENDPOINT", "localhost:9000"),
+        access_key=os.environ["MINIO_ACCESS_KEY"],
+        secret_key=os.environ["MINIO_SECRET_KEY"],
+        secure=False,
+    )
     for _ in range(args.max_messages):
         popped = client.blpop([args.queue], timeout=30)
         if popped is None:

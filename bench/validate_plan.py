@@ -44,9 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     write_model(repo, "tiny")
     python = sys.executable
     with LocalServices() as services:
-        env = {**os.environ, **services.env(), "PYTHONPATH": str(ROOT), "DEMUCS_REPO": str(repo),
-               "DEMUCS_MODEL": "tiny", "DEMUCS_SHIFTS": "0", "DEMUCS_THREADS": "1", "RESULT_CACHE": "off",
-               "CLAIM_WAIT_S": "2"}  # INFO: pods print `claimed job`
+        env = {
+            **os.environ,
+            **services.env(),
+            "PYTHONPATH": str(ROOT),
+            "DEMUCS_REPO": str(repo),
+            "DEMUCS_MODEL": "tiny",
+            "DEMUCS_SHIFTS": "0",
+            "DEMUCS_THREADS": "1",
+            "RESULT_CACHE": "off",
+            "CLAIM_WAIT_S": "2",
+        }  # INFO: pods print `claimed job`
         settings = load_settings(**{k.lower(): v for k, v in services.env().items()})
         client = s3_client(settings)
         client.make_bucket(settings.input_bucket)
@@ -56,22 +64,76 @@ def main(argv: list[str] | None = None) -> int:
             client.put_object(settings.input_bucket, f"{job_id}.mp3", io.BytesIO(song), len(song))
         (out / "ids.txt").write_text("\n".join(ids) + "\n")
         pushes = out / "pushes.jsonl"
-        subprocess.run([python, "-m", "bench.flood_measure", "push", "--ids", str(out / "ids.txt"), "--rate", "1000",
-                        "--pushes", str(pushes), "--redis-url", services.env()["REDIS_URL"]],
-                       cwd=ROOT, env=env, check=True)
+        subprocess.run(
+            [
+                python,
+                "-m",
+                "bench.flood_measure",
+                "push",
+                "--ids",
+                str(out / "ids.txt"),
+                "--rate",
+                "1000",
+                "--pushes",
+                str(pushes),
+                "--redis-url",
+                services.env()["REDIS_URL"],
+            ],
+            cwd=ROOT,
+            env=env,
+            check=True,
+        )
         started_at = time.time()
         workdir = out / "pods"
         with (out / "scaler.log").open("w") as log:
-            subprocess.run([python, "-m", "workbench.emulator", "--manifests", "keda", "--workdir", str(workdir),
-                            "--max-replicas", str(args.max_replicas), "--polling-interval",
-                            str(args.polling_interval), "--max-seconds", "1800"],
-                           cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
-        subprocess.run([python, "-m", "bench.flood_measure", "collect", "--pushes", str(pushes), "--scaler-log",
-                        str(out / "scaler.log"), "--scaler-started-at", f"{started_at:.6f}", "--workdir",
-                        str(workdir), "--redis-url", services.env()["REDIS_URL"], "--out", str(out / "flood.json")],
-                       cwd=ROOT, env=env, check=True)
-    return subprocess.run([python, "-m", "bench.plan", "validate", "--measured", str(out / "flood.json")],
-                          cwd=ROOT, env=env, check=False).returncode
+            subprocess.run(
+                [
+                    python,
+                    "-m",
+                    "workbench.emulator",
+                    "--manifests",
+                    "keda",
+                    "--workdir",
+                    str(workdir),
+                    "--max-replicas",
+                    str(args.max_replicas),
+                    "--polling-interval",
+                    str(args.polling_interval),
+                    "--max-seconds",
+                    "1800",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+        subprocess.run(
+            [
+                python,
+                "-m",
+                "bench.flood_measure",
+                "collect",
+                "--pushes",
+                str(pushes),
+                "--scaler-log",
+                str(out / "scaler.log"),
+                "--scaler-started-at",
+                f"{started_at:.6f}",
+                "--workdir",
+                str(workdir),
+                "--redis-url",
+                services.env()["REDIS_URL"],
+                "--out",
+                str(out / "flood.json"),
+            ],
+            cwd=ROOT,
+            env=env,
+            check=True,
+        )
+    return subprocess.run(
+        [python, "-m", "bench.plan", "validate", "--measured", str(out / "flood.json")], cwd=ROOT, env=env, check=False
+    ).returncode
 
 
 if __name__ == "__main__":

@@ -63,8 +63,7 @@ class WarmBench:
 
     def inference(self, song: str) -> dict[str, Any]:
         if song not in self._songs:
-            self._songs[song] = audio.decode(Path(song), self.separator.samplerate,
-                                             self.separator.audio_channels, 1e9)
+            self._songs[song] = audio.decode(Path(song), self.separator.samplerate, self.separator.audio_channels, 1e9)
         wav = self._songs[song]
         self.separator.update_parameter(callback=None)
         with in_process("inference") as sample:
@@ -76,8 +75,11 @@ class WarmBench:
             self.push(job_id)
             result = self.runner.run_once(wait_s=5)
         sample.ok = result.outcome == Outcome.DONE
-        sample.detail = {"outcome": str(result.outcome), "error": result.error,
-                         "status": self.runner.worker.status_for(job_id).read()}
+        sample.detail = {
+            "outcome": str(result.outcome),
+            "error": result.error,
+            "status": self.runner.worker.status_for(job_id).read(),
+        }
         return sample.to_dict()
 
     def latency(self, job_id: str) -> dict[str, Any]:

@@ -75,10 +75,18 @@ def main(argv: list[str] | None = None) -> int:
 
         env = services.env()
         settings = load_settings(
-            redis_url=env["REDIS_URL"], minio_endpoint=env["MINIO_ENDPOINT"],
-            minio_access_key=env["MINIO_ACCESS_KEY"], minio_secret_key=env["MINIO_SECRET_KEY"],
-            input_bucket="disk-in", output_bucket="disk-out", demucs_model=args.model, demucs_repo=str(repo),
-            demucs_device="cpu", result_cache=False, max_duration_seconds=max(1200.0, args.seconds + 1))
+            redis_url=env["REDIS_URL"],
+            minio_endpoint=env["MINIO_ENDPOINT"],
+            minio_access_key=env["MINIO_ACCESS_KEY"],
+            minio_secret_key=env["MINIO_SECRET_KEY"],
+            input_bucket="disk-in",
+            output_bucket="disk-out",
+            demucs_model=args.model,
+            demucs_repo=str(repo),
+            demucs_device="cpu",
+            result_cache=False,
+            max_duration_seconds=max(1200.0, args.seconds + 1),
+        )
         worker = Worker(settings)
         song = sample_song.song_mp3(args.seconds)
         worker.store.ensure_bucket("disk-in")

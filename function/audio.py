@@ -172,7 +172,7 @@ def _chunks(path: Path) -> tuple[int, Iterator[np.ndarray]]:
                 raise _Unseekable from None
             skip = preroll * rate
             if previous is not None:
-                head = data[:, skip - guard:skip]
+                head = data[:, skip - guard : skip]
                 if head.shape != (previous.shape[0], guard) or not np.array_equal(head, previous[:, -guard:]):
                     raise _Unseekable
             chunk = data[:, skip:]
@@ -210,7 +210,7 @@ def decode_to_file(path: Path, target: Path, samplerate: int, channels: int, max
                 out.truncate()
                 wav = decode(path, samplerate, channels, max_duration_s)
                 for start in range(0, wav.shape[-1], MP3_CHUNK_FRAMES):
-                    out.write(wav[:, start:start + MP3_CHUNK_FRAMES].t().contiguous().numpy().tobytes())
+                    out.write(wav[:, start : start + MP3_CHUNK_FRAMES].t().contiguous().numpy().tobytes())
                 mix.frames = wav.shape[-1]
                 del wav
     except OSError as err:
@@ -239,8 +239,15 @@ def _lame_encoder(samplerate: int, channels: int, bitrate: int, preset: int) -> 
     return encoder
 
 
-def _write_mp3(chunks: Iterator[torch.Tensor], scale: torch.Tensor | int, path: Path, samplerate: int,
-               channels: int, bitrate: int, preset: int) -> None:
+def _write_mp3(
+    chunks: Iterator[torch.Tensor],
+    scale: torch.Tensor | int,
+    path: Path,
+    samplerate: int,
+    channels: int,
+    bitrate: int,
+    preset: int,
+) -> None:
     # LAME's output does not depend on how the input is split (tests compare against demucs' one-shot encode).
     encoder = _lame_encoder(samplerate, channels, bitrate, preset)
     with path.open("wb") as out:
@@ -250,8 +257,9 @@ def _write_mp3(chunks: Iterator[torch.Tensor], scale: torch.Tensor | int, path: 
         out.write(encoder.flush())
 
 
-def _write_wav(chunks: Iterator[torch.Tensor], scale: torch.Tensor | int, path: Path, samplerate: int,
-               channels: int, frames: int) -> None:
+def _write_wav(
+    chunks: Iterator[torch.Tensor], scale: torch.Tensor | int, path: Path, samplerate: int, channels: int, frames: int
+) -> None:
     """demucs' `encode_wav` (16-bit PCM, its exact header and float-to-int16 truncation), one chunk at a time."""
     data_size = frames * channels * 2
     fmt = struct.pack("<HHIIHH", 1, channels, samplerate, samplerate * channels * 2, channels * 2, 16)
@@ -264,8 +272,9 @@ def _write_wav(chunks: Iterator[torch.Tensor], scale: torch.Tensor | int, path: 
             out.write((pcm * (2**15 - 1)).astype("<i2").tobytes())
 
 
-def _write_flac(chunks: Iterator[torch.Tensor], scale: torch.Tensor | int, path: Path, samplerate: int,
-                channels: int) -> None:
+def _write_flac(
+    chunks: Iterator[torch.Tensor], scale: torch.Tensor | int, path: Path, samplerate: int, channels: int
+) -> None:
     """FLAC through libsndfile (PCM_16; demucs would shell out to ffmpeg), one chunk at a time."""
     with soundfile.SoundFile(str(path), "w", samplerate, channels, format="FLAC", subtype="PCM_16") as out:
         for chunk in chunks:

@@ -74,4 +74,3 @@ def render_bucket(name: str, template: str, **values: str) -> str:
     if problem is not None:
         raise InvalidJob(f"{name} {template!r} gives bucket {bucket[:80]!r} for this job, which {problem}")
     return bucket
-

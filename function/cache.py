@@ -104,8 +104,10 @@ class LockRenewal(Renewal):
     def _renew_once(self) -> bool:
         try:
             if not self._cache.renew_lock(self._key, self._token, self._job_id):
-                self._cache.events.error(f"job {self._job_id}: lost the result cache lock of key "
-                                         f"{self._key[:12]} (another job took it over); separating on")
+                self._cache.events.error(
+                    f"job {self._job_id}: lost the result cache lock of key "
+                    f"{self._key[:12]} (another job took it over); separating on"
+                )
                 return False
         except redis.RedisError as err:
             self._cache.events.error(f"job {self._job_id}: result cache lock renewal failed, will retry: {err}")
@@ -116,8 +118,14 @@ class Flight:
     """One job's pass through the cache. `hit` is set when the job's stems are already in place; otherwise the
     job separates (holding the key's lock when it got it) and calls `record`. Closing it releases the lock."""
 
-    def __init__(self, cache: ResultCache | None, job_id: str, key: str | None = None, hit: Hit | None = None,
-                 token: str | None = None) -> None:
+    def __init__(
+        self,
+        cache: ResultCache | None,
+        job_id: str,
+        key: str | None = None,
+        hit: Hit | None = None,
+        token: str | None = None,
+    ) -> None:
         self._cache = cache
         self.job_id = job_id
         self.key = key
@@ -174,12 +182,16 @@ class ResultCache:
         try:
             parts = key_parts(job, self.settings, input_sha256, device, precision)
         except (OSError, yaml.YAMLError, AttributeError, TypeError) as err:  # loading the model will say more
-            self.events.error(f"job {job.id}: result cache skipped: cannot read model {job.model}'s files: "
-                              f"{type(err).__name__}: {err}")
+            self.events.error(
+                f"job {job.id}: result cache skipped: cannot read model {job.model}'s files: "
+                f"{type(err).__name__}: {err}"
+            )
             return Flight(None, job.id)
         if parts is None:
-            self.events.info(f"job {job.id}: result cache skipped: the weights of model {job.model} cannot be "
-                             "resolved from its files")
+            self.events.info(
+                f"job {job.id}: result cache skipped: the weights of model {job.model} cannot be "
+                "resolved from its files"
+            )
             return Flight(None, job.id)
         key = parts.cache_key()
         try:
@@ -187,8 +199,9 @@ class ResultCache:
         except Interrupted:
             raise
         except (redis.RedisError, Transient) as err:
-            self.events.error(f"job {job.id}: result cache unavailable, separating without it: "
-                              f"{type(err).__name__}: {err}")
+            self.events.error(
+                f"job {job.id}: result cache unavailable, separating without it: {type(err).__name__}: {err}"
+            )
             return Flight(None, job.id)
 
     def _single_flight(self, job: Job, key: str, status: StatusRecord) -> Flight:
@@ -210,8 +223,11 @@ class ResultCache:
                 owner_id = owner.decode().partition(" ")[2] if owner is not None else None
                 # A lock held under this job's own id is an earlier attempt's (the queue hands a job out again
                 # only once its runner is gone) or a duplicate message's: waiting on it would wait on ourselves.
-                if owner is not None and owner_id == job.id \
-                        and self._take_over(keys=[lock], args=[owner, value, lock_ms]):
+                if (
+                    owner is not None
+                    and owner_id == job.id
+                    and self._take_over(keys=[lock], args=[owner, value, lock_ms])
+                ):
                     acquired = True
                     self.events.info(f"job {job.id}: took over key {key[:12]} from an earlier attempt of this job")
             if acquired:
@@ -220,24 +236,34 @@ class ResultCache:
                     self.release_lock(key, token, job.id)
                     return Flight(self, job.id, key, hit=hit)
                 if waited_for is not None:
-                    self.events.info(f"job {job.id}: took over key {key[:12]} after {time.monotonic() - started:.2f} s"
-                                     f": job {waited_for} released or lost its lock without a result; separating")
+                    self.events.info(
+                        f"job {job.id}: took over key {key[:12]} after {time.monotonic() - started:.2f} s"
+                        f": job {waited_for} released or lost its lock without a result; separating"
+                    )
                 return Flight(self, job.id, key, token=token)
             if time.monotonic() >= deadline:
-                self.events.info(f"job {job.id}: waited {time.monotonic() - started:.2f} s (RESULT_CACHE_WAIT_S="
-                                 f"{self.settings.result_cache_wait_s:g}) for key {key[:12]}; separating it too")
+                self.events.info(
+                    f"job {job.id}: waited {time.monotonic() - started:.2f} s (RESULT_CACHE_WAIT_S="
+                    f"{self.settings.result_cache_wait_s:g}) for key {key[:12]}; separating it too"
+                )
                 return Flight(self, job.id, key)
             if waited_for is None:
                 waited_for = owner_id or "(unknown)"
-                self.events.info(f"job {job.id}: waiting for job {waited_for}, which is separating the same input "
-                                 f"with the same settings (key {key[:12]})")
+                self.events.info(
+                    f"job {job.id}: waiting for job {waited_for}, which is separating the same input "
+                    f"with the same settings (key {key[:12]})"
+                )
                 status.update(waiting_for=waited_for)
             time.sleep(max(0.0, min(POLL_S, deadline - time.monotonic())))
 
     def renew_lock(self, key: str, token: str, job_id: str) -> bool:
         """Extend the lock's TTL if this job still holds it; False when it does not."""
-        return bool(self._renew(keys=[keys.cache_lock_key(key)],
-                                args=[f"{token} {job_id}", int(self.settings.result_cache_lock_s * 1000)]))
+        return bool(
+            self._renew(
+                keys=[keys.cache_lock_key(key)],
+                args=[f"{token} {job_id}", int(self.settings.result_cache_lock_s * 1000)],
+            )
+        )
 
     def release_lock(self, key: str, token: str, job_id: str) -> None:
         """Delete the lock if this job still holds it (a lock another job took over is left alone)."""
@@ -273,17 +299,21 @@ class ResultCache:
         if reason is None:
             outputs = copy_entry(self.store, self.settings, entry, job)
             if outputs is not None:
-                self._touch(keys=[keys.cache_entry_key(key), keys.cache_index_key()],
-                            args=[self.settings.result_cache_ttl_s, key])
+                self._touch(
+                    keys=[keys.cache_entry_key(key), keys.cache_index_key()],
+                    args=[self.settings.result_cache_ttl_s, key],
+                )
                 return Hit(entry, outputs, key)
             reason = "a recorded stem vanished or changed while it was being copied"
         self.drop(key)
-        self.events.info(f"job {job.id}: dropped the result cache entry of job {entry.job_id} (key {key[:12]}): "
-                         f"{reason}; separating")
+        self.events.info(
+            f"job {job.id}: dropped the result cache entry of job {entry.job_id} (key {key[:12]}): {reason}; separating"
+        )
         return None
 
-    def record(self, key: str, job_id: str, outputs: dict[str, dict[str, str]], audio_seconds: float,
-               device: str) -> Entry | None:
+    def record(
+        self, key: str, job_id: str, outputs: dict[str, dict[str, str]], audio_seconds: float, device: str
+    ) -> Entry | None:
         """Store `outputs` (stem -> {bucket, key}, just uploaded) under `key`, each with its size and ETag, and
         trim the index to RESULT_CACHE_MAX_ENTRIES. Never raises; returns the entry, or None when not recorded."""
         try:
@@ -293,12 +323,18 @@ class ResultCache:
                 if found is None:
                     raise Transient(f"stem {stem} {where['bucket']}/{where['key']} vanished after its upload")
                 stems[stem] = StoredStem(where["bucket"], where["key"], found[0], found[1])
-            entry = Entry(job_id=job_id, stems=stems, audio_seconds=round(audio_seconds, 3), device=device,
-                          recorded_at=now_iso())
+            entry = Entry(
+                job_id=job_id, stems=stems, audio_seconds=round(audio_seconds, 3), device=device, recorded_at=now_iso()
+            )
             trimmed = self._record(
                 keys=[keys.cache_entry_key(key), keys.cache_index_key()],
-                args=[entry.to_json(), self.settings.result_cache_ttl_s, key,
-                      self.settings.result_cache_max_entries, keys.cache_entry_prefix()],
+                args=[
+                    entry.to_json(),
+                    self.settings.result_cache_ttl_s,
+                    key,
+                    self.settings.result_cache_max_entries,
+                    keys.cache_entry_prefix(),
+                ],
             )
         except Interrupted:
             raise
@@ -306,8 +342,10 @@ class ResultCache:
             self.events.error(f"job {job_id}: could not record its result in the cache: {err}")
             return None
         if trimmed:
-            self.events.info(f"result cache: trimmed {trimmed} oldest entr{'y' if trimmed == 1 else 'ies'} "
-                             f"(RESULT_CACHE_MAX_ENTRIES={self.settings.result_cache_max_entries})")
+            self.events.info(
+                f"result cache: trimmed {trimmed} oldest entr{'y' if trimmed == 1 else 'ies'} "
+                f"(RESULT_CACHE_MAX_ENTRIES={self.settings.result_cache_max_entries})"
+            )
         return entry
 
     def entries(self) -> int:

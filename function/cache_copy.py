@@ -44,8 +44,13 @@ class Entry:
         try:
             data = json.loads(raw)
             stems = {name: StoredStem(**fields) for name, fields in data["stems"].items()}
-            return cls(job_id=str(data["job_id"]), stems=stems, audio_seconds=float(data["audio_seconds"]),
-                       device=str(data["device"]), recorded_at=str(data["recorded_at"]))
+            return cls(
+                job_id=str(data["job_id"]),
+                stems=stems,
+                audio_seconds=float(data["audio_seconds"]),
+                device=str(data["device"]),
+                recorded_at=str(data["recorded_at"]),
+            )
         except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as err:
             raise ValueError(f"malformed result cache entry: {err}") from None
 
@@ -58,8 +63,10 @@ def stale_reason(store: ObjectStore, entry: Entry) -> str | None:
             return f"stem {stem} {stored.bucket}/{stored.key} is gone"
         size, etag = found
         if (size, etag) != (stored.size, stored.etag):
-            return (f"stem {stem} {stored.bucket}/{stored.key} changed (size {size}, ETag {etag}; recorded "
-                    f"{stored.size}, {stored.etag})")
+            return (
+                f"stem {stem} {stored.bucket}/{stored.key} changed (size {size}, ETag {etag}; recorded "
+                f"{stored.size}, {stored.etag})"
+            )
     return None
 
 
@@ -71,12 +78,15 @@ def copy_entry(store: ObjectStore, settings: Settings, entry: Entry, job: Job) -
     store.ensure_bucket(bucket)
     outputs: dict[str, dict[str, Any]] = {}
     for stem, stored in entry.stems.items():
-        names = [output_key(s.output_key, job.id, name, job.format, job.model)
-                 for name in published_names(s.stem_aliases, stem)]
+        names = [
+            output_key(s.output_key, job.id, name, job.format, job.model)
+            for name in published_names(s.stem_aliases, stem)
+        ]
         for key in names:
             same_object = (stored.bucket, stored.key) == (bucket, key)
-            if not same_object and not store.copy(stored.bucket, stored.key, key, dest_bucket=bucket,
-                                                  match_etag=stored.etag):
+            if not same_object and not store.copy(
+                stored.bucket, stored.key, key, dest_bucket=bucket, match_etag=stored.etag
+            ):
                 return None
         outputs[stem] = {"bucket": bucket, "key": names[0], **({"keys": names} if len(names) > 1 else {})}
     return outputs

@@ -74,8 +74,9 @@ def retry_after_s(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def post_within(session: requests.Session, adapter: netguard.PinnedAdapter, budget_s: float, url: str,
-                **kwargs: Any) -> requests.Response:
+def post_within(
+    session: requests.Session, adapter: netguard.PinnedAdapter, budget_s: float, url: str, **kwargs: Any
+) -> requests.Response:
     """`session.post(url, stream=True, ...)` that returns or raises within `budget_s` seconds of wall clock.
 
     A socket timeout bounds one read, not a request, so the request runs on a daemon thread and this one waits for

@@ -31,8 +31,22 @@ from function.config import Settings
 log = logging.getLogger("stemworker.claims")
 
 # Seconds: a message taken at once to one that waited a day behind a backlog.
-QUEUE_WAIT_BUCKETS_S = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 21600.0,
-                        86400.0)
+QUEUE_WAIT_BUCKETS_S = (
+    1.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1200.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    21600.0,
+    86400.0,
+)
 
 
 def queue_wait_key(queue_key: str) -> str:
@@ -64,8 +78,15 @@ def queued_since(client: redis.Redis, queue_key: str, message: bytes) -> float |
     return float(seen) if seen is not None else None
 
 
-def record_claim(client: redis.Redis, settings: Settings, token: str, message: bytes, attempt: int,
-                 job_id: str | None, recorder: Any | None = None) -> None:
+def record_claim(
+    client: redis.Redis,
+    settings: Settings,
+    token: str,
+    message: bytes,
+    attempt: int,
+    job_id: str | None,
+    recorder: Any | None = None,
+) -> None:
     """Record who holds the claim `token` and, on a message's first claim, how long it waited in the queue."""
     now = time.time()
     holder = json.dumps({"pod": pod_name(settings), "job_id": job_id, "claimed_at": round(now, 3)})
@@ -126,9 +147,14 @@ class Holding:
     lease_left_s: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {"token": self.token, "pod": self.pod, "job_id": self.job_id, "claimed_at": self.claimed_at,
-                "age_s": None if self.age_s is None else round(self.age_s, 3),
-                "lease_left_s": round(self.lease_left_s, 3)}
+        return {
+            "token": self.token,
+            "pod": self.pod,
+            "job_id": self.job_id,
+            "claimed_at": self.claimed_at,
+            "age_s": None if self.age_s is None else round(self.age_s, 3),
+            "lease_left_s": round(self.lease_left_s, 3),
+        }
 
 
 def live_claims(client: redis.Redis, queue_key: str) -> list[Holding]:
@@ -142,7 +168,14 @@ def live_claims(client: redis.Redis, queue_key: str) -> list[Holding]:
         if deadline < now:
             continue  # expired, waiting for a reaper: nobody runs it
         claimed_at = holder.get("claimed_at")
-        found.append(Holding(token=token, pod=holder.get("pod"), job_id=holder.get("job_id"), claimed_at=claimed_at,
-                             age_s=None if claimed_at is None else max(0.0, now - float(claimed_at)),
-                             lease_left_s=deadline - now))
+        found.append(
+            Holding(
+                token=token,
+                pod=holder.get("pod"),
+                job_id=holder.get("job_id"),
+                claimed_at=claimed_at,
+                age_s=None if claimed_at is None else max(0.0, now - float(claimed_at)),
+                lease_left_s=deadline - now,
+            )
+        )
     return sorted(found, key=lambda h: (h.claimed_at is None, h.claimed_at or 0.0))

@@ -44,11 +44,19 @@ def redis_client(settings: Settings) -> redis.Redis:
 def s3_credentials(settings: Settings) -> tuple[str, str]:
     """MINIO_ACCESS_KEY and MINIO_SECRET_KEY; there is no default pair, so a deployment that forgot its Secret
     stops at start with the variables' names instead of trying a well-known password."""
-    missing = [name for name, value in (("MINIO_ACCESS_KEY", settings.minio_access_key),
-                                        ("MINIO_SECRET_KEY", settings.minio_secret_key)) if value is None]
+    missing = [
+        name
+        for name, value in (
+            ("MINIO_ACCESS_KEY", settings.minio_access_key),
+            ("MINIO_SECRET_KEY", settings.minio_secret_key),
+        )
+        if value is None
+    ]
     if settings.minio_access_key is None or settings.minio_secret_key is None:
-        raise ConfigError(f"invalid configuration: {' and '.join(missing)} must be set (the object store's "
-                          "credentials have no default)")
+        raise ConfigError(
+            f"invalid configuration: {' and '.join(missing)} must be set (the object store's "
+            "credentials have no default)"
+        )
     return settings.minio_access_key.get_secret_value(), settings.minio_secret_key.get_secret_value()
 
 
@@ -58,9 +66,15 @@ def s3_client(settings: Settings) -> Minio:
         timeout=urllib3.Timeout(connect=S3_CONNECT_TIMEOUT_S, read=settings.s3_timeout_s),
         # allowed_methods=None: 5xx answers to POST (multipart create and complete, used for stems over 5 MiB) are
         # retried too, as the AWS SDKs retry every S3 operation; urllib3's default leaves POST out.
-        retries=urllib3.Retry(total=S3_RETRIES, backoff_factor=S3_BACKOFF_S, backoff_max=S3_BACKOFF_MAX_S,
-                              backoff_jitter=S3_BACKOFF_JITTER_S, status_forcelist=(500, 502, 503, 504),
-                              allowed_methods=None, raise_on_status=False),
+        retries=urllib3.Retry(
+            total=S3_RETRIES,
+            backoff_factor=S3_BACKOFF_S,
+            backoff_max=S3_BACKOFF_MAX_S,
+            backoff_jitter=S3_BACKOFF_JITTER_S,
+            status_forcelist=(500, 502, 503, 504),
+            allowed_methods=None,
+            raise_on_status=False,
+        ),
         maxsize=8,
     )
     access_key, secret_key = s3_credentials(settings)

@@ -58,9 +58,7 @@ def _check_template(name: str, template: str, allowed: set[str]) -> str:
         if field is None:
             continue
         if field not in allowed or spec or conversion:
-            raise ValueError(
-                f"{name} {template!r} may only use the placeholders {sorted(allowed)}, got {{{field}}}"
-            )
+            raise ValueError(f"{name} {template!r} may only use the placeholders {sorted(allowed)}, got {{{field}}}")
     return template
 
 
@@ -256,12 +254,16 @@ class Settings(BaseSettings):
         for aliases in self.stem_aliases.values():
             for alias in aliases.split("+"):
                 if not alias.replace("_", "").replace("-", "").isalnum():
-                    raise ValueError(f"STEM_ALIASES alias {alias!r} must be letters, digits, '_' or '-' "
-                                     "(several names joined with '+')")
+                    raise ValueError(
+                        f"STEM_ALIASES alias {alias!r} must be letters, digits, '_' or '-' "
+                        "(several names joined with '+')"
+                    )
         for name, target in self.model_aliases.items():
             if target not in self.allowed_models:
-                raise ValueError(f"MODEL_ALIASES maps {name!r} to {target!r}, which is not an allowed model; "
-                                 f"allowed (DEMUCS_MODEL and DEMUCS_MODELS): {sorted(self.allowed_models)}")
+                raise ValueError(
+                    f"MODEL_ALIASES maps {name!r} to {target!r}, which is not an allowed model; "
+                    f"allowed (DEMUCS_MODEL and DEMUCS_MODELS): {sorted(self.allowed_models)}"
+                )
         if not self.state_fields:
             raise ValueError("STATE_FIELDS must name at least one field")
         for name in self.state_fields:
@@ -276,8 +278,9 @@ class Settings(BaseSettings):
         _check_template("INPUT_BUCKET", self.input_bucket, {"id"})
         _check_template("OUTPUT_BUCKET", self.output_bucket, {"id", "model", "ext"})
         check_bucket_template("INPUT_BUCKET", self.input_bucket, {})
-        check_bucket_template("OUTPUT_BUCKET", self.output_bucket, {"model": sorted(self.allowed_models),
-                                                                     "ext": FORMATS})
+        check_bucket_template(
+            "OUTPUT_BUCKET", self.output_bucket, {"model": sorted(self.allowed_models), "ext": FORMATS}
+        )
         for bucket in self.input_buckets:
             _check_template("INPUT_BUCKETS", bucket, set())
             check_bucket_template("INPUT_BUCKETS", bucket, {})
@@ -292,8 +295,10 @@ class Settings(BaseSettings):
         for pair in (part.strip() for part in value.split(",") if part.strip()):
             state, sep, name = pair.partition(":")
             if not sep or state.strip() not in MAPPABLE_STATES:
-                raise ValueError(f"expected pairs like 'separating:processing' (or 'downloading:' to leave a state "
-                                 f"out) for the states {list(MAPPABLE_STATES)}, got {pair!r}")
+                raise ValueError(
+                    f"expected pairs like 'separating:processing' (or 'downloading:' to leave a state "
+                    f"out) for the states {list(MAPPABLE_STATES)}, got {pair!r}"
+                )
             if name.strip() and not name.strip().replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"STATE_MAP name {name.strip()!r} must be letters, digits, '_' or '-'")
             mapped[state.strip()] = name.strip()
@@ -302,9 +307,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _state_map_has_fields(self) -> Settings:
         if self.state_map and not set(self.state_fields) - {"state"}:
-            raise ValueError("STATE_MAP maps the states written under STATE_FIELDS names other than `state` (which "
-                             "keeps the worker's own states), and STATE_FIELDS names none: set e.g. "
-                             "STATE_FIELDS=state,status")
+            raise ValueError(
+                "STATE_MAP maps the states written under STATE_FIELDS names other than `state` (which "
+                "keeps the worker's own states), and STATE_FIELDS names none: set e.g. "
+                "STATE_FIELDS=state,status"
+            )
         return self
 
     @property

@@ -122,25 +122,30 @@ class Worker:
         key = status_key(s.status_key, job_id)
         keep_expiry = not s.status_ttl_explicit
         if self.fence is not None:
-            return self.fence.status_record(self.redis, key, s.status_ttl_s, s.state_fields, keep_expiry=keep_expiry,
-                                            state_map=s.state_map)
-        return StatusRecord(self.redis, key, s.status_ttl_s, s.state_fields, keep_expiry=keep_expiry,
-                            state_map=s.state_map)
+            return self.fence.status_record(
+                self.redis, key, s.status_ttl_s, s.state_fields, keep_expiry=keep_expiry, state_map=s.state_map
+            )
+        return StatusRecord(
+            self.redis, key, s.status_ttl_s, s.state_fields, keep_expiry=keep_expiry, state_map=s.state_map
+        )
 
     def handle(self, event: CloudEvent) -> dict[str, Any]:
         """Separate the song the event names; raises a StemworkerError subclass on failure. Every log line of the
         call carries the job's id, attempt and event id (function/logs.py)."""
         job_id, attempt, event_id = job_id_or_none(event), attempt_of(event), event_id_or_none(event)
         attributes = {"stemworker.job_id": job_id, "stemworker.attempt": attempt, "cloudevents.event_id": event_id}
-        with job_context(job_id=job_id, attempt=attempt, event_id=event_id), \
-                job_span(event.get_attributes(), claimed_at_ns(event), **attributes):
+        with (
+            job_context(job_id=job_id, attempt=attempt, event_id=event_id),
+            job_span(event.get_attributes(), claimed_at_ns(event), **attributes),
+        ):
             return self._handle(event)
 
     def _handle(self, event: CloudEvent) -> dict[str, Any]:
         started = time.monotonic()
         attempt = attempt_of(event)
-        self.events.info(f"received event {event_id_or_none(event) or '(invalid id)'} (attempt {attempt})",
-                         stage="received")
+        self.events.info(
+            f"received event {event_id_or_none(event) or '(invalid id)'} (attempt {attempt})", stage="received"
+        )
         if self.settings.save_events_dir is not None:
             try:
                 save_event(event, self.settings.save_events_dir)
@@ -155,9 +160,16 @@ class Worker:
             self.events.info(f"job {job.id}: {note}")
         status = self.status_for(job.id)
         published = self._published_before(status, job)
-        status.start(model=job.model, model_requested=job.model_requested or job.model, format=job.format,
-                     attempts=attempt, event_id=job.event_id, published=json.dumps(published) if published else None,
-                     pod=pod_name(self.settings), claimed_at=event.get(CLAIMED_AT_ATTRIBUTE) or now_iso())
+        status.start(
+            model=job.model,
+            model_requested=job.model_requested or job.model,
+            format=job.format,
+            attempts=attempt,
+            event_id=job.event_id,
+            published=json.dumps(published) if published else None,
+            pod=pod_name(self.settings),
+            claimed_at=event.get(CLAIMED_AT_ATTRIBUTE) or now_iso(),
+        )
         self.metrics.job_started(job.id)
         timings: dict[str, float] = {}
         try:
@@ -186,22 +198,39 @@ class Worker:
 
     def _reject(self, event: CloudEvent, err: InvalidJob, attempt: int) -> None:
         job_id = job_id_or_none(event)
-        self.events.error(f"job {job_id or '(invalid id)'} rejected: {err}", stage="failed",
-                          error_type=type(err).__name__)
+        self.events.error(
+            f"job {job_id or '(invalid id)'} rejected: {err}", stage="failed", error_type=type(err).__name__
+        )
         if job_id is not None:
             self.metrics.job_failed(job_id, None, err)
-            self.status_for(job_id).start(state=State.FAILED, error=str(err), attempts=attempt,
-                                          event_id=event_id_or_none(event), failed_at=now_iso())
+            self.status_for(job_id).start(
+                state=State.FAILED,
+                error=str(err),
+                attempts=attempt,
+                event_id=event_id_or_none(event),
+                failed_at=now_iso(),
+            )
 
-    def _finish(self, job: Job, status: StatusRecord, attempt: int, started: float, timings: dict[str, float],
-                ending: Stems | StemworkerError) -> dict[str, Any]:
+    def _finish(
+        self,
+        job: Job,
+        status: StatusRecord,
+        attempt: int,
+        started: float,
+        timings: dict[str, float],
+        ending: Stems | StemworkerError,
+    ) -> dict[str, Any]:
         """The one way a parsed job ends, whatever produced its stems (a separation, the result cache) or stopped
         it: one status write, one log line, one metrics record, one callback body. Returns the result (for a
         failure, the body a plain-URL callback gets)."""
         timings["total"] = time.monotonic() - started
         if isinstance(ending, StemworkerError):
-            self.events.error(f"job {job.id}: failed after {timings['total']:.2f} s: {ending}", stage="failed",
-                              duration_s=timings["total"], error_type=type(ending).__name__)
+            self.events.error(
+                f"job {job.id}: failed after {timings['total']:.2f} s: {ending}",
+                stage="failed",
+                duration_s=timings["total"],
+                error_type=type(ending).__name__,
+            )
             self.metrics.job_failed(job.id, job.model, ending)
             try:
                 status.update(State.FAILED, error=str(ending), retryable=int(not ending.permanent))
@@ -212,14 +241,28 @@ class Worker:
                 failure["callback"] = self._notify(job, failure)
             return failure
         source = ending.cached_from
-        status.update(State.DONE, progress=100, outputs=json.dumps(ending.outputs), seconds=f"{timings['total']:.3f}",
-                      audio_seconds=f"{ending.audio_seconds:.3f}", device=ending.device, precision=ending.precision,
-                      cached=1 if source is not None else None, cached_from=source,
-                      published=json.dumps(ending.outputs))
-        origin = "" if source is None else (f" from the result cache (same input and settings as job {source}, "
-                                            f"key {(ending.cache_key or '')[:12]})")
-        self.events.info(f"job {job.id}: done in {timings['total']:.2f} s{origin}", stage="done",
-                         duration_s=timings["total"])
+        status.update(
+            State.DONE,
+            progress=100,
+            outputs=json.dumps(ending.outputs),
+            seconds=f"{timings['total']:.3f}",
+            audio_seconds=f"{ending.audio_seconds:.3f}",
+            device=ending.device,
+            precision=ending.precision,
+            cached=1 if source is not None else None,
+            cached_from=source,
+            published=json.dumps(ending.outputs),
+        )
+        origin = (
+            ""
+            if source is None
+            else (
+                f" from the result cache (same input and settings as job {source}, key {(ending.cache_key or '')[:12]})"
+            )
+        )
+        self.events.info(
+            f"job {job.id}: done in {timings['total']:.2f} s{origin}", stage="done", duration_s=timings["total"]
+        )
         self.metrics.job_done(job.id, job.model, timings, ending.audio_seconds, cached=source is not None)
         result = {
             "id": job.id,
@@ -267,8 +310,11 @@ class Worker:
             with span("download", **{"s3.bucket": source_bucket, "s3.key": source_key}):
                 size = self.store.download(source_bucket, source_key, Path(tmp) / "input", s.max_input_bytes, sha256)
             timings["download"] = time.monotonic() - tick
-            self.events.info(f"job {job.id}: downloaded {source_bucket}/{source_key} ({size} bytes)",
-                             stage="downloading", duration_s=timings["download"])
+            self.events.info(
+                f"job {job.id}: downloaded {source_bucket}/{source_key} ({size} bytes)",
+                stage="downloading",
+                duration_s=timings["download"],
+            )
             device = separation.resolve_device(s.demucs_device)
             precision = separation.job_precision(s, device)
             tick = time.monotonic()
@@ -277,38 +323,64 @@ class Worker:
             if flight.hit is not None:
                 # the key holds the precision, so the copied stems were made with this one
                 entry = flight.hit.entry
-                return Stems(flight.hit.outputs, entry.audio_seconds, entry.device, precision,
-                             cached_from=entry.job_id, cache_key=flight.hit.key)
+                return Stems(
+                    flight.hit.outputs,
+                    entry.audio_seconds,
+                    entry.device,
+                    precision,
+                    cached_from=entry.job_id,
+                    cache_key=flight.hit.key,
+                )
             tick = time.monotonic()
             separator = model_loading.result()
             timings["model_wait"] = time.monotonic() - tick
             wanted = job.stems or ((job.two_stems,) if job.two_stems else ())
             missing = [name for name in wanted if name not in separator.model.sources]
             if missing:
-                raise UnprocessableInput(f"model {job.model} has no stems {missing}; "
-                                         f"its stems are {list(separator.model.sources)}")
+                raise UnprocessableInput(
+                    f"model {job.model} has no stems {missing}; its stems are {list(separator.model.sources)}"
+                )
             tick = time.monotonic()
             # Decoded chunk by chunk to a raw file in the work dir, read back a chunk at a time by the separation:
             # memory does not grow with the song (issue 23); disk use is in docs/performance.md.
             with span("decode"):
-                wav = audio.decode_to_file(Path(tmp) / "input", Path(tmp) / "mix.f32", separator.samplerate,
-                                           separator.audio_channels, s.max_duration_s)
+                wav = audio.decode_to_file(
+                    Path(tmp) / "input",
+                    Path(tmp) / "mix.f32",
+                    separator.samplerate,
+                    separator.audio_channels,
+                    s.max_duration_s,
+                )
             (Path(tmp) / "input").unlink()
             timings["decode"] = time.monotonic() - tick
             audio_seconds = wav.frames / separator.samplerate
-            status.update(State.SEPARATING, progress=0, device=device, precision=precision,
-                          audio_seconds=f"{audio_seconds:.3f}")
-            self.events.info(f"job {job.id}: separating {audio_seconds:.1f} s of audio with {job.model} on {device}",
-                             stage="separating")
+            status.update(
+                State.SEPARATING, progress=0, device=device, precision=precision, audio_seconds=f"{audio_seconds:.3f}"
+            )
+            self.events.info(
+                f"job {job.id}: separating {audio_seconds:.1f} s of audio with {job.model} on {device}",
+                stage="separating",
+            )
             tick = time.monotonic()
             # Stems go to raw files in the temp dir as they are separated: memory stays bounded by the song's
             # input, not 4 stems at full length (issue 7).
             try:
-                with span("separate", **{"stemworker.model": job.model, "stemworker.device": device,
-                                         "stemworker.audio_seconds": round(audio_seconds, 3)}):
+                with span(
+                    "separate",
+                    **{
+                        "stemworker.model": job.model,
+                        "stemworker.device": device,
+                        "stemworker.audio_seconds": round(audio_seconds, 3),
+                    },
+                ):
                     stems = separation.separate_to_files(
-                        separator, wav, s.demucs_shifts, lambda p: status.update(progress=p), Path(tmp),
-                        pick=lambda separated: pick_stems(separated, job), precision=precision,
+                        separator,
+                        wav,
+                        s.demucs_shifts,
+                        lambda p: status.update(progress=p),
+                        Path(tmp),
+                        pick=lambda separated: pick_stems(separated, job),
+                        precision=precision,
                         seed=separation.seed_of(sha256.hexdigest()),
                     )
             except OSError as err:
@@ -317,14 +389,21 @@ class Worker:
             timings["separate"] = time.monotonic() - tick
             status.update(State.UPLOADING, progress=100)
             tick = time.monotonic()
-            outputs = self._store_stems(job, stems, Path(tmp), separator.samplerate, output_bucket, status,
-                                        published)
+            outputs = self._store_stems(job, stems, Path(tmp), separator.samplerate, output_bucket, status, published)
             timings["encode_upload"] = time.monotonic() - tick
             flight.record(outputs, audio_seconds, device)  # before the lock is released: waiters find it
         return Stems(outputs, audio_seconds, device, precision)
 
-    def _store_stems(self, job: Job, stems: dict[str, audio.StemFile], tmp: Path, samplerate: int,
-                     bucket: str, status: StatusRecord, published: dict[str, Any]) -> dict[str, Any]:
+    def _store_stems(
+        self,
+        job: Job,
+        stems: dict[str, audio.StemFile],
+        tmp: Path,
+        samplerate: int,
+        bucket: str,
+        status: StatusRecord,
+        published: dict[str, Any],
+    ) -> dict[str, Any]:
         """Encode (chunk by chunk, from each stem's raw file) and upload every stem concurrently to `bucket`; returns
         stem -> {bucket, key} (plus `keys` when STEM_ALIASES gives it several names). Each stem is added to the
         status's `published` as soon as it is in the bucket, so a job that dies or fails half-way through its
@@ -348,8 +427,10 @@ class Worker:
                 raise Transient(f"cannot write stem {stem} to the temp dir: {err}") from None
             finally:
                 raw.unlink()
-            keys = [output_key(s.output_key, job.id, name, job.format, job.model)
-                    for name in published_names(s.stem_aliases, stem)]
+            keys = [
+                output_key(s.output_key, job.id, name, job.format, job.model)
+                for name in published_names(s.stem_aliases, stem)
+            ]
             with span("upload", **{"stemworker.stem": stem, "s3.bucket": bucket}):
                 entry = publish(self.store, bucket, keys, path, CONTENT_TYPES[job.format])
             path.unlink()

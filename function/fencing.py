@@ -20,8 +20,16 @@ from function.status import StatusRecord
 class FencedStatusRecord(StatusRecord):
     """A StatusRecord whose writes need the claim's lease; raises LeaseLost (a Transient) when it is gone."""
 
-    def __init__(self, client: redis.Redis, key: str, ttl_s: int, state_fields: tuple[str, ...], queue: WorkQueue,
-                 claim: Claim, **options: Any) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        key: str,
+        ttl_s: int,
+        state_fields: tuple[str, ...],
+        queue: WorkQueue,
+        claim: Claim,
+        **options: Any,
+    ) -> None:
         super().__init__(client, key, ttl_s, state_fields, **options)
         self._queue = queue
         self._claim = claim
@@ -37,7 +45,8 @@ class Fence:
     queue: WorkQueue
     claim: Claim
 
-    def status_record(self, client: redis.Redis, key: str, ttl_s: int, state_fields: tuple[str, ...],
-                      **options: Any) -> StatusRecord:
+    def status_record(
+        self, client: redis.Redis, key: str, ttl_s: int, state_fields: tuple[str, ...], **options: Any
+    ) -> StatusRecord:
         """A fenced StatusRecord; `options` as StatusRecord's (keep_expiry, state_map)."""
         return FencedStatusRecord(client, key, ttl_s, state_fields, self.queue, self.claim, **options)

@@ -85,8 +85,11 @@ def handle(request: flask.Request) -> flask.Response:
     if not _slot.acquire(blocking=False):
         busy = cloudevent_http.Busy("busy: this process is already separating a song; retry later")
         log.info("503 busy for event %s", event["id"])
-        return _answer(cloudevent_http.failed(busy, event, job_id), busy.http_status,
-                       {"Retry-After": str(cloudevent_http.RETRY_AFTER_S)})
+        return _answer(
+            cloudevent_http.failed(busy, event, job_id),
+            busy.http_status,
+            {"Retry-After": str(cloudevent_http.RETRY_AFTER_S)},
+        )
     try:
         result = worker.handle(event)
     except StemworkerError as err:

@@ -281,8 +281,12 @@ def _job_from_event(event: CloudEvent, settings: Settings) -> Job:
     require_size(data_size(event.data), settings.max_message_bytes, "event data")
     data = _decode_data(event.data)
     if isinstance(data, str):
-        return Job(id=require_job_id(data), model=settings.demucs_model, event_id=event_id,
-                   model_requested=settings.demucs_model)
+        return Job(
+            id=require_job_id(data),
+            model=settings.demucs_model,
+            event_id=event_id,
+            model_requested=settings.demucs_model,
+        )
     if not isinstance(data, dict):
         raise InvalidJob(f"job must be a track id string or a JSON object, got {type(data).__name__}")
     present = [name for name in ID_FIELDS if name in data]

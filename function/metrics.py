@@ -109,8 +109,9 @@ class Recorder:
     def job_started(self, job_id: str) -> None:
         self._apply(f"the start of job {job_id}", lambda pipe: self._index(pipe, job_id))
 
-    def job_done(self, job_id: str, model: str, timings: Mapping[str, float], audio_seconds: float,
-                 cached: bool = False) -> None:
+    def job_done(
+        self, job_id: str, model: str, timings: Mapping[str, float], audio_seconds: float, cached: bool = False
+    ) -> None:
         """A job done: separated, or served from the result cache (`cached`, which separated no audio)."""
         label = self.model_label(model)
 
@@ -182,8 +183,9 @@ def _text(raw: Mapping[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
-def _histograms(fields: Mapping[str, str], bounds: tuple[float, ...],
-                key_parts: int) -> dict[tuple[str, ...], tuple[list[tuple[str, float]], float]]:
+def _histograms(
+    fields: Mapping[str, str], bounds: tuple[float, ...], key_parts: int
+) -> dict[tuple[str, ...], tuple[list[tuple[str, float]], float]]:
     """Cumulative buckets and sum per label tuple from `<labels...>|<le>` / `<labels...>|sum` fields."""
     les = [floatToGoString(b) for b in bounds] + [INF]
     counts: dict[tuple[str, ...], dict[str, float]] = {}
@@ -265,8 +267,11 @@ class MetricsCollector(Collector):
             families, up = [], 0
         yield from families
         yield GaugeMetricFamily("stemworker_redis_up", "1 when the last scrape read Redis, else 0", value=up)
-        yield CounterMetricFamily("stemworker_exporter_scrape_errors",
-                                  "Scrapes that could not read Redis (or failed otherwise)", value=self.scrape_errors)
+        yield CounterMetricFamily(
+            "stemworker_exporter_scrape_errors",
+            "Scrapes that could not read Redis (or failed otherwise)",
+            value=self.scrape_errors,
+        )
 
     def models(self) -> list[str]:
         return sorted(self.settings.allowed_models)
@@ -278,23 +283,30 @@ class MetricsCollector(Collector):
                 pipe.hgetall(keys.metrics_key(self.settings.queue_key, name))
             counters, durations, rtf, queue_wait = (_text(raw) for raw in pipe.execute())
         yield GaugeMetricFamily("stemworker_queue_waiting", "Messages waiting in the queue", value=queued)
-        yield GaugeMetricFamily("stemworker_queue_processing",
-                                "Messages claimed by a runner and not finished (the processing list)", value=processing)
+        yield GaugeMetricFamily(
+            "stemworker_queue_processing",
+            "Messages claimed by a runner and not finished (the processing list)",
+            value=processing,
+        )
         yield GaugeMetricFamily("stemworker_queue_dead", "Entries in the dead-letter list", value=dead)
         yield from self._counter_families(counters)
-        durations_family = HistogramMetricFamily("stemworker_job_duration_seconds",
-                                                 "Seconds per stage of each job done", labels=["stage", "model"])
+        durations_family = HistogramMetricFamily(
+            "stemworker_job_duration_seconds", "Seconds per stage of each job done", labels=["stage", "model"]
+        )
         for labels, (buckets, total) in sorted(_histograms(durations, DURATION_BUCKETS_S, 2).items()):
             durations_family.add_metric(list(labels), buckets, total)
         yield durations_family
-        rtf_family = HistogramMetricFamily("stemworker_realtime_factor",
-                                           "Separation seconds per second of audio, per job done", labels=["model"])
+        rtf_family = HistogramMetricFamily(
+            "stemworker_realtime_factor", "Separation seconds per second of audio, per job done", labels=["model"]
+        )
         for labels, (buckets, total) in sorted(_histograms(rtf, RTF_BUCKETS, 1).items()):
             rtf_family.add_metric(list(labels), buckets, total)
         yield rtf_family
-        wait_family = HistogramMetricFamily("stemworker_queue_wait_seconds",
-                                            "Seconds a job's message waited in the queue before its first claim "
-                                            "(from the CloudEvent time, else when an observer first saw it)")
+        wait_family = HistogramMetricFamily(
+            "stemworker_queue_wait_seconds",
+            "Seconds a job's message waited in the queue before its first claim "
+            "(from the CloudEvent time, else when an observer first saw it)",
+        )
         # No labels: present from the start, all zero, so that rate() sees the first observation.
         empty = ([(floatToGoString(b), 0.0) for b in QUEUE_WAIT_BUCKETS_S] + [(INF, 0.0)], 0.0)
         buckets, total = _histograms(queue_wait, QUEUE_WAIT_BUCKETS_S, 0).get((), empty)
@@ -321,25 +333,31 @@ class MetricsCollector(Collector):
                 hits[parts[1]] = float(value)
             elif parts[0] == "callbacks" and len(parts) == 2:
                 callbacks[parts[1]] = float(value)
-        jobs_family = CounterMetricFamily("stemworker_jobs", "Job attempts and messages by outcome and model",
-                                          labels=["outcome", "model"])
+        jobs_family = CounterMetricFamily(
+            "stemworker_jobs", "Job attempts and messages by outcome and model", labels=["outcome", "model"]
+        )
         for (outcome, model), total in sorted(jobs.items()):
             jobs_family.add_metric([outcome, model], total)
-        audio_family = CounterMetricFamily("stemworker_audio_seconds", "Seconds of audio separated (jobs done)",
-                                           labels=["model"])
+        audio_family = CounterMetricFamily(
+            "stemworker_audio_seconds", "Seconds of audio separated (jobs done)", labels=["model"]
+        )
         for model, total in sorted(audio.items()):
             audio_family.add_metric([model], total)
-        hits_family = CounterMetricFamily("stemworker_cache_hits", "Jobs done from the result cache (no separation)",
-                                          labels=["model"])
+        hits_family = CounterMetricFamily(
+            "stemworker_cache_hits", "Jobs done from the result cache (no separation)", labels=["model"]
+        )
         for model, total in sorted(hits.items()):
             hits_family.add_metric([model], total)
-        callbacks_family = CounterMetricFamily("stemworker_callbacks", "Webhook deliveries by result",
-                                               labels=["result"])
+        callbacks_family = CounterMetricFamily(
+            "stemworker_callbacks", "Webhook deliveries by result", labels=["result"]
+        )
         for result, total in sorted(callbacks.items()):
             callbacks_family.add_metric([result], total)
         loss_family = CounterMetricFamily(
-            "stemworker_redis_data_loss", "Times a runner found that Redis lost its data (queued jobs may be gone)",
-            value=data_loss)
+            "stemworker_redis_data_loss",
+            "Times a runner found that Redis lost its data (queued jobs may be gone)",
+            value=data_loss,
+        )
         return [jobs_family, audio_family, hits_family, callbacks_family, loss_family]
 
 
@@ -353,4 +371,3 @@ def registry_with(collector: Collector) -> CollectorRegistry:
 def exposition(registry: CollectorRegistry) -> bytes:
     """The Prometheus text exposition of `registry`."""
     return generate_latest(registry)
-

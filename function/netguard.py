@@ -51,7 +51,9 @@ ALWAYS_BLOCKED: tuple[tuple[str, tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
         _nets(
             "240.0.0.0/4",  # future use, and 255.255.255.255 broadcast
             "192.0.0.0/24",  # IETF protocol assignments
-            "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24",  # documentation
+            "192.0.2.0/24",
+            "198.51.100.0/24",
+            "203.0.113.0/24",  # documentation
             "198.18.0.0/15",  # benchmarking
             "192.88.99.0/24",  # 6to4 relay anycast
             "::/96",  # deprecated IPv4-compatible IPv6
@@ -59,7 +61,8 @@ ALWAYS_BLOCKED: tuple[tuple[str, tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
             "64:ff9b:1::/48",  # local-use IPv4/IPv6 translation
             "100::/64",  # discard
             "2001::/23",  # IETF protocol assignments (Teredo, ORCHID, benchmarking)
-            "2001:db8::/32", "3fff::/20",  # documentation
+            "2001:db8::/32",
+            "3fff::/20",  # documentation
             "5f00::/16",  # segment routing SIDs
             "fec0::/10",  # deprecated site-local
         ),

@@ -79,9 +79,16 @@ class WorkQueue:
     """Queue operations for one queue key. Every method raises Transient when Redis fails, and the methods that
     write for a claim raise LeaseLost when the claim's lease is gone."""
 
-    def __init__(self, client: redis.Redis, queue_key: str, pop: Literal["left", "right"] = "left",
-                 lease_s: int = 120, orphan_grace_s: float = 10.0, max_attempts: int = 3,
-                 block_s: float | None = None) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        queue_key: str,
+        pop: Literal["left", "right"] = "left",
+        lease_s: int = 120,
+        orphan_grace_s: float = 10.0,
+        max_attempts: int = 3,
+        block_s: float | None = None,
+    ) -> None:
         self.client = client
         self.queue_key = queue_key
         self.processing_key = keys.processing_key(queue_key)
@@ -120,9 +127,13 @@ class WorkQueue:
                 remaining = deadline - time.monotonic()
                 if remaining >= MIN_BLOCK_S:
                     # BLMOVE takes a float timeout (Redis >= 6); redis-py's annotation says int.
-                    raw = self.client.blmove(self.queue_key, self.processing_key,
-                                             min(remaining, self.block_s),  # type: ignore[arg-type]
-                                             side, "LEFT")
+                    raw = self.client.blmove(
+                        self.queue_key,
+                        self.processing_key,
+                        min(remaining, self.block_s),  # type: ignore[arg-type]
+                        side,
+                        "LEFT",
+                    )
                 else:
                     raw = self.client.lmove(self.queue_key, self.processing_key, side, "LEFT")
                 if raw is not None or time.monotonic() >= deadline - MIN_BLOCK_S:
@@ -132,16 +143,32 @@ class WorkQueue:
             claim = Claim(message=raw if isinstance(raw, bytes) else raw.encode(), attempts=0, first_seen_at="")
             preview = json.dumps({**dead_letter_fields(claim.message), "job_id": None, "event": None})
             leased = self._claim(
-                keys=[self.processing_key, self.leases_key, self.leased_key, self.attempts_key, self.dead_key,
-                      self.dataset_key],
-                args=[claim.token, claim.message, claim.digest, self.lease_s, now_iso(), self.max_attempts,
-                      uuid.uuid4().hex, preview],
+                keys=[
+                    self.processing_key,
+                    self.leases_key,
+                    self.leased_key,
+                    self.attempts_key,
+                    self.dead_key,
+                    self.dataset_key,
+                ],
+                args=[
+                    claim.token,
+                    claim.message,
+                    claim.digest,
+                    self.lease_s,
+                    now_iso(),
+                    self.max_attempts,
+                    uuid.uuid4().hex,
+                    preview,
+                ],
             )
         except redis.RedisError as err:
             raise RedisUnavailable(f"Redis unavailable while claiming from {self.queue_key}: {err}") from None
         if leased is None:
-            raise LeaseLost(f"the message claimed from {self.queue_key} was requeued by a reaper before its lease "
-                            f"was written (more than ORPHAN_GRACE_S={self.orphan_grace_s:g} after the claim)")
+            raise LeaseLost(
+                f"the message claimed from {self.queue_key} was requeued by a reaper before its lease "
+                f"was written (more than ORPHAN_GRACE_S={self.orphan_grace_s:g} after the claim)"
+            )
         attempts, first_seen, dataset, exhausted = leased[:4]
         claim.dead_entry = bytes(leased[4]) if len(leased) > 4 else b""
         claim.attempts = int(attempts)
@@ -179,8 +206,10 @@ class WorkQueue:
         except redis.RedisError as err:
             raise RedisUnavailable(f"Redis unavailable while renewing a lease: {err}") from None
         if not renewed:
-            raise LeaseLost(f"lease {claim.token} on a message of {self.queue_key} was reaped: it was not renewed "
-                            f"for LEASE_S={self.lease_s}")
+            raise LeaseLost(
+                f"lease {claim.token} on a message of {self.queue_key} was reaped: it was not renewed "
+                f"for LEASE_S={self.lease_s}"
+            )
 
     def holds(self, claim: Claim) -> bool:
         """Whether the claim's lease is still held (a read, for reports; writes check it themselves)."""
@@ -189,8 +218,9 @@ class WorkQueue:
         except redis.RedisError as err:
             raise RedisUnavailable(f"Redis unavailable while reading a lease: {err}") from None
 
-    def write_hash_if_leased(self, claim: Claim, key: str, ttl_s: int, cleared: Sequence[str],
-                             pairs: Sequence[str]) -> None:
+    def write_hash_if_leased(
+        self, claim: Claim, key: str, ttl_s: int, cleared: Sequence[str], pairs: Sequence[str]
+    ) -> None:
         """HDEL the `cleared` fields of hash `key`, HSET the flat name/value `pairs` and set its TTL (unless the key
         has none), in one script that first checks the claim's lease; LeaseLost, with nothing written, when the
         lease is gone."""
@@ -200,22 +230,32 @@ class WorkQueue:
         except redis.RedisError as err:
             raise RedisUnavailable(f"Redis unavailable while writing {key}: {err}") from None
         if not written:
-            raise LeaseLost(f"not writing {key}: lease {claim.token} was reaped and the message handed to another "
-                            "runner")
+            raise LeaseLost(
+                f"not writing {key}: lease {claim.token} was reaped and the message handed to another runner"
+            )
 
-    def _finish(self, claim: Claim, outcome: Literal["done", "requeue", "dead"], give_back: bool = False,
-                entry: str = "") -> None:
+    def _finish(
+        self, claim: Claim, outcome: Literal["done", "requeue", "dead"], give_back: bool = False, entry: str = ""
+    ) -> None:
         try:
             finished = self._finish_script(
-                keys=[self.processing_key, self.leases_key, self.leased_key, self.attempts_key, self.queue_key,
-                      self.dead_key],
+                keys=[
+                    self.processing_key,
+                    self.leases_key,
+                    self.leased_key,
+                    self.attempts_key,
+                    self.queue_key,
+                    self.dead_key,
+                ],
                 args=[claim.token, claim.message, claim.digest, outcome, self.pop, int(give_back), entry],
             )
         except redis.RedisError as err:
             raise RedisUnavailable(f"Redis unavailable while finishing a message: {err}") from None
         if not finished:
-            raise LeaseLost(f"not acknowledging ({outcome}): lease {claim.token} was reaped and the message handed "
-                            "to another runner")
+            raise LeaseLost(
+                f"not acknowledging ({outcome}): lease {claim.token} was reaped and the message handed "
+                "to another runner"
+            )
 
     def complete(self, claim: Claim) -> None:
         """The job is done: drop the message, its lease and its attempt count in one transaction."""
@@ -234,9 +274,10 @@ class WorkQueue:
         """Requeue the messages of expired leases, and processing entries that have had no lease for
         `orphan_grace_s`; returns how many were moved back. One script: no KEYS, no SCAN."""
         try:
-            moved = self._reap(keys=[self.processing_key, self.queue_key, self.leases_key, self.leased_key,
-                                     self.orphans_key],
-                               args=[self.orphan_grace_s, self.pop])
+            moved = self._reap(
+                keys=[self.processing_key, self.queue_key, self.leases_key, self.leased_key, self.orphans_key],
+                args=[self.orphan_grace_s, self.pop],
+            )
         except redis.RedisError as err:
             raise RedisUnavailable(f"Redis unavailable while reaping {self.processing_key}: {err}") from None
         return int(moved)

@@ -35,7 +35,9 @@ end
 # later than ORPHAN_GRACE_S after the claim). `exhausted` is 1 when the message had already been claimed
 # MAX_ATTEMPTS times and every runner died with it: it is dead-lettered here, before any code parses it, and no lease
 # is taken.
-CLAIM = _NOW + """
+CLAIM = (
+    _NOW
+    + """
 redis.call('SET', KEYS[6], ARGV[7], 'NX')
 local dataset = redis.call('GET', KEYS[6])
 if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
@@ -72,6 +74,7 @@ redis.call('ZADD', KEYS[2], now_s() + tonumber(ARGV[4]), ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 return {attempts, first_seen, dataset, 0}
 """
+)
 
 # KEYS: dead. ARGV: an entry as written, the same entry completed (its job id, read once the message was safely
 # dead-lettered). Returns 1 when the entry was found and replaced.
@@ -83,11 +86,14 @@ return 1
 """
 
 # KEYS: leases. ARGV: token, lease seconds. Returns 1 when renewed, 0 when the lease is gone (reaped).
-RENEW = _NOW + """
+RENEW = (
+    _NOW
+    + """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], now_s() + tonumber(ARGV[2]), ARGV[1])
 return 1
 """
+)
 
 # KEYS: processing, leases, leased, attempts, queue, dead.
 # ARGV: token, message, attempts field, outcome (done | requeue | dead), head side (left | right),
@@ -117,7 +123,9 @@ if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
 
 # KEYS: processing, queue, leases, leased, orphans. ARGV: orphan grace seconds, head side (left | right).
 # Returns how many messages went back to the head of the queue.
-REAP = _NOW + """
+REAP = (
+    _NOW
+    + """
 local function push(message)
   if ARGV[2] == 'left' then redis.call('LPUSH', KEYS[2], message) else redis.call('RPUSH', KEYS[2], message) end
 end
@@ -171,3 +179,4 @@ for _, digest in ipairs(redis.call('HKEYS', KEYS[5])) do
 end
 return moved
 """
+)

@@ -25,8 +25,9 @@ from function.status import EventLog
 def reap(settings: Settings) -> int:
     """Requeue the messages of dead runners once; returns how many went back to the queue."""
     client = redis_client(settings)
-    queue = WorkQueue(client, settings.queue_key, settings.queue_pop, settings.lease_s, settings.orphan_grace_s,
-                      settings.max_attempts)
+    queue = WorkQueue(
+        client, settings.queue_key, settings.queue_pop, settings.lease_s, settings.orphan_grace_s, settings.max_attempts
+    )
     moved = queue.reap()
     if moved:
         EventLog(client, settings.log_key).info(f"reaper: requeued {moved} message(s) whose worker died")

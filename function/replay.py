@@ -38,8 +38,10 @@ def read_dead_letter(client: redis.Redis, queue_key: str, index: int, max_messag
     Entries whose message never parsed have no `event`; their raw `message` is parsed again instead."""
     raw = client.lindex(dead_key(queue_key), index)
     if raw is None:
-        raise InvalidJob(f"no dead-letter entry at index {index} of {dead_key(queue_key)} "
-                         f"(length {client.llen(dead_key(queue_key))})")
+        raise InvalidJob(
+            f"no dead-letter entry at index {index} of {dead_key(queue_key)} "
+            f"(length {client.llen(dead_key(queue_key))})"
+        )
     try:
         entry = json.loads(raw)
     except ValueError as err:
@@ -73,19 +75,37 @@ def run_here(event: CloudEvent, settings: Settings) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="stemworker-replay", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="stemworker-replay", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("event", nargs="?", type=Path, help="structured CloudEvent JSON file")
-    parser.add_argument("--from-dead-letter", nargs="?", type=int, const=-1, default=None, metavar="INDEX",
-                        help="take the event from dead-letter entry INDEX (default -1, the newest)")
-    parser.add_argument("--url", default=None,
-                        help="POST the event to this server instead of running it here (env REPLAY_URL)")
-    parser.add_argument("--mode", choices=("binary", "structured"), default=None,
-                        help="HTTP content mode with --url (env REPLAY_MODE, default binary)")
-    parser.add_argument("--timeout-s", type=float, default=None,
-                        help="HTTP timeout with --url (env REPLAY_TIMEOUT_S, default 900)")
-    parser.add_argument("--dry-run", action="store_true", default=None,
-                        help="validate only: parse the event and print the Job (env REPLAY_DRY_RUN=1)")
+    parser.add_argument(
+        "--from-dead-letter",
+        nargs="?",
+        type=int,
+        const=-1,
+        default=None,
+        metavar="INDEX",
+        help="take the event from dead-letter entry INDEX (default -1, the newest)",
+    )
+    parser.add_argument(
+        "--url", default=None, help="POST the event to this server instead of running it here (env REPLAY_URL)"
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("binary", "structured"),
+        default=None,
+        help="HTTP content mode with --url (env REPLAY_MODE, default binary)",
+    )
+    parser.add_argument(
+        "--timeout-s", type=float, default=None, help="HTTP timeout with --url (env REPLAY_TIMEOUT_S, default 900)"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=None,
+        help="validate only: parse the event and print the Job (env REPLAY_DRY_RUN=1)",
+    )
     parser.add_argument("--new-id", action="store_true", help="give the replayed event a fresh id")
     parser.add_argument("--print-event", action="store_true", help="print the event before replaying it")
     args = parser.parse_args(argv)
@@ -146,8 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_here(event, settings)
     except StemworkerError as err:
-        _print_json({"error": str(err), "type": type(err).__name__, "status": err.http_status,
-                     "permanent": err.permanent}, sys.stderr)
+        _print_json(
+            {"error": str(err), "type": type(err).__name__, "status": err.http_status, "permanent": err.permanent},
+            sys.stderr,
+        )
         return 1
     _print_json(result)
     return 0

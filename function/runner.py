@@ -101,8 +101,14 @@ class Runner:
     def __init__(self, settings: Settings, worker: Worker | None = None) -> None:
         self.settings = settings
         self.worker = worker or Worker(settings)
-        self.queue = WorkQueue(self.worker.redis, settings.queue_key, settings.queue_pop,
-                               settings.lease_s, settings.orphan_grace_s, settings.max_attempts)
+        self.queue = WorkQueue(
+            self.worker.redis,
+            settings.queue_key,
+            settings.queue_pop,
+            settings.lease_s,
+            settings.orphan_grace_s,
+            settings.max_attempts,
+        )
         self.events = self.worker.events
         self.stopping = False
         self._busy = False
@@ -171,8 +177,9 @@ class Runner:
         job_id = self._job_id_of(claim)
         if self._data_lost(claim, job_id):
             return Result(Outcome.LOST, job_id, claim.attempts, f"Redis lost its data: {err}")
-        self.events.error(f"job {job_id or '(invalid id)'}: lease lost, leaving the message to the runner that "
-                          f"has it now: {err}")
+        self.events.error(
+            f"job {job_id or '(invalid id)'}: lease lost, leaving the message to the runner that has it now: {err}"
+        )
         return Result(Outcome.LOST, job_id, claim.attempts, str(err))
 
     def _data_lost(self, claim: Claim, job_id: str | None) -> bool:
@@ -187,23 +194,31 @@ class Runner:
                 f"Redis lost its data since job {job_id or '(invalid id)'} was claimed (the dataset marker "
                 f"{self.queue.dataset_key} is gone or new: a restart without persistence, a flush or a failover). "
                 "This job's message and any queued messages may be lost: resubmit them from the REST tier. "
-                "Turn on Redis persistence (appendonly yes) for the queue.", stage="data-lost", job_id=job_id)
+                "Turn on Redis persistence (appendonly yes) for the queue.",
+                stage="data-lost",
+                job_id=job_id,
+            )
         return lost
 
     def _exhausted(self, claim: Claim) -> Result:
         """The claim script dead-lettered a message whose attempts were used up by runners that died with it
         (crashed, OOM-killed, evicted); now, with the message safely out of the queue, record it."""
         job_id = self._job_id_of(claim)
-        reason = (f"crashed the runner {claim.attempts} times: every runner that claimed this message died or was "
-                  f"killed before it could finish or give it back (MAX_ATTEMPTS={self.settings.max_attempts})")
+        reason = (
+            f"crashed the runner {claim.attempts} times: every runner that claimed this message died or was "
+            f"killed before it could finish or give it back (MAX_ATTEMPTS={self.settings.max_attempts})"
+        )
         if job_id is not None:
             with contextlib.suppress(Transient):  # the entry is complete without it; the id only helps readers
                 self.queue.name_dead_letter(claim, job_id)
             # Not fenced: the claim holds no lease, and no other runner can hold this message any more.
             self._mark_failed(self.worker.status_for(job_id), job_id, reason, claim.attempts)
         self.worker.metrics.message_outcome("dead", None)
-        self.events.error(f"job {job_id or '(invalid id)'}: dead-lettered after {claim.attempts} attempt(s): "
-                          f"{reason}", stage="dead", job_id=job_id)
+        self.events.error(
+            f"job {job_id or '(invalid id)'}: dead-lettered after {claim.attempts} attempt(s): {reason}",
+            stage="dead",
+            job_id=job_id,
+        )
         return Result(Outcome.DEAD, job_id, claim.attempts, reason)
 
     def _mark_failed(self, status: StatusRecord, job_id: str, reason: str, attempts: int) -> None:
@@ -225,10 +240,14 @@ class Runner:
         event[CLAIMED_AT_ATTRIBUTE] = now_iso()
         job_id = job_id_or_none(event)
         bind_job(job_id=job_id, event_id=event.get("id"))  # undone by run_once with the attempt's binding
-        record_claim(self.worker.redis, self.settings, claim.token, claim.message, claim.attempts, job_id,
-                     self.worker.metrics)  # who runs it, and how long it waited (function/claims.py)
-        self.events.info(f"claimed job {job_id or '(invalid id)'} (attempt {claim.attempts}/"
-                         f"{self.settings.max_attempts})", stage="claimed", job_id=job_id)
+        record_claim(
+            self.worker.redis, self.settings, claim.token, claim.message, claim.attempts, job_id, self.worker.metrics
+        )  # who runs it, and how long it waited (function/claims.py)
+        self.events.info(
+            f"claimed job {job_id or '(invalid id)'} (attempt {claim.attempts}/{self.settings.max_attempts})",
+            stage="claimed",
+            job_id=job_id,
+        )
         heartbeat = Heartbeat(self.queue, claim)
         heartbeat.start()
         try:
@@ -246,31 +265,47 @@ class Runner:
             heartbeat.stop()
             self.queue.requeue(claim, count_attempt=False)
             self.worker.metrics.message_outcome("interrupted", event)
-            self.events.info(f"job {job_id}: interrupted ({err}); message requeued after "
-                             f"{time.monotonic() - started:.2f} s", stage="interrupted",
-                             duration_s=time.monotonic() - started, error_type=type(err).__name__)
+            self.events.info(
+                f"job {job_id}: interrupted ({err}); message requeued after {time.monotonic() - started:.2f} s",
+                stage="interrupted",
+                duration_s=time.monotonic() - started,
+                error_type=type(err).__name__,
+            )
             return Result(Outcome.INTERRUPTED, job_id, claim.attempts, str(err))
         except Exception as caught:
             self._busy = False
             heartbeat.stop()
             # A bug must not kill the runner: it is retried like a dependency failure, then dead-lettered.
-            failure = caught if isinstance(caught, StemworkerError) else Transient(
-                f"internal error: {type(caught).__name__}: {str(caught)[:300]}")
+            failure = (
+                caught
+                if isinstance(caught, StemworkerError)
+                else Transient(f"internal error: {type(caught).__name__}: {str(caught)[:300]}")
+            )
             if failure.permanent or claim.attempts >= self.settings.max_attempts:
                 return self._dead_letter(claim, event, failure, started, job_id, mark_status=not failure.permanent)
             self.queue.requeue(claim)
             self.worker.metrics.message_outcome("requeued", event)
-            self.events.info(f"job {job_id}: requeued after a transient error, attempt {claim.attempts}/"
-                             f"{self.settings.max_attempts} ({time.monotonic() - started:.2f} s): {failure}",
-                             stage="requeued", duration_s=time.monotonic() - started,
-                             error_type=type(failure).__name__)
+            self.events.info(
+                f"job {job_id}: requeued after a transient error, attempt {claim.attempts}/"
+                f"{self.settings.max_attempts} ({time.monotonic() - started:.2f} s): {failure}",
+                stage="requeued",
+                duration_s=time.monotonic() - started,
+                error_type=type(failure).__name__,
+            )
             return Result(Outcome.REQUEUED, job_id, claim.attempts, str(failure))
         heartbeat.stop()
         self.queue.complete(claim)
         return Result(Outcome.DONE, job_id, claim.attempts, seconds=handled.get("seconds"))
 
-    def _dead_letter(self, claim: Claim, event: Any, err: StemworkerError, started: float,
-                     job_id: str | None = None, mark_status: bool = False) -> Result:
+    def _dead_letter(
+        self,
+        claim: Claim,
+        event: Any,
+        err: StemworkerError,
+        started: float,
+        job_id: str | None = None,
+        mark_status: bool = False,
+    ) -> Result:
         """Dead-letter the claim with a bounded entry: the message's first few KB, its size and digest (the event
         only when the message was kept whole)."""
         fields = dead_letter_fields(claim.message)
@@ -289,9 +324,13 @@ class Runner:
             self._mark_failed(self.worker.status_for(job_id), job_id, str(err), claim.attempts)
         self.queue.dead_letter(claim, entry)
         self.worker.metrics.message_outcome("dead", event)
-        self.events.error(f"job {job_id or '(invalid id)'}: dead-lettered after {claim.attempts} attempt(s) "
-                          f"({time.monotonic() - started:.2f} s): {err}", stage="dead",
-                          duration_s=time.monotonic() - started, error_type=type(err).__name__)
+        self.events.error(
+            f"job {job_id or '(invalid id)'}: dead-lettered after {claim.attempts} attempt(s) "
+            f"({time.monotonic() - started:.2f} s): {err}",
+            stage="dead",
+            duration_s=time.monotonic() - started,
+            error_type=type(err).__name__,
+        )
         return Result(Outcome.DEAD, job_id, claim.attempts, str(err))
 
 
@@ -310,10 +349,12 @@ def redis_hint(err: Transient, settings: Settings) -> str:
     """A pointer to the settings to check when Redis could not be reached."""
     if not isinstance(err, RedisUnavailable):
         return ""
-    where = ("REDIS_URL" if settings.redis_url is not None
-             else f"REDIS_HOST={settings.redis_host} REDIS_PORT={settings.redis_port}")
-    return (f" Is Redis running where the settings say ({where})? "
-            "Set REDIS_URL, or REDIS_HOST and REDIS_PORT.")
+    where = (
+        "REDIS_URL"
+        if settings.redis_url is not None
+        else f"REDIS_HOST={settings.redis_host} REDIS_PORT={settings.redis_port}"
+    )
+    return f" Is Redis running where the settings say ({where})? Set REDIS_URL, or REDIS_HOST and REDIS_PORT."
 
 
 def check(settings: Settings) -> list[str]:
@@ -335,12 +376,21 @@ def check(settings: Settings) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="stemworker-runner", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--max-messages", type=int, default=None,
-                        help="messages to process before exiting (env MAX_MESSAGES, default 1)")
-    parser.add_argument("--reap", action="store_true", default=None,
-                        help="only requeue messages whose worker died, then exit (env REAP_ONLY=1)")
+    parser = argparse.ArgumentParser(
+        prog="stemworker-runner", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--max-messages",
+        type=int,
+        default=None,
+        help="messages to process before exiting (env MAX_MESSAGES, default 1)",
+    )
+    parser.add_argument(
+        "--reap",
+        action="store_true",
+        default=None,
+        help="only requeue messages whose worker died, then exit (env REAP_ONLY=1)",
+    )
     parser.add_argument("--check", action="store_true", help="check Redis and S3, exit 0 when both answer")
     return parser.parse_args(argv)
 
@@ -377,8 +427,13 @@ def main(argv: list[str] | None = None, timeline: Timeline | None = None) -> int
             timeline.mark("message")
             if result.seconds:
                 timeline.jobs.append(result.seconds)
-            log.info("outcome %s job=%s attempts=%s", result.outcome, result.job_id, result.attempts,
-                     extra={"job_id": result.job_id, "attempt": result.attempts, "outcome": str(result.outcome)})
+            log.info(
+                "outcome %s job=%s attempts=%s",
+                result.outcome,
+                result.job_id,
+                result.attempts,
+                extra={"job_id": result.job_id, "attempt": result.attempts, "outcome": str(result.outcome)},
+            )
             if result.outcome is Outcome.REQUEUED:
                 # A dependency failed; the message is back in the queue for another pod.
                 log.error("infrastructure failure, exiting 1 (message requeued): %s", result.error)
@@ -386,9 +441,12 @@ def main(argv: list[str] | None = None, timeline: Timeline | None = None) -> int
             if result.outcome in (Outcome.EMPTY, Outcome.INTERRUPTED):
                 break
     except Transient as err:
-        log.error("infrastructure failure, exiting 1: %s. A claimed message stays in the queue or the processing "
-                  "list as long as Redis keeps its data; a later runner reports it if Redis lost it.%s", err,
-                  redis_hint(err, settings))
+        log.error(
+            "infrastructure failure, exiting 1: %s. A claimed message stays in the queue or the processing "
+            "list as long as Redis keeps its data; a later runner reports it if Redis lost it.%s",
+            err,
+            redis_hint(err, settings),
+        )
         return 1
     return 0
 

@@ -120,7 +120,7 @@ class _Progress:
         passes = max(1, int(info.get("shifts", self.shifts)))
         length = max(1, int(info.get("audio_length", 1)))
         chunk_done = min(1.0, (int(info.get("segment_offset", 0)) + 1) / length)
-        done = (int(info.get("model_idx_in_bag", 0)) + (int(info.get("shift_idx", 0)) + chunk_done) / passes)
+        done = int(info.get("model_idx_in_bag", 0)) + (int(info.get("shift_idx", 0)) + chunk_done) / passes
         percent = min(99, int(100 * done / models))
         if percent > self.last:
             self.last = percent
@@ -212,8 +212,14 @@ def seeded_random(seed: int | None) -> Iterator[None]:
         random.setstate(state)
 
 
-def separate(separator: Separator, wav: torch.Tensor, shifts: int, on_progress: ProgressFn,
-             precision: str = "fp32", seed: int | None = None) -> dict[str, torch.Tensor]:
+def separate(
+    separator: Separator,
+    wav: torch.Tensor,
+    shifts: int,
+    on_progress: ProgressFn,
+    precision: str = "fp32",
+    seed: int | None = None,
+) -> dict[str, torch.Tensor]:
     """Split `wav` ([channels, samples] at the model's rate) into the model's stems; a `precision` that resolves
     to other than fp32 runs the model under autocast (the stems stay float32). `seed` seeds the random shifts (see
     `seeded_random`), so the same input and seed always give the same stems."""
@@ -230,9 +236,16 @@ def separate(separator: Separator, wav: torch.Tensor, shifts: int, on_progress: 
 StemPicker = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
-def separate_to_files(separator: Separator, wav: torch.Tensor | audio.MixFile, shifts: int, on_progress: ProgressFn,
-                      directory: Path, pick: StemPicker | None = None,
-                      precision: str = "fp32", seed: int | None = None) -> dict[str, audio.StemFile]:
+def separate_to_files(
+    separator: Separator,
+    wav: torch.Tensor | audio.MixFile,
+    shifts: int,
+    on_progress: ProgressFn,
+    directory: Path,
+    pick: StemPicker | None = None,
+    precision: str = "fp32",
+    seed: int | None = None,
+) -> dict[str, audio.StemFile]:
     """Separate `wav` ([channels, samples], or the song decoded to the work dir by `audio.decode_to_file`) into
     closed `StemFile`s under `directory`, one per stem that `pick` returns (it gets the model's stems and returns
     the ones to keep, e.g. `core.pick_stems`; all of them when None). The samples are exactly those of `separate`

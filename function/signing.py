@@ -23,7 +23,7 @@ SAFE_ID = re.compile(r"[\x21-\x7e]{1,256}", re.ASCII)
 
 def secret_bytes(secret: str) -> bytes:
     """The key inside a `whsec_<base64>` (or bare base64) secret; raises ValueError without echoing it."""
-    encoded = secret[len(SECRET_PREFIX):] if secret.startswith(SECRET_PREFIX) else secret
+    encoded = secret[len(SECRET_PREFIX) :] if secret.startswith(SECRET_PREFIX) else secret
     try:
         key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except (binascii.Error, ValueError):

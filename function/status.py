@@ -35,11 +35,34 @@ class State(StrEnum):
 
 # Every field the worker writes in a status hash. A new run clears exactly these (and the STATE_FIELDS names);
 # tests/test_rest_tiers.py checks that a job writes nothing else, so a new field must be added here.
-OWN_FIELDS = frozenset({
-    "state", "progress", "received_at", "model", "model_requested", "format", "attempts", "event_id", "error",
-    "retryable", "failed_at", "device", "precision", "audio_seconds", "outputs", "seconds", "cached", "cached_from",
-    "waiting_for", "published", "pod", "claimed_at", *(f"{state}_at" for state in State),
-})
+OWN_FIELDS = frozenset(
+    {
+        "state",
+        "progress",
+        "received_at",
+        "model",
+        "model_requested",
+        "format",
+        "attempts",
+        "event_id",
+        "error",
+        "retryable",
+        "failed_at",
+        "device",
+        "precision",
+        "audio_seconds",
+        "outputs",
+        "seconds",
+        "cached",
+        "cached_from",
+        "waiting_for",
+        "published",
+        "pod",
+        "claimed_at",
+        *(f"{state}_at" for state in State),
+    }
+)
+
 
 # KEYS[1] the hash; ARGV[1] TTL s, ARGV[2] n, ARGV[3..2+n] fields to clear, then field/value pairs to set.
 # A hash that existed without an expiry before this write is a tier's own record: it is left without one. A
@@ -88,15 +111,35 @@ class EventLog:
         except redis.RedisError as err:
             log.warning("could not write to the Redis log list %s: %s", self._key, err)
 
-    def info(self, message: str, *, stage: str | None = None, job_id: str | None = None,
-             duration_s: float | None = None, error_type: str | None = None) -> None:
-        self._push("info", message, {"stage": stage, "job_id": job_id, "duration_s": rounded(duration_s),
-                                     "error_type": error_type})
+    def info(
+        self,
+        message: str,
+        *,
+        stage: str | None = None,
+        job_id: str | None = None,
+        duration_s: float | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        self._push(
+            "info",
+            message,
+            {"stage": stage, "job_id": job_id, "duration_s": rounded(duration_s), "error_type": error_type},
+        )
 
-    def error(self, message: str, *, stage: str | None = None, job_id: str | None = None,
-              duration_s: float | None = None, error_type: str | None = None) -> None:
-        self._push("error", message, {"stage": stage, "job_id": job_id, "duration_s": rounded(duration_s),
-                                      "error_type": error_type})
+    def error(
+        self,
+        message: str,
+        *,
+        stage: str | None = None,
+        job_id: str | None = None,
+        duration_s: float | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        self._push(
+            "error",
+            message,
+            {"stage": stage, "job_id": job_id, "duration_s": rounded(duration_s), "error_type": error_type},
+        )
 
 
 def rounded(seconds: float | None) -> float | None:
@@ -110,8 +153,16 @@ class StatusRecord:
     `state`, `state_map` (STATE_MAP) renames a state, or leaves it out when it maps to "". With `keep_expiry`
     (STATUS_TTL_S not set explicitly) a hash that already exists keeps its expiry; a new one gets `ttl_s`."""
 
-    def __init__(self, client: redis.Redis, key: str, ttl_s: int, state_fields: tuple[str, ...] = ("state",),
-                 *, keep_expiry: bool = False, state_map: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        key: str,
+        ttl_s: int,
+        state_fields: tuple[str, ...] = ("state",),
+        *,
+        keep_expiry: bool = False,
+        state_map: dict[str, str] | None = None,
+    ) -> None:
         self._client = client
         self.key = key
         self._ttl_s = -ttl_s if keep_expiry else ttl_s  # as write_status_lua takes it

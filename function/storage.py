@@ -63,8 +63,9 @@ class ObjectStore:
         return written
 
     @staticmethod
-    def _stream_to(response: urllib3.BaseHTTPResponse, dest: Path, max_bytes: int, where: str,
-                   hasher: Hasher | None = None) -> int:
+    def _stream_to(
+        response: urllib3.BaseHTTPResponse, dest: Path, max_bytes: int, where: str, hasher: Hasher | None = None
+    ) -> int:
         written = 0
         try:
             with dest.open("wb") as out:
@@ -112,15 +113,17 @@ class ObjectStore:
         except OSError as err:
             raise Transient(f"cannot read stem file {source.name}: {err}") from None
 
-    def copy(self, bucket: str, source_key: str, dest_key: str, dest_bucket: str | None = None,
-             match_etag: str | None = None) -> bool:
+    def copy(
+        self, bucket: str, source_key: str, dest_key: str, dest_bucket: str | None = None, match_etag: str | None = None
+    ) -> bool:
         """Server-side copy of `bucket/source_key` to `dest_bucket/dest_key` (`dest_bucket`, which must exist, defaults
         to `bucket`; no data passes through the worker). Returns False, copying nothing, when the source is gone or
         its ETag is no longer `match_etag`."""
         where = f"{bucket}/{source_key}"
         try:
-            self._client.copy_object(dest_bucket or bucket, dest_key,
-                                     CopySource(bucket, source_key, match_etag=match_etag))
+            self._client.copy_object(
+                dest_bucket or bucket, dest_key, CopySource(bucket, source_key, match_etag=match_etag)
+            )
         except S3Error as err:
             if err.code in MISSING_CODES or err.code == "PreconditionFailed":
                 return False

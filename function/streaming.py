@@ -124,8 +124,10 @@ def streamable(separator: Separator) -> bool:
 # pass that has not finished yet is computed by replaying the calls one forward makes (recorded on its first
 # chunk; they do not depend on the audio) once per chunk it has left.
 _RANDOM_FUNCTIONS = tuple(
-    name for name in dir(random)
-    if not name.startswith("_") and name not in ("getstate", "setstate", "seed")
+    name
+    for name in dir(random)
+    if not name.startswith("_")
+    and name not in ("getstate", "setstate", "seed")
     and getattr(getattr(random, name), "__self__", None) is getattr(random, "_inst", None)
 )
 RandomCall = tuple[str, tuple[Any, ...], dict[str, Any]]
@@ -140,6 +142,7 @@ def _recording(calls: list[RandomCall]) -> Iterator[None]:
         def call(*args: Any, **kwargs: Any) -> Any:
             calls.append((name, args, kwargs))
             return function(*args, **kwargs)
+
         return call
 
     try:
@@ -237,8 +240,13 @@ class _Plan:
         return [[run for run in self.passes if run.model_index == index] for index in range(len(self.models))]
 
 
-def _spans(separator: Separator, run: _Pass, device: torch.device, callback: Callable[[dict[str, Any]], None] | None,
-           callback_arg: dict[str, Any]) -> Iterator[torch.Tensor]:
+def _spans(
+    separator: Separator,
+    run: _Pass,
+    device: torch.device,
+    callback: Callable[[dict[str, Any]], None] | None,
+    callback_arg: dict[str, Any],
+) -> Iterator[torch.Tensor]:
     """apply_model's split loop for one pass, in order, with one chunk of overlap-add buffer: yields the pass's
     normalised output ([1, sources, channels, n], the padding of a shift already cut off) span by span, each as
     soon as no later chunk can add to it. The same chunk grid, `TensorChunk` padding context, triangular weights,
@@ -248,8 +256,12 @@ def _spans(separator: Separator, run: _Pass, device: torch.device, callback: Cal
     total = source.length
     segment_length = _segment_length(separator, model)
     stride = int((1 - separator._overlap) * segment_length)
-    weight = torch.cat([torch.arange(1, segment_length // 2 + 1, device=device),
-                        torch.arange(segment_length - segment_length // 2, 0, -1, device=device)])
+    weight = torch.cat(
+        [
+            torch.arange(1, segment_length // 2 + 1, device=device),
+            torch.arange(segment_length - segment_length // 2, 0, -1, device=device),
+        ]
+    )
     weight = (weight / weight.max()) ** 1.0
     lock = threading.Lock()
     channels = source.shape[1]
@@ -260,9 +272,17 @@ def _spans(separator: Separator, run: _Pass, device: torch.device, callback: Cal
         calls: list[RandomCall] = []
         with _recording(calls) if run.calls is None else contextlib.nullcontext():
             chunk_out = apply_model(
-                model, TensorChunk(source, offset, segment_length), shifts=0, split=False,
-                overlap=separator._overlap, transition_power=1.0, progress=False, device=device,
-                segment=separator._segment, lock=lock, callback_arg=callback_arg,
+                model,
+                TensorChunk(source, offset, segment_length),
+                shifts=0,
+                split=False,
+                overlap=separator._overlap,
+                transition_power=1.0,
+                progress=False,
+                device=device,
+                segment=separator._segment,
+                lock=lock,
+                callback_arg=callback_arg,
                 callback=(lambda d, i=offset: callback(_replace_dict(d, ("segment_offset", i))) if callback else None),
             )
         if run.calls is None:
@@ -270,8 +290,11 @@ def _spans(separator: Separator, run: _Pass, device: torch.device, callback: Cal
         run.random_state = random.getstate()
         run.done += 1
         if run.done == run.chunks and run.predicted_end is not None and run.predicted_end != run.random_state:
-            log.warning("streaming: model %d drew from `random` differently in later chunks than in its first; "
-                        "later shift offsets differ from demucs' apply_model", run.model_index)
+            log.warning(
+                "streaming: model %d drew from `random` differently in later chunks than in its first; "
+                "later shift offsets differ from demucs' apply_model",
+                run.model_index,
+            )
         chunk_length = chunk_out.shape[-1]
         out[..., :chunk_length] += (weight[:chunk_length] * chunk_out).to(source.device)
         sum_weight[:chunk_length] += weight[:chunk_length].to(source.device)
@@ -344,8 +367,9 @@ def stream_apply_model(separator: Separator, wav: torch.Tensor | FrameSource, si
     length = plan.length
     device = torch.device(separator._device) if separator._device is not None else plan.input.device
     callback = separator._callback
-    base_arg = dict(separator._callback_arg or {}, audio_length=length, models=1, model_idx_in_bag=0,
-                    shift_idx=0, segment_offset=0)
+    base_arg = dict(
+        separator._callback_arg or {}, audio_length=length, models=1, model_idx_in_bag=0, shift_idx=0, segment_offset=0
+    )
     single = plan.count == 1
     streams: list[Iterator[torch.Tensor]] = []
     sources = separator._model.sources

@@ -47,8 +47,11 @@ def resolve_model(raw: Any, settings: Settings) -> ModelChoice:
         return ModelChoice(raw, raw)
     if settings.unknown_model == "default":
         shown = raw if len(raw) <= 80 else raw[:80] + "..."
-        return ModelChoice(settings.demucs_model, raw,
-                           f"model {shown!r} is not served; running {settings.demucs_model!r} (UNKNOWN_MODEL=default)")
+        return ModelChoice(
+            settings.demucs_model,
+            raw,
+            f"model {shown!r} is not served; running {settings.demucs_model!r} (UNKNOWN_MODEL=default)",
+        )
     allowed = sorted({*settings.allowed_models, *settings.model_aliases})
     raise InvalidJob(f"model {raw[:80]!r} is not allowed; allowed: {allowed}")
 
@@ -100,8 +103,9 @@ def input_location(data: dict[str, Any], settings: Settings) -> tuple[str | None
         key = object_name
     if bucket is not None and (not isinstance(bucket, str) or bucket not in allowed_input_buckets(data, settings)):
         shown = repr(bucket[:80]) if isinstance(bucket, str) else type(bucket).__name__
-        raise InvalidJob(f"bucket {shown} is not an input bucket; allowed (INPUT_BUCKETS): "
-                         f"{sorted(settings.allowed_input_buckets)}")
+        raise InvalidJob(
+            f"bucket {shown} is not an input bucket; allowed (INPUT_BUCKETS): {sorted(settings.allowed_input_buckets)}"
+        )
     if key is not None:
         key = require_object_key(key)
     return bucket, key

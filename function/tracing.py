@@ -96,8 +96,9 @@ def job_span(carrier: Mapping[str, Any], claimed_at_ns: int | None = None, **att
     """The `job` span, continuing the carrier's trace context when it has one; with `claimed_at_ns` it starts then,
     and a `claim` span covers the time from the claim to now (the message parse and the job's start)."""
     clean = {key: value for key, value in attributes.items() if value is not None}
-    with tracer().start_as_current_span("job", context=parent_context(carrier), kind=trace.SpanKind.CONSUMER,
-                                        attributes=clean, start_time=claimed_at_ns) as current:
+    with tracer().start_as_current_span(
+        "job", context=parent_context(carrier), kind=trace.SpanKind.CONSUMER, attributes=clean, start_time=claimed_at_ns
+    ) as current:
         if claimed_at_ns is not None:
             claim = tracer().start_span("claim", start_time=claimed_at_ns)
             claim.end()

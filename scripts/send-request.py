@@ -67,59 +67,136 @@ def _env_flag(name: str) -> bool:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     env = os.environ.get
-    parser = argparse.ArgumentParser(prog="send-request", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--song", type=Path, default=env("SONG"),
-                        help="MP3 to upload (env SONG; default: a generated clip of --seconds)")
-    parser.add_argument("--seconds", type=float, default=float(env("SONG_SECONDS", "3")),
-                        help="length of the generated clip (env SONG_SECONDS, default 3)")
-    parser.add_argument("--id", default=env("JOB_ID"),
-                        help="job id (env JOB_ID; default: the first 16 hex digits of the song's sha256)")
-    parser.add_argument("--form", choices=FORMS, default=env("MESSAGE_FORM", "json"),
-                        help="message form on the queue (env MESSAGE_FORM, default json)")
+    parser = argparse.ArgumentParser(
+        prog="send-request", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--song",
+        type=Path,
+        default=env("SONG"),
+        help="MP3 to upload (env SONG; default: a generated clip of --seconds)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=float(env("SONG_SECONDS", "3")),
+        help="length of the generated clip (env SONG_SECONDS, default 3)",
+    )
+    parser.add_argument(
+        "--id", default=env("JOB_ID"), help="job id (env JOB_ID; default: the first 16 hex digits of the song's sha256)"
+    )
+    parser.add_argument(
+        "--form",
+        choices=FORMS,
+        default=env("MESSAGE_FORM", "json"),
+        help="message form on the queue (env MESSAGE_FORM, default json)",
+    )
     parser.add_argument("--model", default=env("JOB_MODEL"), help="model name (env JOB_MODEL)")
     parser.add_argument("--callback", default=env("JOB_CALLBACK"), help="webhook URL (env JOB_CALLBACK)")
-    parser.add_argument("--distinct", action="store_true", default=_env_flag("DISTINCT"),
-                        help="with --count, upload a different inaudibly dithered copy per job (env DISTINCT=1), so "
-                             "the result cache serves none and N jobs are N separations")
+    parser.add_argument(
+        "--distinct",
+        action="store_true",
+        default=_env_flag("DISTINCT"),
+        help="with --count, upload a different inaudibly dithered copy per job (env DISTINCT=1), so "
+        "the result cache serves none and N jobs are N separations",
+    )
     parser.add_argument("--stems", default=env("JOB_STEMS"), help=f"comma list from {','.join(STEMS)} (env JOB_STEMS)")
-    parser.add_argument("--two-stems", default=env("JOB_TWO_STEMS"),
-                        help="one stem and the rest mixed, e.g. vocals or guitar (env JOB_TWO_STEMS)")
+    parser.add_argument(
+        "--two-stems",
+        default=env("JOB_TWO_STEMS"),
+        help="one stem and the rest mixed, e.g. vocals or guitar (env JOB_TWO_STEMS)",
+    )
     parser.add_argument("--format", choices=FORMATS, default=env("JOB_FORMAT"), help="stem format (env JOB_FORMAT)")
-    parser.add_argument("--push", choices=("lpush", "rpush"), default=env("PUSH"),
-                        help="LPUSH or RPUSH the messages (env PUSH; default: the end QUEUE_POP takes last, FIFO)")
-    parser.add_argument("--id-field", choices=ID_FIELDS, default=env("ID_FIELD", "songhash"),
-                        help="field carrying the id in a JSON message (env ID_FIELD, default songhash)")
-    parser.add_argument("--bucket", default=env("JOB_BUCKET"),
-                        help="upload to this bucket and name it in the message (env JOB_BUCKET)")
-    parser.add_argument("--key", default=env("JOB_KEY"),
-                        help="upload under this key ({id} is replaced) and name it in the message (env JOB_KEY)")
-    parser.add_argument("--key-field", choices=("key", "object_name"), default=env("JOB_KEY_FIELD", "key"),
-                        help="the message field --key goes under (env JOB_KEY_FIELD, default key)")
-    parser.add_argument("--empty-callback", choices=sorted(EMPTY_CALLBACKS), default=env("JOB_EMPTY_CALLBACK"),
-                        help='an empty callback: {} (object), null, "" (string) or [] (array) (env JOB_EMPTY_CALLBACK)')
-    parser.add_argument("--tier-field", action="append", default=_env_list("TIER_FIELDS"), metavar="NAME=VALUE",
-                        help="a field the tier keeps in the status hash, written before the push "
-                             "(repeatable; env TIER_FIELDS, comma-separated)")
-    parser.add_argument("--no-status", action="store_true", default=_env_flag("NO_STATUS"),
-                        help="write no `queued` status record (a tier that keeps only its own fields; env NO_STATUS=1)")
-    parser.add_argument("--count", type=int, default=int(env("COUNT", "1")),
-                        help="number of distinct jobs to push (env COUNT, default 1)")
-    parser.add_argument("--wait", action="store_true", default=_env_flag("WAIT"),
-                        help="follow the jobs' status hashes until each is done or failed (env WAIT=1)")
-    parser.add_argument("--timeout-s", type=float, default=float(env("WAIT_TIMEOUT_S", "900")),
-                        help="deadline of --wait (env WAIT_TIMEOUT_S, default 900)")
-    parser.add_argument("--print-event", action="store_true", default=_env_flag("PRINT_EVENT"),
-                        help="print the CloudEvent the worker will receive for each message (env PRINT_EVENT=1)")
-    parser.add_argument("--no-push", action="store_true", default=_env_flag("NO_PUSH"),
-                        help="upload the song(s) but push nothing (env NO_PUSH=1)")
-    parser.add_argument("--no-upload", action="store_true", default=_env_flag("NO_UPLOAD"),
-                        help="push without uploading, so the input is missing: a failure drill (env NO_UPLOAD=1)")
+    parser.add_argument(
+        "--push",
+        choices=("lpush", "rpush"),
+        default=env("PUSH"),
+        help="LPUSH or RPUSH the messages (env PUSH; default: the end QUEUE_POP takes last, FIFO)",
+    )
+    parser.add_argument(
+        "--id-field",
+        choices=ID_FIELDS,
+        default=env("ID_FIELD", "songhash"),
+        help="field carrying the id in a JSON message (env ID_FIELD, default songhash)",
+    )
+    parser.add_argument(
+        "--bucket", default=env("JOB_BUCKET"), help="upload to this bucket and name it in the message (env JOB_BUCKET)"
+    )
+    parser.add_argument(
+        "--key",
+        default=env("JOB_KEY"),
+        help="upload under this key ({id} is replaced) and name it in the message (env JOB_KEY)",
+    )
+    parser.add_argument(
+        "--key-field",
+        choices=("key", "object_name"),
+        default=env("JOB_KEY_FIELD", "key"),
+        help="the message field --key goes under (env JOB_KEY_FIELD, default key)",
+    )
+    parser.add_argument(
+        "--empty-callback",
+        choices=sorted(EMPTY_CALLBACKS),
+        default=env("JOB_EMPTY_CALLBACK"),
+        help='an empty callback: {} (object), null, "" (string) or [] (array) (env JOB_EMPTY_CALLBACK)',
+    )
+    parser.add_argument(
+        "--tier-field",
+        action="append",
+        default=_env_list("TIER_FIELDS"),
+        metavar="NAME=VALUE",
+        help="a field the tier keeps in the status hash, written before the push "
+        "(repeatable; env TIER_FIELDS, comma-separated)",
+    )
+    parser.add_argument(
+        "--no-status",
+        action="store_true",
+        default=_env_flag("NO_STATUS"),
+        help="write no `queued` status record (a tier that keeps only its own fields; env NO_STATUS=1)",
+    )
+    parser.add_argument(
+        "--count",
+        type=int,
+        default=int(env("COUNT", "1")),
+        help="number of distinct jobs to push (env COUNT, default 1)",
+    )
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        default=_env_flag("WAIT"),
+        help="follow the jobs' status hashes until each is done or failed (env WAIT=1)",
+    )
+    parser.add_argument(
+        "--timeout-s",
+        type=float,
+        default=float(env("WAIT_TIMEOUT_S", "900")),
+        help="deadline of --wait (env WAIT_TIMEOUT_S, default 900)",
+    )
+    parser.add_argument(
+        "--print-event",
+        action="store_true",
+        default=_env_flag("PRINT_EVENT"),
+        help="print the CloudEvent the worker will receive for each message (env PRINT_EVENT=1)",
+    )
+    parser.add_argument(
+        "--no-push",
+        action="store_true",
+        default=_env_flag("NO_PUSH"),
+        help="upload the song(s) but push nothing (env NO_PUSH=1)",
+    )
+    parser.add_argument(
+        "--no-upload",
+        action="store_true",
+        default=_env_flag("NO_UPLOAD"),
+        help="push without uploading, so the input is missing: a failure drill (env NO_UPLOAD=1)",
+    )
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be at least 1")
-    extras = [name for name in ("model", "callback", "stems", "two_stems", "format", "bucket", "key", "empty_callback")
-              if getattr(args, name)]
+    extras = [
+        name
+        for name in ("model", "callback", "stems", "two_stems", "format", "bucket", "key", "empty_callback")
+        if getattr(args, name)
+    ]
     if args.form == "bare" and (extras or args.id_field != "songhash"):
         parser.error(f"a bare id message carries only the id; drop {extras or ['id_field']} or use --form json")
     if args.callback and args.empty_callback:
@@ -197,8 +274,9 @@ def upload(settings: Settings, song: bytes, ids: list[str], args: argparse.Names
     return bucket, first
 
 
-def push(client: redis.Redis, settings: Settings, ids: list[str], messages: list[str],
-         args: argparse.Namespace | None = None) -> None:
+def push(
+    client: redis.Redis, settings: Settings, ids: list[str], messages: list[str], args: argparse.Namespace | None = None
+) -> None:
     """Mark each job queued (unless --no-status) and write the tier's own status fields, then push every message
     in one round trip: RPUSH when the runner pops left (FIFO), LPUSH when it pops right, or as --push says."""
     side = getattr(args, "push", None) or ("rpush" if settings.queue_pop == "left" else "lpush")
@@ -234,8 +312,10 @@ def follow(client: redis.Redis, settings: Settings, ids: list[str], timeout_s: f
         time.sleep(0.25)
     done, failed = states.count(State.DONE.value), states.count(State.FAILED.value)
     unfinished = len(ids) - done - failed
-    print(f"{done} done, {failed} failed, {unfinished} unfinished after {time.monotonic() - started:.2f} s",
-          file=sys.stderr)
+    print(
+        f"{done} done, {failed} failed, {unfinished} unfinished after {time.monotonic() - started:.2f} s",
+        file=sys.stderr,
+    )
     return 0 if done == len(ids) else 1
 
 
@@ -256,16 +336,22 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_upload:
             bucket, first = upload(settings, song, ids, args)
             copies = len({input_location(settings, args, job_id)[1] for job_id in ids}) - 1
-            print(f"uploaded {len(song)} bytes to {bucket}/{first}"
-                  + (f" and copied it to {copies} more key(s)" if copies else ""), file=sys.stderr)
+            print(
+                f"uploaded {len(song)} bytes to {bucket}/{first}"
+                + (f" and copied it to {copies} more key(s)" if copies else ""),
+                file=sys.stderr,
+            )
         if args.print_event:
             for event in events:
                 print(event_json(event), flush=True)
         if args.no_push:
             return 0
         push(client, settings, ids, messages, args)
-        print(f"pushed {len(ids)} {args.form} message(s) onto {settings.queue_key}: {ids[0]}"
-              + (f" .. {ids[-1]}" if len(ids) > 1 else ""), file=sys.stderr)
+        print(
+            f"pushed {len(ids)} {args.form} message(s) onto {settings.queue_key}: {ids[0]}"
+            + (f" .. {ids[-1]}" if len(ids) > 1 else ""),
+            file=sys.stderr,
+        )
         return follow(client, settings, ids, args.timeout_s) if args.wait else 0
     except (Transient, redis.RedisError) as err:
         print(f"send-request: {type(err).__name__}: {err}", file=sys.stderr)

@@ -64,14 +64,16 @@ class Hook(http.server.BaseHTTPRequestHandler):
 
 def image_config(image: str) -> dict:
     """The image's OCI config (Env, User, Entrypoint), read with buildah."""
-    out = subprocess.run(["buildah", "inspect", "--type", "image", image], check=True, capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        ["buildah", "inspect", "--type", "image", image], check=True, capture_output=True, text=True
+    ).stdout
     return json.loads(out)["OCIv1"]["config"]
 
 
 @contextlib.contextmanager
-def container_command(runner: str, image: str, env: dict[str, str], argv: list[str],
-                      entrypoint: list[str] | None = None) -> Iterator[list[str]]:
+def container_command(
+    runner: str, image: str, env: dict[str, str], argv: list[str], entrypoint: list[str] | None = None
+) -> Iterator[list[str]]:
     """The host command that runs `argv` in the image with `runner` (the image's entrypoint unless given)."""
     if runner in ("docker", "podman"):
         cmd = [runner, "run", "--rm", "--network", "host", "--read-only", "--tmpfs", "/tmp:rw,size=2g"]
@@ -83,31 +85,46 @@ def container_command(runner: str, image: str, env: dict[str, str], argv: list[s
         return
     config = image_config(image)
     command = [*(entrypoint or config.get("Entrypoint") or []), *argv]
-    container = subprocess.run(["buildah", "from", "--pull-never", image], check=True, capture_output=True,
-                               text=True).stdout.strip()
+    container = subprocess.run(
+        ["buildah", "from", "--pull-never", image], check=True, capture_output=True, text=True
+    ).stdout.strip()
     try:
         if runner == "buildah":
-            yield ["buildah", "run", "--isolation", "chroot", "--network", "host",
-                   *[f"--env={key}={value}" for key, value in env.items()], container, "--", *command]
+            yield [
+                "buildah",
+                "run",
+                "--isolation",
+                "chroot",
+                "--network",
+                "host",
+                *[f"--env={key}={value}" for key, value in env.items()],
+                container,
+                "--",
+                *command,
+            ]
             return
         # chroot: the image's rootfs read-only with a tmpfs at /tmp only, as the image's user, with its env.
-        root = shlex.quote(subprocess.run(["buildah", "mount", container], check=True, capture_output=True,
-                                          text=True).stdout.strip())
+        root = shlex.quote(
+            subprocess.run(["buildah", "mount", container], check=True, capture_output=True, text=True).stdout.strip()
+        )
         full_env = {**dict(item.split("=", 1) for item in config.get("Env") or []), **env}
         workdir = shlex.quote(config.get("WorkingDir") or "/")
-        setup = " && ".join([
-            f"mount --bind {root} {root}",
-            f"mount -o remount,bind,ro {root}",
-            f"mount -t tmpfs -o size=2g,mode=1777 tmpfs {root}/tmp",
-            f"mount -t proc proc {root}/proc",
-            f"mount --rbind /dev {root}/dev",
-            f"mount --rbind /sys {root}/sys",
-            # Prove the root really is read-only before running anything in it.
-            f"! touch {root}/usr/.rw-probe 2>/dev/null",
-            f"exec chroot --userspec={shlex.quote(config.get('User') or '0:0')} {root} /usr/bin/env -i "
-            + " ".join(shlex.quote(f"{key}={value}") for key, value in full_env.items())
-            + " /bin/sh -c " + shlex.quote(f"cd {workdir} && exec {shlex.join(command)}"),
-        ])
+        setup = " && ".join(
+            [
+                f"mount --bind {root} {root}",
+                f"mount -o remount,bind,ro {root}",
+                f"mount -t tmpfs -o size=2g,mode=1777 tmpfs {root}/tmp",
+                f"mount -t proc proc {root}/proc",
+                f"mount --rbind /dev {root}/dev",
+                f"mount --rbind /sys {root}/sys",
+                # Prove the root really is read-only before running anything in it.
+                f"! touch {root}/usr/.rw-probe 2>/dev/null",
+                f"exec chroot --userspec={shlex.quote(config.get('User') or '0:0')} {root} /usr/bin/env -i "
+                + " ".join(shlex.quote(f"{key}={value}") for key, value in full_env.items())
+                + " /bin/sh -c "
+                + shlex.quote(f"cd {workdir} && exec {shlex.join(command)}"),
+            ]
+        )
         yield ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c", setup]
     finally:
         if runner == "chroot":
@@ -136,8 +153,9 @@ def one_job(runner: str, image: str, services: LocalServices, hook_url: str) -> 
     problems: list[str] = []
     job_id = f"smoke-{runner}-{uuid.uuid4().hex[:8]}"
     env = {**services.env(), "CALLBACK_ALLOW_HOSTS": "127.0.0.1", "DEMUCS_DEVICE": "cpu", "MAX_MESSAGES": "1"}
-    s3 = Minio(env["MINIO_ENDPOINT"], access_key=env["MINIO_ACCESS_KEY"], secret_key=env["MINIO_SECRET_KEY"],
-               secure=False)
+    s3 = Minio(
+        env["MINIO_ENDPOINT"], access_key=env["MINIO_ACCESS_KEY"], secret_key=env["MINIO_SECRET_KEY"], secure=False
+    )
     rds = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
     for bucket in ("queue", "output"):
         if not s3.bucket_exists(bucket):
@@ -184,8 +202,9 @@ def http_job(runner: str, image: str, services: LocalServices) -> list[str]:
     problems: list[str] = []
     job_id = f"smoke-http-{runner}-{uuid.uuid4().hex[:8]}"
     env = {**services.env(), "DEMUCS_DEVICE": "cpu"}
-    s3 = Minio(env["MINIO_ENDPOINT"], access_key=env["MINIO_ACCESS_KEY"], secret_key=env["MINIO_SECRET_KEY"],
-               secure=False)
+    s3 = Minio(
+        env["MINIO_ENDPOINT"], access_key=env["MINIO_ACCESS_KEY"], secret_key=env["MINIO_SECRET_KEY"], secure=False
+    )
     song = sample_song.song_mp3(seconds=3.0)
     s3.put_object("queue", f"{job_id}.mp3", io.BytesIO(song), len(song), content_type="audio/mpeg")
     port = free_port()
@@ -205,14 +224,25 @@ def http_job(runner: str, image: str, services: LocalServices) -> list[str]:
                     time.sleep(0.5)
             if not ready:
                 return [f"functions-framework did not answer on {base} (exit {server.poll()})"]
-            event = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "urn:stemworker:smoke",
-                     "type": "io.stemworker.separation.requested", "datacontenttype": "application/json",
-                     "data": {"songhash": job_id}}
+            event = {
+                "specversion": "1.0",
+                "id": str(uuid.uuid4()),
+                "source": "urn:stemworker:smoke",
+                "type": "io.stemworker.separation.requested",
+                "datacontenttype": "application/json",
+                "data": {"songhash": job_id},
+            }
             started = time.monotonic()
-            answer = requests.post(base, data=json.dumps(event), timeout=JOB_TIMEOUT_S,
-                                   headers={"Content-Type": "application/cloudevents+json"})
-            print(f"  POST / -> {answer.status_code} ce-type={answer.headers.get('ce-type')} "
-                  f"after {time.monotonic() - started:.1f} s")
+            answer = requests.post(
+                base,
+                data=json.dumps(event),
+                timeout=JOB_TIMEOUT_S,
+                headers={"Content-Type": "application/cloudevents+json"},
+            )
+            print(
+                f"  POST / -> {answer.status_code} ce-type={answer.headers.get('ce-type')} "
+                f"after {time.monotonic() - started:.1f} s"
+            )
             if answer.status_code != 200:
                 problems.append(f"POST answered {answer.status_code}: {answer.text[:200]}")
         finally:
@@ -226,8 +256,10 @@ def http_job(runner: str, image: str, services: LocalServices) -> list[str]:
 def stop(process: subprocess.Popen) -> str:
     """Stop a server started through a runner and return its output. The chroot runner's server is the init of
     its own pid namespace, and it changed user, so it does not die with `unshare`: signal it directly."""
-    children = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
-                                                    text=True).stdout.split()]
+    children = [
+        int(pid)
+        for pid in subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    ]
     for signal_number in (signal.SIGTERM, signal.SIGKILL):
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
@@ -258,13 +290,22 @@ def check_stems(s3: Minio, job_id: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image", nargs="?", default=os.environ.get("IMAGE_TAG", "stemworker:latest"))
-    parser.add_argument("--runner", default=os.environ.get("SMOKE_RUNNER", "auto"),
-                        choices=["auto", "docker", "podman", "buildah", "chroot"])
+    parser.add_argument(
+        "--runner",
+        default=os.environ.get("SMOKE_RUNNER", "auto"),
+        choices=["auto", "docker", "podman", "buildah", "chroot"],
+    )
     parser.add_argument("--no-http", action="store_true", help="skip the functions-framework check")
     args = parser.parse_args(argv)
     if args.runner == "auto":
-        tool = next((t for t in ("docker", "podman") if shutil.which(t) and
-                     subprocess.run([t, "info"], capture_output=True).returncode == 0), None)
+        tool = next(
+            (
+                t
+                for t in ("docker", "podman")
+                if shutil.which(t) and subprocess.run([t, "info"], capture_output=True).returncode == 0
+            ),
+            None,
+        )
         runners = [tool] if tool else ["buildah", "chroot"]
     else:
         runners = [args.runner]

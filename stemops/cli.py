@@ -125,8 +125,13 @@ def cli(ctx: click.Context) -> None:
 @cli.command()
 @click.option("--watch", is_flag=True, help="refresh in place every --interval seconds until Ctrl-C")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="seconds")
-@click.option("--count", type=click.IntRange(min=0), default=0, show_default=True,
-              help="with --watch: stop after this many refreshes (0: until Ctrl-C)")
+@click.option(
+    "--count",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="with --watch: stop after this many refreshes (0: until Ctrl-C)",
+)
 @json_option
 @click.pass_obj
 def stats(ops: Ops, watch: bool, interval: float, count: int, as_json: bool) -> int:
@@ -182,9 +187,15 @@ def jobs(ops: Ops, state: str | None, limit: int, as_json: bool) -> int:
     waiting = waiting_messages(ops.redis, settings, limit) if state is None else []
     waiting_total = int(ops.redis.llen(settings.queue_key)) if state is None else 0
     if as_json:
-        emit_json({"queue": settings.queue_key, "running": [job.as_dict() for job in running],
-                   "waiting_total": waiting_total, "waiting": [message.as_dict() for message in waiting],
-                   "jobs": [row.as_dict() for row in rows]})
+        emit_json(
+            {
+                "queue": settings.queue_key,
+                "running": [job.as_dict() for job in running],
+                "waiting_total": waiting_total,
+                "waiting": [message.as_dict() for message in waiting],
+                "jobs": [row.as_dict() for row in rows],
+            }
+        )
         return 0
     if running:
         ops.console.print(render.running_view(running))
@@ -213,8 +224,13 @@ def workers(ops: Ops, as_json: bool) -> int:
 @cli.command()
 @click.argument("job_id")
 @click.option("--interval", type=click.FloatRange(min=0.05), default=0.5, show_default=True, help="seconds")
-@click.option("--timeout-s", type=click.FloatRange(min=0), default=3600.0, show_default=True,
-              help="give up (exit 3) after this many seconds")
+@click.option(
+    "--timeout-s",
+    type=click.FloatRange(min=0),
+    default=3600.0,
+    show_default=True,
+    help="give up (exit 3) after this many seconds",
+)
 @json_option
 @click.pass_obj
 def watch(ops: Ops, job_id: str, interval: float, timeout_s: float, as_json: bool) -> int:
@@ -226,8 +242,9 @@ def watch(ops: Ops, job_id: str, interval: float, timeout_s: float, as_json: boo
         raise OpsError(str(err), EXIT_USAGE) from None
     first = status_of(ops.redis, ops.settings, job_id)
     if not first:
-        raise OpsError(f"no status for job {job_id!r} (never queued, expired after STATUS_TTL_S, or a typo)",
-                       EXIT_USAGE)
+        raise OpsError(
+            f"no status for job {job_id!r} (never queued, expired after STATUS_TTL_S, or a typo)", EXIT_USAGE
+        )
     deadline = time.monotonic() + timeout_s
     status = first
     if as_json:
@@ -254,8 +271,13 @@ def watch(ops: Ops, job_id: str, interval: float, timeout_s: float, as_json: boo
             status = status_of(ops.redis, ops.settings, job_id)
         finished(ops, job_id, status)
     else:
-        columns = (TextColumn("[bold]{task.fields[job]}"), TextColumn("{task.fields[state]:<11}"), BarColumn(),
-                   TaskProgressColumn(), TimeElapsedColumn())
+        columns = (
+            TextColumn("[bold]{task.fields[job]}"),
+            TextColumn("{task.fields[state]:<11}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, console=ops.console) as progress:
             task = progress.add_task("job", total=100, job=job_id, state="")
             while True:
@@ -334,15 +356,21 @@ def dead_requeue(ops: Ops, index: int | None, every: bool, as_json: bool) -> int
         emit_json({"requeued": [{"index": x.index, "job_id": x.entry.get("job_id")} for x in moved]})
     else:
         for letter in moved:
-            ops.console.print(f"requeued #{letter.index} job {letter.entry.get('job_id') or '(no id)'} "
-                              f"at the head of {ops.settings.queue_key}")
+            ops.console.print(
+                f"requeued #{letter.index} job {letter.entry.get('job_id') or '(no id)'} "
+                f"at the head of {ops.settings.queue_key}"
+            )
         ops.console.print(f"{len(moved)} dead letter(s) requeued")
     return 0
 
 
 @dead.command("purge")
-@click.option("--older-than", "older_than", metavar="DURATION",
-              help="only letters that failed longer ago than this: 90s, 30m, 12h, 7d, 2w")
+@click.option(
+    "--older-than",
+    "older_than",
+    metavar="DURATION",
+    help="only letters that failed longer ago than this: 90s, 30m, 12h, 7d, 2w",
+)
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
 @json_option
 @click.pass_obj
@@ -354,8 +382,7 @@ def dead_purge(ops: Ops, older_than: str | None, yes: bool, as_json: bool) -> in
         raise click.BadParameter(str(err), param_hint="--older-than") from None
     total, _ = deadletters.list_dead(ops.redis, ops.settings, 1)
     which = "every dead letter" if older_than is None else f"dead letters older than {older_than}"
-    if not yes and not click.confirm(f"Delete {which} from {ops.settings.queue_key}:dead ({total} in all)?",
-                                     err=True):
+    if not yes and not click.confirm(f"Delete {which} from {ops.settings.queue_key}:dead ({total} in all)?", err=True):
         raise OpsError("purge not confirmed; nothing deleted")
     removed = deadletters.purge(ops.redis, ops.settings, older_than_s)
     if as_json:
@@ -368,10 +395,14 @@ def dead_purge(ops: Ops, older_than: str | None, yes: bool, as_json: bool) -> in
 # ------------------------------------------------------------------------------------------------ flood
 @cli.command("flood")
 @click.option("--count", type=click.IntRange(min=1), default=10, show_default=True, help="distinct jobs to push")
-@click.option("--song", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="MP3 to upload (default: a generated clip; needs the workbench, which the image lacks)")
-@click.option("--seconds", type=click.FloatRange(min=0.5), default=3.0, show_default=True,
-              help="length of the generated clip")
+@click.option(
+    "--song",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="MP3 to upload (default: a generated clip; needs the workbench, which the image lacks)",
+)
+@click.option(
+    "--seconds", type=click.FloatRange(min=0.5), default=3.0, show_default=True, help="length of the generated clip"
+)
 @click.option("--id", "base_id", help="job id base: ids are BASE-0 .. BASE-<count-1> (default: flood-<random>)")
 @click.option("--form", type=click.Choice(flood.FORMS), default="json", show_default=True, help="message form")
 @click.option("--model", help="model name")
@@ -379,19 +410,42 @@ def dead_purge(ops: Ops, older_than: str | None, yes: bool, as_json: bool) -> in
 @click.option("--two-stems", type=click.Choice(STEMS), help="one stem and the rest mixed")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), help="stem format")
 @click.option("--callback", help="webhook URL")
-@click.option("--distinct", is_flag=True,
-              help="upload a different (inaudibly dithered) copy per job, so the result cache serves none of them")
+@click.option(
+    "--distinct",
+    is_flag=True,
+    help="upload a different (inaudibly dithered) copy per job, so the result cache serves none of them",
+)
 @click.option("--wait", is_flag=True, help="follow the jobs until each is done or failed")
 @click.option("--timeout-s", type=click.FloatRange(min=0), default=900.0, show_default=True, help="--wait deadline")
 @json_option
 @click.pass_obj
-def flood_command(ops: Ops, count: int, song: Path | None, seconds: float, base_id: str | None, form: str,
-                  model: str | None, stems: str | None, two_stems: str | None, fmt: str | None,
-                  callback: str | None, distinct: bool, wait: bool, timeout_s: float, as_json: bool) -> int:
+def flood_command(
+    ops: Ops,
+    count: int,
+    song: Path | None,
+    seconds: float,
+    base_id: str | None,
+    form: str,
+    model: str | None,
+    stems: str | None,
+    two_stems: str | None,
+    fmt: str | None,
+    callback: str | None,
+    distinct: bool,
+    wait: bool,
+    timeout_s: float,
+    as_json: bool,
+) -> int:
     """Load test: upload one song, copy it server-side to COUNT job ids, mark them queued and push their
     messages (as scripts/send-request.py --count does); --wait follows them to the end."""
-    options = flood.JobOptions(form=form, model=model, callback=callback, two_stems=two_stems, format=fmt,
-                               stems=tuple(s.strip() for s in stems.split(",") if s.strip()) if stems else None)
+    options = flood.JobOptions(
+        form=form,
+        model=model,
+        callback=callback,
+        two_stems=two_stems,
+        format=fmt,
+        stems=tuple(s.strip() for s in stems.split(",") if s.strip()) if stems else None,
+    )
     if form == "bare" and options.extras():
         raise click.UsageError(f"a bare id message carries only the id; drop {options.extras()} or use --form json")
     settings = ops.settings
@@ -407,16 +461,26 @@ def flood_command(ops: Ops, count: int, song: Path | None, seconds: float, base_
     flood.push(ops.redis, settings, ids, messages)
     summary: dict[str, Any] = {"queue": settings.queue_key, "pushed": len(ids), "ids": ids, "song_bytes": len(data)}
     if not as_json:
-        click.echo(f"pushed {len(ids)} {form} message(s) onto {settings.queue_key}: {ids[0]}"
-                   + (f" .. {ids[-1]}" if len(ids) > 1 else ""), err=True)
+        click.echo(
+            f"pushed {len(ids)} {form} message(s) onto {settings.queue_key}: {ids[0]}"
+            + (f" .. {ids[-1]}" if len(ids) > 1 else ""),
+            err=True,
+        )
     if not wait:
         if as_json:
             emit_json(summary)
         return 0
     result = flood.follow(ops.redis, settings, ids, timeout_s, out=sys.stderr)
     if as_json:
-        emit_json({**summary, "done": result.done, "failed": result.failed, "unfinished": result.unfinished,
-                   "seconds": round(result.seconds, 3)})
+        emit_json(
+            {
+                **summary,
+                "done": result.done,
+                "failed": result.failed,
+                "unfinished": result.unfinished,
+                "seconds": round(result.seconds, 3),
+            }
+        )
     return 0 if result.done == len(ids) else EXIT_FAILED
 
 
@@ -425,8 +489,10 @@ def generated_song(seconds: float) -> bytes:
     try:
         from workbench import sample_song
     except ImportError:
-        raise OpsError("no --song given, and the song generator (workbench/, not in the image) is not "
-                       "installed: pass --song FILE", EXIT_USAGE) from None
+        raise OpsError(
+            "no --song given, and the song generator (workbench/, not in the image) is not installed: pass --song FILE",
+            EXIT_USAGE,
+        ) from None
     return sample_song.song_mp3(seconds=seconds)
 
 
@@ -459,10 +525,20 @@ def exporter(ops: Ops, port: int | None, address: str) -> int:
 
 # ------------------------------------------------------------------------------------------------ doctor
 @cli.command()
-@click.option("--watch", "watch_mode", is_flag=True,
-              help="observe one song submitted through the REST tier and print the settings that serve it")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=300.0, show_default=True,
-              help="with --watch: seconds to wait for the submission")
+@click.option(
+    "--watch",
+    "watch_mode",
+    is_flag=True,
+    help="observe one song submitted through the REST tier and print the settings that serve it",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="with --watch: seconds to wait for the submission",
+)
 @click.option("--no-model", is_flag=True, help="skip loading the model")
 @json_option
 @click.pass_obj
@@ -481,8 +557,7 @@ def doctor(ops: Ops, watch_mode: bool, timeout_s: float, no_model: bool, as_json
             for check in checks:
                 click.echo(f"{check.level:<5} {check.name:<14} {check.detail}")
         return 0 if all(check.level != "fail" for check in checks) else EXIT_FAILED
-    click.echo(f"stemworker doctor: watching Redis for {timeout_s:g} s: submit one song through the tier now",
-               err=True)
+    click.echo(f"stemworker doctor: watching Redis for {timeout_s:g} s: submit one song through the tier now", err=True)
     try:
         _, profile = doctor_checks.watch_tier(settings, timeout_s)
     except NothingSeen as err:
@@ -530,8 +605,10 @@ def failure_line(err: Exception) -> str:
             where = redacted(load_settings().redis_connection_url)
         except ConfigError:
             where = "(unreadable settings)"
-        return (f"cannot reach Redis at {where}: {text}. Is Redis running where the settings say "
-                "(REDIS_URL, or REDIS_HOST and REDIS_PORT)?")
+        return (
+            f"cannot reach Redis at {where}: {text}. Is Redis running where the settings say "
+            "(REDIS_URL, or REDIS_HOST and REDIS_PORT)?"
+        )
     return f"{type(err).__name__}: {text}"
 
 

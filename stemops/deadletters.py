@@ -117,9 +117,11 @@ def requeue(client: redis.Redis, settings: Settings, index: int | None) -> list[
             raise NoSuchEntry(f"no dead letter #{index} in {key} (it holds {len(raws)})")
         chosen = [index] if index is not None else list(range(len(raws)))
         if index is not None and _parse(index, raws[index]).entry.get("truncated"):
-            raise CutMessage(f"dead letter #{index} keeps only the first part of its message "
-                             f"({_parse(index, raws[index]).entry.get('message_bytes')} bytes): resubmit it from "
-                             "its source")
+            raise CutMessage(
+                f"dead letter #{index} keeps only the first part of its message "
+                f"({_parse(index, raws[index]).entry.get('message_bytes')} bytes): resubmit it from "
+                "its source"
+            )
         chosen = [position for position in chosen if not _parse(position, raws[position]).entry.get("truncated")]
         pipe.multi()
         # Oldest first, each pushed to the head: with --all the newest letter is claimed first.
@@ -133,10 +135,13 @@ def requeue(client: redis.Redis, settings: Settings, index: int | None) -> list[
     client.transaction(move, key)
     log = _event_log(client, settings)
     for letter in moved:
-        log.info(f"stemworker dead requeue: job {letter.entry.get('job_id') or '(no id)'} put back at the head of "
-                 f"{settings.queue_key} with its attempts reset (it had failed after "
-                 f"{letter.entry.get('attempts', '?')} attempt(s): {letter.entry.get('error', '')})",
-                 stage="requeued", job_id=letter.entry.get("job_id"))
+        log.info(
+            f"stemworker dead requeue: job {letter.entry.get('job_id') or '(no id)'} put back at the head of "
+            f"{settings.queue_key} with its attempts reset (it had failed after "
+            f"{letter.entry.get('attempts', '?')} attempt(s): {letter.entry.get('error', '')})",
+            stage="requeued",
+            job_id=letter.entry.get("job_id"),
+        )
     return moved
 
 

@@ -63,15 +63,22 @@ def check_s3(s3: Minio, settings: Settings) -> list[Check]:
     except (MinioException, urllib3.exceptions.HTTPError, ValueError) as err:
         return [Check("s3", "fail", f"cannot list buckets at {settings.s3_endpoint}: {type(err).__name__}: {err}")]
     checks = [Check("s3", "ok", f"answers at {settings.s3_endpoint} ({len(names)} buckets)")]
-    for name, bucket, missing in (("input bucket", settings.input_bucket, "fail"),
-                                  ("output bucket", settings.output_bucket, "warn")):
+    for name, bucket, missing in (
+        ("input bucket", settings.input_bucket, "fail"),
+        ("output bucket", settings.output_bucket, "warn"),
+    ):
         if "{" in bucket:
             checks.append(Check(name, "ok", f"template {bucket!r}: rendered per job (checked at start)"))
         elif bucket in names:
             checks.append(Check(name, "ok", f"{bucket} exists"))
         elif missing == "fail":
-            checks.append(Check(name, "fail", f"{bucket} does not exist: where does the tier upload? "
-                                              "(`stemworker doctor --watch` finds out)"))
+            checks.append(
+                Check(
+                    name,
+                    "fail",
+                    f"{bucket} does not exist: where does the tier upload? (`stemworker doctor --watch` finds out)",
+                )
+            )
         else:
             checks.append(Check(name, "warn", f"{bucket} does not exist yet: the first job creates it"))
     return checks
@@ -92,8 +99,10 @@ def check_model(settings: Settings) -> Check:
 
 def check_claim_wait(client: redis.Redis, settings: Settings) -> Check:
     block_s = block_slice_s(settings.redis_timeout_s)
-    detail = (f"CLAIM_WAIT_S={settings.claim_wait_s:g} is waited in BLMOVEs of at most {block_s:g} s, "
-              f"under the socket timeout REDIS_TIMEOUT_S={settings.redis_timeout_s:g}")
+    detail = (
+        f"CLAIM_WAIT_S={settings.claim_wait_s:g} is waited in BLMOVEs of at most {block_s:g} s, "
+        f"under the socket timeout REDIS_TIMEOUT_S={settings.redis_timeout_s:g}"
+    )
     if block_s >= settings.redis_timeout_s:
         return Check("claim wait", "warn", f"{detail}: too short for a blocking wait; raise REDIS_TIMEOUT_S")
     return Check("claim wait", "ok", detail)
@@ -131,8 +140,12 @@ def check_queue(client: redis.Redis, settings: Settings) -> Check:
     if others:
         name, count, parses = others[0]
         what = "messages the worker reads as jobs" if parses else "entries"
-        return Check("queue", "warn", f"{settings.queue_key} {'is empty' if kind == 'list' else 'does not exist'}, but "
-                                      f"{name} holds {count} {what}: is that the tier's queue? Set QUEUE_KEY={name}")
+        return Check(
+            "queue",
+            "warn",
+            f"{settings.queue_key} {'is empty' if kind == 'list' else 'does not exist'}, but "
+            f"{name} holds {count} {what}: is that the tier's queue? Set QUEUE_KEY={name}",
+        )
     if kind == "none":
         return Check("queue", "ok", f"{settings.queue_key} does not exist yet (empty); no other list holds messages")
     return Check("queue", "ok", f"{settings.queue_key} holds {length} message{'s' if length != 1 else ''}")
@@ -175,8 +188,10 @@ def watch_text(how: str, profile: Profile) -> list[str]:
     if "status" in seen:
         lines.append(f"# status hash: {seen['status']['key']} {seen['status']['fields']}")
     if seen.get("unread_fields"):
-        lines.append(f"# message fields the worker does not read: {', '.join(seen['unread_fields'])} (it reads the id, "
-                     "model, format, callback, stems, two_stems, bucket, key and object_name)")
+        lines.append(
+            f"# message fields the worker does not read: {', '.join(seen['unread_fields'])} (it reads the id, "
+            "model, format, callback, stems, two_stems, bucket, key and object_name)"
+        )
     lines += [f"#   {name}: {reason}" for name, reason in profile.reasons.items() if reason]
     lines += [f"# PROBLEM: {problem}" for problem in profile.problems]
     lines += profile.env_lines()

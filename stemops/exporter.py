@@ -37,22 +37,31 @@ class ExporterCollector(MetricsCollector):
     def families(self) -> Iterator[Metric]:
         started = time.monotonic()
         yield from super().families()
-        yield GaugeMetricFamily("stemworker_jobs_running", "Jobs running now (live leases on claimed messages)",
-                                value=running_jobs(self.client, self.settings.queue_key))
+        yield GaugeMetricFamily(
+            "stemworker_jobs_running",
+            "Jobs running now (live leases on claimed messages)",
+            value=running_jobs(self.client, self.settings.queue_key),
+        )
         age = oldest_waiting_age_s(self.client, self.settings)
-        oldest = GaugeMetricFamily("stemworker_queue_oldest_waiting_age_seconds",
-                                   "Seconds since an observer first saw the message at the claim end waiting "
-                                   "(absent when the queue is empty or that message was never seen arriving)")
+        oldest = GaugeMetricFamily(
+            "stemworker_queue_oldest_waiting_age_seconds",
+            "Seconds since an observer first saw the message at the claim end waiting "
+            "(absent when the queue is empty or that message was never seen arriving)",
+        )
         if age is not None:
             oldest.add_metric([], age)
         yield oldest
         if self.settings.scaledjob_max_replicas is not None:
-            yield GaugeMetricFamily("stemworker_scaledjob_max_replicas",
-                                    "The ScaledJob's maxReplicaCount (SCALEDJOB_MAX_REPLICAS)",
-                                    value=self.settings.scaledjob_max_replicas)
-        yield GaugeMetricFamily("stemworker_exporter_scrape_duration_seconds",
-                                "Seconds the exporter took to read Redis for this scrape",
-                                value=time.monotonic() - started)
+            yield GaugeMetricFamily(
+                "stemworker_scaledjob_max_replicas",
+                "The ScaledJob's maxReplicaCount (SCALEDJOB_MAX_REPLICAS)",
+                value=self.settings.scaledjob_max_replicas,
+            )
+        yield GaugeMetricFamily(
+            "stemworker_exporter_scrape_duration_seconds",
+            "Seconds the exporter took to read Redis for this scrape",
+            value=time.monotonic() - started,
+        )
 
 
 def scrape_call_timeout_s(settings: Settings) -> float:
@@ -64,17 +73,23 @@ def scrape_client(settings: Settings) -> redis.Redis:
     """The exporter's own Redis client: every call (and every connect) times out after `scrape_call_timeout_s`
     and none is retried, so a hung Redis costs a scrape one timeout, not the worker client's retries."""
     timeout = scrape_call_timeout_s(settings)
-    return redis.Redis.from_url(settings.redis_connection_url, socket_timeout=timeout,
-                                socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0), retry_on_error=[],
-                                health_check_interval=0)
+    return redis.Redis.from_url(
+        settings.redis_connection_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_error=[],
+        health_check_interval=0,
+    )
 
 
 def exporter_registry(client: redis.Redis, settings: Settings) -> CollectorRegistry:
     return registry_with(ExporterCollector(client, settings, budget_s=settings.exporter_scrape_budget_s))
 
 
-def serve(client: redis.Redis, settings: Settings, port: int, address: str = "0.0.0.0",
-          stop: threading.Event | None = None) -> WSGIServer:
+def serve(
+    client: redis.Redis, settings: Settings, port: int, address: str = "0.0.0.0", stop: threading.Event | None = None
+) -> WSGIServer:
     """Serve `/metrics` on `address:port` in a background thread; blocks until `stop` is set when one is given
     (returns the server at once otherwise)."""
     server, thread = start_http_server(port, addr=address, registry=exporter_registry(client, settings))

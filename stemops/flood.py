@@ -149,8 +149,9 @@ class FollowResult:
     seconds: float
 
 
-def follow(client: redis.Redis, settings: Settings, ids: list[str], timeout_s: float,
-           out: TextIO | None = None) -> FollowResult:
+def follow(
+    client: redis.Redis, settings: Settings, ids: list[str], timeout_s: float, out: TextIO | None = None
+) -> FollowResult:
     """Print each state change of the jobs to `out` (stderr) until all are done or failed, or the deadline passes."""
     out = out or sys.stderr
     started = time.monotonic()
@@ -173,6 +174,9 @@ def follow(client: redis.Redis, settings: Settings, ids: list[str], timeout_s: f
         time.sleep(POLL_S)
     done, failed = states.count(State.DONE.value), states.count(State.FAILED.value)
     result = FollowResult(done, failed, len(ids) - done - failed, time.monotonic() - started)
-    print(f"{result.done} done, {result.failed} failed, {result.unfinished} unfinished after {result.seconds:.2f} s",
-          file=out, flush=True)
+    print(
+        f"{result.done} done, {result.failed} failed, {result.unfinished} unfinished after {result.seconds:.2f} s",
+        file=out,
+        flush=True,
+    )
     return result

@@ -53,8 +53,14 @@ def running_now(client: redis.Redis, settings: Settings) -> list[RunningJob]:
             percent = int(float(progress)) if known and progress else None
         except ValueError:
             percent = None
-        rows.append(RunningJob(job_id=claim.job_id, pod=claim.pod,
-                               age_s=None if claim.age_s is None else round(claim.age_s, 3),
-                               lease_left_s=round(claim.lease_left_s, 3),
-                               state=state.decode() if known and state else None, progress=percent))
+        rows.append(
+            RunningJob(
+                job_id=claim.job_id,
+                pod=claim.pod,
+                age_s=None if claim.age_s is None else round(claim.age_s, 3),
+                lease_left_s=round(claim.lease_left_s, 3),
+                state=state.decode() if known and state else None,
+                progress=percent,
+            )
+        )
     return rows

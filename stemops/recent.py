@@ -69,10 +69,17 @@ class JobRow:
             except (KeyError, ValueError):
                 return None
 
-        return cls(id=job_id, state=status.get("state", GONE), progress=number("progress", int),
-                   model=status.get("model"), audio_seconds=number("audio_seconds", float),
-                   seconds=seconds_taken(status, now), attempts=number("attempts", int),
-                   error=status.get("error"), updated_at=updated_at)
+        return cls(
+            id=job_id,
+            state=status.get("state", GONE),
+            progress=number("progress", int),
+            model=status.get("model"),
+            audio_seconds=number("audio_seconds", float),
+            seconds=seconds_taken(status, now),
+            attempts=number("attempts", int),
+            error=status.get("error"),
+            updated_at=updated_at,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,5 +153,7 @@ def ended_since(client: redis.Redis, settings: Settings, since: float) -> list[d
         for job_id in ids:
             pipe.hmget(keys.status_key(settings.status_key, job_id), "state", "seconds", "cached")
         values = pipe.execute()
-    return [{"state": (s or b"").decode(), "seconds": (sec or b"").decode(), "cached": (hit or b"").decode()}
-            for s, sec, hit in values]
+    return [
+        {"state": (s or b"").decode(), "seconds": (sec or b"").decode(), "cached": (hit or b"").decode()}
+        for s, sec, hit in values
+    ]

@@ -20,8 +20,14 @@ from stemops.stats import Stats
 from stemops.waiting import WaitingMessage
 from stemops.workers import WorkerRow
 
-STATE_STYLES = {State.DONE.value: "green", State.FAILED.value: "red", State.QUEUED.value: "dim",
-                State.DOWNLOADING.value: "cyan", State.SEPARATING.value: "cyan", State.UPLOADING.value: "cyan"}
+STATE_STYLES = {
+    State.DONE.value: "green",
+    State.FAILED.value: "red",
+    State.QUEUED.value: "dim",
+    State.DOWNLOADING.value: "cyan",
+    State.SEPARATING.value: "cyan",
+    State.UPLOADING.value: "cyan",
+}
 ERROR_WIDTH = 60
 
 
@@ -61,19 +67,31 @@ def duration(value: float | None) -> str:
 
 def stats_view(stats: Stats) -> Table | Group:
     stamp = time.strftime("%H:%M:%S", time.localtime(stats.at))
-    table = Table(title=f"stemworker · queue {escape(stats.queue)} · {stamp}", show_header=False, box=None,
-                  title_justify="left", padding=(0, 2))
+    table = Table(
+        title=f"stemworker · queue {escape(stats.queue)} · {stamp}",
+        show_header=False,
+        box=None,
+        title_justify="left",
+        padding=(0, 2),
+    )
     for _ in range(4):
         table.add_column()
     table.add_row("waiting", str(stats.waiting), "oldest waiting", seconds(stats.oldest_waiting_s, 1))
     table.add_row("processing", str(stats.processing), "running (leases)", str(stats.running))
     table.add_row("dead letters", Text(str(stats.dead), style="red" if stats.dead else ""), "", "")
-    table.add_row("last hour", f"done {stats.done_last_hour} ({stats.cached_last_hour} cached)",
-                  f"failed {stats.failed_last_hour}",
-                  f"median job {seconds(stats.median_job_s_last_hour)}")
+    table.add_row(
+        "last hour",
+        f"done {stats.done_last_hour} ({stats.cached_last_hour} cached)",
+        f"failed {stats.failed_last_hour}",
+        f"median job {seconds(stats.median_job_s_last_hour)}",
+    )
     if stats.redis_persistence:
-        table.add_row("redis persistence", Text(stats.redis_persistence,
-                                                style="bold red" if stats.redis_persistence_none else ""), "", "")
+        table.add_row(
+            "redis persistence",
+            Text(stats.redis_persistence, style="bold red" if stats.redis_persistence_none else ""),
+            "",
+            "",
+        )
     if not stats.running_jobs:
         return table
     return Group(table, running_view(list(stats.running_jobs)))
@@ -81,23 +99,39 @@ def stats_view(stats: Stats) -> Table | Group:
 
 def running_view(rows: list[RunningJob]) -> Table:
     """Running jobs: the pod running each and for how long."""
-    table = Table(title=f"{len(rows)} running job(s), longest first", title_justify="left", box=box.SIMPLE_HEAD,
-                  pad_edge=False)
-    for name, justify in (("id", "left"), ("pod", "left"), ("state", "left"), ("%", "right"), ("running", "right"),
-                          ("lease left", "right")):
+    table = Table(
+        title=f"{len(rows)} running job(s), longest first", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
+    )
+    for name, justify in (
+        ("id", "left"),
+        ("pod", "left"),
+        ("state", "left"),
+        ("%", "right"),
+        ("running", "right"),
+        ("lease left", "right"),
+    ):
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for row in rows:
-        table.add_row(row.job_id or "-", row.pod or "-", state_text(row.state or "-"),
-                      "-" if row.progress is None else f"{row.progress}%", duration(row.age_s),
-                      duration(row.lease_left_s))
+        table.add_row(
+            row.job_id or "-",
+            row.pod or "-",
+            state_text(row.state or "-"),
+            "-" if row.progress is None else f"{row.progress}%",
+            duration(row.age_s),
+            duration(row.lease_left_s),
+        )
     return table
 
 
 def waiting_view(rows: list[WaitingMessage], total: int) -> Table:
     """Messages queued and not started, next to be claimed first."""
     shown = "all shown" if len(rows) >= total else f"next {len(rows)} shown"
-    table = Table(title=f"{total} waiting message(s), next first ({shown})", title_justify="left",
-                  box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(
+        title=f"{total} waiting message(s), next first ({shown})",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     for name, justify in (("#", "right"), ("id", "left"), ("waiting", "right")):
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for row in rows:
@@ -107,16 +141,28 @@ def waiting_view(rows: list[WaitingMessage], total: int) -> Table:
 
 def workers_view(rows: list[WorkerRow]) -> Table:
     """Live runners by pod, with the job each holds."""
-    table = Table(title=f"{len(rows)} runner pod(s) holding a job", title_justify="left", box=box.SIMPLE_HEAD,
-                  pad_edge=False)
-    for name, justify in (("pod", "left"), ("job", "left"), ("state", "left"), ("%", "right"), ("running", "right"),
-                          ("lease left", "right")):
+    table = Table(
+        title=f"{len(rows)} runner pod(s) holding a job", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
+    )
+    for name, justify in (
+        ("pod", "left"),
+        ("job", "left"),
+        ("state", "left"),
+        ("%", "right"),
+        ("running", "right"),
+        ("lease left", "right"),
+    ):
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for worker in rows:
         for job in worker.jobs:
-            table.add_row(worker.pod, job.job_id or "-", state_text(job.state or "-"),
-                          "-" if job.progress is None else f"{job.progress}%", duration(job.age_s),
-                          duration(job.lease_left_s))
+            table.add_row(
+                worker.pod,
+                job.job_id or "-",
+                state_text(job.state or "-"),
+                "-" if job.progress is None else f"{job.progress}%",
+                duration(job.age_s),
+                duration(job.lease_left_s),
+            )
     return table
 
 
@@ -137,13 +183,34 @@ def _fitted(table: Table, header: list[tuple[str, str]], cells: list[list[str | 
 def jobs_view(rows: list[JobRow], width: int) -> Table:
     now = time.time()
     cells: list[list[str | Text]]
-    cells = [[row.id, state_text(row.state), "-" if row.progress is None else f"{row.progress}%", row.model or "-",
-              seconds(row.audio_seconds, 1), seconds(row.seconds), "-" if row.attempts is None else str(row.attempts),
-              ago(row.updated_at, now), clip(row.error)] for row in rows]
-    header = [("id", "left"), ("state", "left"), ("%", "right"), ("model", "left"), ("audio", "right"),
-              ("time", "right"), ("try", "right"), ("ago", "right"), ("error", "left")]
-    table = Table(title=f"{len(rows)} recent job(s), newest first", title_justify="left", box=box.SIMPLE_HEAD,
-                  pad_edge=False)
+    cells = [
+        [
+            row.id,
+            state_text(row.state),
+            "-" if row.progress is None else f"{row.progress}%",
+            row.model or "-",
+            seconds(row.audio_seconds, 1),
+            seconds(row.seconds),
+            "-" if row.attempts is None else str(row.attempts),
+            ago(row.updated_at, now),
+            clip(row.error),
+        ]
+        for row in rows
+    ]
+    header = [
+        ("id", "left"),
+        ("state", "left"),
+        ("%", "right"),
+        ("model", "left"),
+        ("audio", "right"),
+        ("time", "right"),
+        ("try", "right"),
+        ("ago", "right"),
+        ("error", "left"),
+    ]
+    table = Table(
+        title=f"{len(rows)} recent job(s), newest first", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
+    )
     return _fitted(table, header, cells, width)
 
 
@@ -151,13 +218,31 @@ def dead_view(total: int, letters: list[DeadLetter], width: int) -> Table:
     shown = f"{len(letters)} shown" if len(letters) < total else "all shown"
     now = time.time()
     cells: list[list[str | Text]]
-    cells = [[str(x.index), ago(x.failed_at, now), str(x.entry.get("job_id") or "-"),
-              str(x.entry.get("error_type", "-")), str(x.entry.get("attempts", "-")), clip(x.entry.get("error"))]
-             for x in letters]
-    header = [("#", "right"), ("ago", "right"), ("job", "left"), ("error type", "left"), ("try", "right"),
-              ("error", "left")]
-    table = Table(title=f"{total} dead letter(s), oldest first ({shown})", title_justify="left", box=box.SIMPLE_HEAD,
-                  pad_edge=False)
+    cells = [
+        [
+            str(x.index),
+            ago(x.failed_at, now),
+            str(x.entry.get("job_id") or "-"),
+            str(x.entry.get("error_type", "-")),
+            str(x.entry.get("attempts", "-")),
+            clip(x.entry.get("error")),
+        ]
+        for x in letters
+    ]
+    header = [
+        ("#", "right"),
+        ("ago", "right"),
+        ("job", "left"),
+        ("error type", "left"),
+        ("try", "right"),
+        ("error", "left"),
+    ]
+    table = Table(
+        title=f"{total} dead letter(s), oldest first ({shown})",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     return _fitted(table, header, cells, width)
 
 

@@ -58,9 +58,19 @@ def gather(client: redis.Redis, settings: Settings) -> Stats:
     times = [float(job["seconds"]) for job in done if job["seconds"]]
     failed = sum(1 for job in recent if job["state"] == State.FAILED.value)
     persistence = read_persistence(client)
-    return Stats(redis_persistence=persistence.describe(), redis_persistence_none=persistence.none,
-                 queue=settings.queue_key, waiting=waiting, processing=processing, dead=dead, running=running,
-                 oldest_waiting_s=oldest, done_last_hour=len(done),
-                 cached_last_hour=sum(1 for job in done if job["cached"] == "1"), failed_last_hour=failed,
-                 median_job_s_last_hour=statistics.median(times) if times else None, at=now,
-                 running_jobs=running_list)
+    return Stats(
+        redis_persistence=persistence.describe(),
+        redis_persistence_none=persistence.none,
+        queue=settings.queue_key,
+        waiting=waiting,
+        processing=processing,
+        dead=dead,
+        running=running,
+        oldest_waiting_s=oldest,
+        done_last_hour=len(done),
+        cached_last_hour=sum(1 for job in done if job["cached"] == "1"),
+        failed_last_hour=failed,
+        median_job_s_last_hour=statistics.median(times) if times else None,
+        at=now,
+        running_jobs=running_list,
+    )

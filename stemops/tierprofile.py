@@ -36,8 +36,23 @@ from stemops.tierwatch import EXPIRES, HASH_WRITES, PUSHES, Command
 # Objects listed per bucket, at most, while looking for the song (the newest matching key wins).
 MAX_LISTED_PER_BUCKET = 20_000
 # Values a tier's own status field holds for a job it has just queued.
-QUEUED_WORDS = frozenset({"queued", "pending", "waiting", "submitted", "new", "created", "received", "uploaded",
-                          "accepted", "todo", "processing", "in_queue", "enqueued"})
+QUEUED_WORDS = frozenset(
+    {
+        "queued",
+        "pending",
+        "waiting",
+        "submitted",
+        "new",
+        "created",
+        "received",
+        "uploaded",
+        "accepted",
+        "todo",
+        "processing",
+        "in_queue",
+        "enqueued",
+    }
+)
 STATE_FIELD_NAMES = ("state", "status", "job_status", "jobstatus", "stage")
 # Message fields the worker reads (function/messages.py, function/tier.py), besides the id.
 READ_FIELDS = frozenset({"model", "format", "callback", "stems", "two_stems", "bucket", "key", "object_name"})
@@ -46,8 +61,17 @@ UPLOAD_WAIT_S = 5.0
 # Pushed values weighed as the job, at most (the first ones pushed).
 MAX_CANDIDATES = 10
 # Settings in the order the block prints them.
-ORDER = ("QUEUE_KEY", "QUEUE_POP", "INPUT_BUCKET", "INPUT_KEY", "INPUT_BUCKETS", "STATUS_KEY", "STATE_FIELDS",
-         "MODEL_ALIASES", "CALLBACK_ALLOW_HOSTS")
+ORDER = (
+    "QUEUE_KEY",
+    "QUEUE_POP",
+    "INPUT_BUCKET",
+    "INPUT_KEY",
+    "INPUT_BUCKETS",
+    "STATUS_KEY",
+    "STATE_FIELDS",
+    "MODEL_ALIASES",
+    "CALLBACK_ALLOW_HOSTS",
+)
 
 
 @dataclass
@@ -77,9 +101,14 @@ class Profile:
         return lines
 
     def as_dict(self) -> dict[str, Any]:
-        return {"block": dict(self.ordered()), "reasons": self.reasons,
-                "undetermined": [{"line": line, "why": why} for line, why in self.undetermined],
-                "problems": self.problems, "observed": self.observed, "ok": not self.problems}
+        return {
+            "block": dict(self.ordered()),
+            "reasons": self.reasons,
+            "undetermined": [{"line": line, "why": why} for line, why in self.undetermined],
+            "problems": self.problems,
+            "observed": self.observed,
+            "ok": not self.problems,
+        }
 
 
 # Values written as they are: a shell does no brace expansion in an assignment, and env files (docker --env-file,
@@ -127,7 +156,8 @@ def find_submissions(commands: list[Command], settings: Settings, profile: Profi
             job_id = job_id_or_none(event)
             if job_id is None:
                 profile.observed.setdefault("other_pushes", []).append(
-                    f"{command.name} {queue} {_text(raw)[:120]!r}: no id the worker reads ({', '.join(ID_FIELDS)})")
+                    f"{command.name} {queue} {_text(raw)[:120]!r}: no id the worker reads ({', '.join(ID_FIELDS)})"
+                )
                 continue
             try:
                 decoded = json.loads(raw)
@@ -144,24 +174,28 @@ def named_input(fields: dict[str, Any]) -> tuple[str | None, str | None]:
     return (bucket if isinstance(bucket, str) else None), (key if isinstance(key, str) else None)
 
 
-def choose(candidates: list[Submission], commands: list[Command], settings: Settings, s3: Minio
-           ) -> tuple[Submission, tuple[str, str] | None]:
+def choose(
+    candidates: list[Submission], commands: list[Command], settings: Settings, s3: Minio
+) -> tuple[Submission, tuple[str, str] | None]:
     """The job among the pushed values, with its song when found: the one whose song is in S3 first, then one not
     pushed onto LOG_KEY, then a JSON object over a bare id, then one whose id names a hash the tier wrote."""
     hashed = [_text(c.key or b"") for c in commands if c.name in HASH_WRITES]
     best: tuple[int, int, Submission, tuple[str, str] | None] | None = None
     for order, candidate in enumerate(candidates):
         where = locate_object(s3, candidate.job_id, *named_input(candidate.fields))
-        score = (4 * (where is not None) + 2 * (candidate.queue != settings.log_key) + bool(candidate.fields)
-                 + any(candidate.job_id in key for key in hashed))
+        score = (
+            4 * (where is not None)
+            + 2 * (candidate.queue != settings.log_key)
+            + bool(candidate.fields)
+            + any(candidate.job_id in key for key in hashed)
+        )
         if best is None or score > best[0]:
             best = (score, order, candidate, where)
     assert best is not None
     return best[2], best[3]
 
 
-def locate_object(s3: Minio, job_id: str, named_bucket: str | None, named_key: str | None
-                  ) -> tuple[str, str] | None:
+def locate_object(s3: Minio, job_id: str, named_bucket: str | None, named_key: str | None) -> tuple[str, str] | None:
     """Where the song is: the message's own bucket and key when both are given and exist; else the newest object
     whose bucket or key holds the id (buckets named after the id searched first), restricted to the message's
     bucket or key when it names one."""
@@ -216,8 +250,9 @@ def _status_writes(commands: list[Command], job_id: str) -> tuple[str | None, di
             continue
         if command.name in HASH_WRITES and len(command.args) >= 3:
             pairs = command.args[1:]
-            hashes.setdefault(name, {}).update({_text(pairs[i]): _text(pairs[i + 1])
-                                                for i in range(0, len(pairs) - 1, 2)})
+            hashes.setdefault(name, {}).update(
+                {_text(pairs[i]): _text(pairs[i + 1]) for i in range(0, len(pairs) - 1, 2)}
+            )
         elif command.name in EXPIRES and len(command.args) >= 2:
             with contextlib.suppress(ValueError):
                 ttls[name] = int(command.args[1])
@@ -229,8 +264,13 @@ def _status_writes(commands: list[Command], job_id: str) -> tuple[str | None, di
 
 def _string_keys(commands: list[Command], job_id: str) -> list[str]:
     """Plain string keys the tier SET that hold the id (a status kept as a string, or a lock)."""
-    return list(dict.fromkeys(_text(c.key or b"") for c in commands
-                              if c.name in ("SET", "SETEX", "PSETEX", "SETNX") and job_id in _text(c.key or b"")))
+    return list(
+        dict.fromkeys(
+            _text(c.key or b"")
+            for c in commands
+            if c.name in ("SET", "SETEX", "PSETEX", "SETNX") and job_id in _text(c.key or b"")
+        )
+    )
 
 
 def _state_field(fields: dict[str, str]) -> str | None:
@@ -265,21 +305,31 @@ def build_profile(commands: list[Command], settings: Settings, s3: Minio, client
     candidates = find_submissions(commands, settings, profile)
     if not candidates:
         pushes = [f"{c.name} {_text(c.key or b'')}" for c in commands if c.name in PUSHES]
-        profile.problems.append(f"no pushed message holds an id the worker reads (pushes seen: {pushes}); the "
-                                f"message needs the id as a bare string or under one of {list(ID_FIELDS)}")
+        profile.problems.append(
+            f"no pushed message holds an id the worker reads (pushes seen: {pushes}); the "
+            f"message needs the id as a bare string or under one of {list(ID_FIELDS)}"
+        )
         return profile
     submission, where = choose(candidates, commands, settings, s3)
     job_id, fields = submission.job_id, submission.fields
-    profile.observed.update(queue=submission.queue, push=submission.command, message=_text(submission.raw)[:2000],
-                            id=job_id, id_field=next((name for name in ID_FIELDS if name in fields), None))
+    profile.observed.update(
+        queue=submission.queue,
+        push=submission.command,
+        message=_text(submission.raw)[:2000],
+        id=job_id,
+        id_field=next((name for name in ID_FIELDS if name in fields), None),
+    )
     unread = sorted(set(fields) - READ_FIELDS - set(ID_FIELDS))
     if unread:
         profile.observed["unread_fields"] = unread
     profile.set("QUEUE_KEY", submission.queue, f"the tier pushed its message onto the list {submission.queue}")
     left = submission.command.startswith("L")
-    profile.set("QUEUE_POP", "right" if left else "left",
-                f"{submission.command} adds at the {'head' if left else 'tail'}: taking from the "
-                f"{'right' if left else 'left'} serves the oldest first")
+    profile.set(
+        "QUEUE_POP",
+        "right" if left else "left",
+        f"{submission.command} adds at the {'head' if left else 'tail'}: taking from the "
+        f"{'right' if left else 'left'} serves the oldest first",
+    )
 
     # The input: the message's own bucket and key (or object_name), else found in S3 by the id.
     named_bucket, named_key = named_input(fields)
@@ -289,13 +339,17 @@ def build_profile(commands: list[Command], settings: Settings, s3: Minio, client
         where = locate_object(s3, job_id, named_bucket, named_key)
     if where is None:
         newest = newest_object(s3)
-        seen = (f"; the newest object is {newest[0]}/{newest[1]}, whose name does not hold the id (the worker finds "
-                "a song by the id in INPUT_BUCKET/INPUT_KEY, or by the message's own bucket and key)"
-                if newest is not None else "")
+        seen = (
+            f"; the newest object is {newest[0]}/{newest[1]}, whose name does not hold the id (the worker finds "
+            "a song by the id in INPUT_BUCKET/INPUT_KEY, or by the message's own bucket and key)"
+            if newest is not None
+            else ""
+        )
         profile.problems.append(
             f"no object in S3 holds the id {job_id} in its bucket or key name"
             + (f" (the message names bucket {named_bucket!r} key {named_key!r})" if named_bucket or named_key else "")
-            + f": did the tier upload the song before it pushed?{seen}")
+            + f": did the tier upload the song before it pushed?{seen}"
+        )
         profile.undetermined.append(("INPUT_BUCKET=queue", "the bucket the tier uploads to ({id} for one per song)"))
         profile.undetermined.append(("INPUT_KEY={id}.mp3", "the song's key in it; must hold {id}"))
     else:
@@ -303,8 +357,11 @@ def build_profile(commands: list[Command], settings: Settings, s3: Minio, client
         profile.observed["input"] = f"{bucket}/{key}"
         bucket_template = _template(bucket, job_id)
         how = "a bucket named after the song" if bucket_template == "{id}" else f"the bucket {bucket}"
-        profile.set("INPUT_BUCKET", bucket_template, f"the song is in {how}"
-                    + (" (the message names it)" if named_bucket else ""))
+        profile.set(
+            "INPUT_BUCKET",
+            bucket_template,
+            f"the song is in {how}" + (" (the message names it)" if named_bucket else ""),
+        )
         if named_key:
             named_as = "key" if fields.get("key") else "object_name"
             profile.reasons["INPUT_BUCKET"] += f"; the message names the key ({named_as})"
@@ -313,8 +370,10 @@ def build_profile(commands: list[Command], settings: Settings, s3: Minio, client
             if "{id}" in key_template:
                 profile.set("INPUT_KEY", key_template, f"the song's key is {key}")
             else:
-                profile.problems.append(f"the song's key {key!r} does not hold the id, and the message does not name "
-                                        "it: INPUT_KEY needs {id}")
+                profile.problems.append(
+                    f"the song's key {key!r} does not hold the id, and the message does not name "
+                    "it: INPUT_KEY needs {id}"
+                )
 
     # The status hash the tier writes for the job, if any.
     status_key, status_fields, ttl = _status_writes(commands, job_id)
@@ -324,23 +383,35 @@ def build_profile(commands: list[Command], settings: Settings, s3: Minio, client
     if status_key is None:
         own = settings.status_key.format(id=job_id)
         if own in strings:
-            profile.problems.append(f"the tier keeps {own} as a string (SET), where the worker writes its status "
-                                    "hash: give the worker another STATUS_KEY, e.g. STATUS_KEY=stemworker:{id}")
-        profile.undetermined.append((f"STATUS_KEY={settings.status_key}",
-                                     "the tier wrote no hash holding the id"
-                                     + (f" (it SET {', '.join(strings)})" if strings else "")
-                                     + "; the worker writes this one"))
+            profile.problems.append(
+                f"the tier keeps {own} as a string (SET), where the worker writes its status "
+                "hash: give the worker another STATUS_KEY, e.g. STATUS_KEY=stemworker:{id}"
+            )
+        profile.undetermined.append(
+            (
+                f"STATUS_KEY={settings.status_key}",
+                "the tier wrote no hash holding the id"
+                + (f" (it SET {', '.join(strings)})" if strings else "")
+                + "; the worker writes this one",
+            )
+        )
     else:
         profile.observed["status"] = {"key": status_key, "fields": status_fields}
         profile.set("STATUS_KEY", _template(status_key, job_id), f"the tier wrote the hash {status_key}")
         state_field = _state_field(status_fields)
         if state_field is not None:
             names = "state" if state_field == "state" else f"state,{state_field}"
-            profile.set("STATE_FIELDS", names, f"the tier keeps the state in field {state_field!r} "
-                        f"({status_fields[state_field]!r} at submit)")
-            profile.undetermined.append(("STATE_MAP=downloading:processing,separating:processing,"
-                                         "uploading:processing",
-                                         "if the tier only knows queued/processing/done/failed"))
+            profile.set(
+                "STATE_FIELDS",
+                names,
+                f"the tier keeps the state in field {state_field!r} ({status_fields[state_field]!r} at submit)",
+            )
+            profile.undetermined.append(
+                (
+                    "STATE_MAP=downloading:processing,separating:processing,uploading:processing",
+                    "if the tier only knows queued/processing/done/failed",
+                )
+            )
         if ttl is None:
             try:
                 ttl = int(client.ttl(status_key))
@@ -354,9 +425,12 @@ def build_profile(commands: list[Command], settings: Settings, s3: Minio, client
     model = fields.get("model")
     if isinstance(model, str) and model and model not in settings.allowed_models:
         aliases = {**settings.model_aliases, model: settings.model_aliases.get(model, settings.demucs_model)}
-        profile.set("MODEL_ALIASES", ",".join(f"{name}:{target}" for name, target in aliases.items()),
-                    f"the message asks for model {model!r}, which is not served; it runs as {aliases[model]!r} "
-                    f"(or serve it: DEMUCS_MODELS={model})")
+        profile.set(
+            "MODEL_ALIASES",
+            ",".join(f"{name}:{target}" for name, target in aliases.items()),
+            f"the message asks for model {model!r}, which is not served; it runs as {aliases[model]!r} "
+            f"(or serve it: DEMUCS_MODELS={model})",
+        )
 
     # Callbacks.
     entry, note = _callback_hosts(fields.get("callback"))
@@ -366,8 +440,12 @@ def build_profile(commands: list[Command], settings: Settings, s3: Minio, client
     elif note is not None:
         profile.undetermined.append((f"CALLBACK_ALLOW_HOSTS={urlsplit(str(fields.get('callback'))).hostname}", note))
     elif not fields.get("callback"):
-        profile.undetermined.append(("CALLBACK_ALLOW_HOSTS=127.0.0.1/32",
-                                     "this message asked for no callback; if others call back to a private host"))
+        profile.undetermined.append(
+            (
+                "CALLBACK_ALLOW_HOSTS=127.0.0.1/32",
+                "this message asked for no callback; if others call back to a private host",
+            )
+        )
 
     # What one submission cannot show: where the tier's API looks for the stems.
     profile.undetermined += [

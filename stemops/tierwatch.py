@@ -53,8 +53,15 @@ class Command:
         return self.args[0] if self.args else None
 
 
-ESCAPES = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("a"): b"\a", ord("b"): b"\b",
-           ord('"'): b'"', ord("\\"): b"\\"}
+ESCAPES = {
+    ord("n"): b"\n",
+    ord("r"): b"\r",
+    ord("t"): b"\t",
+    ord("a"): b"\a",
+    ord("b"): b"\b",
+    ord('"'): b'"',
+    ord("\\"): b"\\",
+}
 
 
 def parse_monitor_line(line: bytes) -> Command | None:
@@ -75,7 +82,7 @@ def parse_monitor_line(line: bytes) -> Command | None:
             if line[i] == ord("\\") and i + 1 < n:
                 nxt = line[i + 1]
                 if nxt == ord("x") and i + 3 < n:
-                    out.append(int(line[i + 2:i + 4], 16))
+                    out.append(int(line[i + 2 : i + 4], 16))
                     i += 4
                     continue
                 out += ESCAPES.get(nxt, bytes([nxt]))
@@ -101,21 +108,35 @@ def _collect(read: Callable[[float], list[Command]], timeout_s: float, stop: Cal
         if now >= end:
             break
         batch = read(min(POLL_S, end - now))
-        seen += [command for command in batch if command.name in KEPT][:MAX_KEPT - len(seen)]
+        seen += [command for command in batch if command.name in KEPT][: MAX_KEPT - len(seen)]
         if pushed_at is None and any(command.name in PUSHES for command in batch):
             pushed_at = time.monotonic()
     if pushed_at is None:
-        writes = sorted({f"{command.name} {command.key.decode('utf-8', 'replace')}" for command in seen
-                         if command.key is not None and command.name in {"XADD", "ZADD", "PUBLISH", "SADD"}})
-        also = (f"; it saw {', '.join(writes[:5])}, but stemworker reads its jobs from a Redis list (LPUSH or "
-                "RPUSH), not from a stream, a sorted set or a channel") if writes else ""
-        raise NothingSeen(f"no LPUSH or RPUSH was seen in {timeout_s:g} s: submit one song through the tier while "
-                          f"doctor watches (or give it longer with --timeout){also}")
+        writes = sorted(
+            {
+                f"{command.name} {command.key.decode('utf-8', 'replace')}"
+                for command in seen
+                if command.key is not None and command.name in {"XADD", "ZADD", "PUBLISH", "SADD"}
+            }
+        )
+        also = (
+            (
+                f"; it saw {', '.join(writes[:5])}, but stemworker reads its jobs from a Redis list (LPUSH or "
+                "RPUSH), not from a stream, a sorted set or a channel"
+            )
+            if writes
+            else ""
+        )
+        raise NothingSeen(
+            f"no LPUSH or RPUSH was seen in {timeout_s:g} s: submit one song through the tier while "
+            f"doctor watches (or give it longer with --timeout){also}"
+        )
     return seen
 
 
-def watch_monitor(client: redis.Redis, timeout_s: float, ready: Callable[[], None], stop: Callable[[], bool]
-                  ) -> list[Command]:
+def watch_monitor(
+    client: redis.Redis, timeout_s: float, ready: Callable[[], None], stop: Callable[[], bool]
+) -> list[Command]:
     """The commands every client runs, through MONITOR on a connection of its own. Raises redis.ResponseError when
     MONITOR is refused."""
     connection: Any = client.connection_pool.make_connection()  # redis-py leaves connect/send_command untyped
@@ -157,8 +178,9 @@ def _covers(flags: str, wanted: str) -> bool:
     return all(flag in expanded for flag in wanted)
 
 
-def watch_keyspace(client: redis.Redis, timeout_s: float, ready: Callable[[], None], stop: Callable[[], bool]
-                   ) -> tuple[list[Command], str]:
+def watch_keyspace(
+    client: redis.Redis, timeout_s: float, ready: Callable[[], None], stop: Callable[[], bool]
+) -> tuple[list[Command], str]:
     """The tier's writes through keyspace notifications, each read back as the Command that made it (a push's
     value by LINDEX at the end it was pushed to, a hash by HGETALL, an expiry by TTL). Returns the commands and a
     note on what was done to the server's notification setting."""
@@ -173,7 +195,8 @@ def watch_keyspace(client: redis.Redis, timeout_s: float, ready: Callable[[], No
             raise WatchUnavailable(
                 "MONITOR is not allowed, and keyspace notifications are off and cannot be turned on "
                 f"({err}). Allow one of them for the watch: an ACL with +monitor, or notify-keyspace-events "
-                f"{NOTIFY_FLAGS!r} (redis-cli CONFIG SET notify-keyspace-events {NOTIFY_FLAGS})") from None
+                f"{NOTIFY_FLAGS!r} (redis-cli CONFIG SET notify-keyspace-events {NOTIFY_FLAGS})"
+            ) from None
         changed = True
         note = f"keyspace notifications turned on ({wanted!r}) for the watch, then set back to {before or ''!r}"
     db = client.connection_pool.connection_kwargs.get("db", 0)
@@ -188,7 +211,7 @@ def watch_keyspace(client: redis.Redis, timeout_s: float, ready: Callable[[], No
             found = []
             message = pubsub.get_message(timeout=wait_s)
             while message is not None:
-                key = bytes(message["channel"])[len(prefix):]
+                key = bytes(message["channel"])[len(prefix) :]
                 event = bytes(message["data"]).decode().upper()
                 command = _read_back(client, key, event)
                 if command is not None:
@@ -222,8 +245,12 @@ def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
 
-def watch(client: redis.Redis, timeout_s: float, ready: Callable[[], None] = lambda: None,
-          stop: Callable[[], bool] = lambda: False) -> tuple[str, list[Command]]:
+def watch(
+    client: redis.Redis,
+    timeout_s: float,
+    ready: Callable[[], None] = lambda: None,
+    stop: Callable[[], bool] = lambda: False,
+) -> tuple[str, list[Command]]:
     """What the tier ran between now and its first push (plus GRACE_S): ("monitor" or a keyspace note, commands).
     `ready` is called once the watch is listening (submit then)."""
     try:

@@ -68,8 +68,10 @@ def oldest_waiting_age_s(client: redis.Redis, settings: Settings) -> float | Non
     """Record what is newly waiting and return the age in seconds of the message at the claim end (None when
     the queue is empty or no observer saw that message arrive)."""
     script = client.register_script(OBSERVE)
-    now, first = script(keys=[settings.queue_key, keys.seen_key(settings.queue_key)],
-                        args=[settings.queue_pop, WINDOW, MAX_AGE_S, MAX_MEMBERS])
+    now, first = script(
+        keys=[settings.queue_key, keys.seen_key(settings.queue_key)],
+        args=[settings.queue_pop, WINDOW, MAX_AGE_S, MAX_MEMBERS],
+    )
     if not first:
         return None
     return max(0.0, float(now) - float(first))

@@ -15,17 +15,33 @@ from function.config import Settings
 REPO_ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
-PASSED_THROUGH = ("redis_timeout_s", "s3_timeout_s", "lease_s", "orphan_grace_s", "claim_wait_s",
-                  "max_attempts", "demucs_model", "demucs_device", "demucs_shifts", "demucs_threads",
-                  "input_bucket", "output_bucket", "callback_timeout_s")
+PASSED_THROUGH = (
+    "redis_timeout_s",
+    "s3_timeout_s",
+    "lease_s",
+    "orphan_grace_s",
+    "claim_wait_s",
+    "max_attempts",
+    "demucs_model",
+    "demucs_device",
+    "demucs_shifts",
+    "demucs_threads",
+    "input_bucket",
+    "output_bucket",
+    "callback_timeout_s",
+)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """`settings` as the environment variables the worker reads them from."""
     env = {name.upper(): str(getattr(settings, name)) for name in PASSED_THROUGH}
-    env.update(REDIS_URL=settings.redis_connection_url, MINIO_ENDPOINT=settings.s3_endpoint,
-               MINIO_ACCESS_KEY=settings.minio_access_key.get_secret_value(),
-               MINIO_SECRET_KEY=settings.minio_secret_key.get_secret_value(), DEMUCS_REPO=str(settings.demucs_repo))
+    env.update(
+        REDIS_URL=settings.redis_connection_url,
+        MINIO_ENDPOINT=settings.s3_endpoint,
+        MINIO_ACCESS_KEY=settings.minio_access_key.get_secret_value(),
+        MINIO_SECRET_KEY=settings.minio_secret_key.get_secret_value(),
+        DEMUCS_REPO=str(settings.demucs_repo),
+    )
     return env
 
 

@@ -19,8 +19,13 @@ RULES = ROOT / "keda" / "monitoring" / "stemworker-alerts.rules.yml"
 PROMETHEUS_RULE = ROOT / "keda" / "monitoring" / "prometheusrule.yaml"
 UNIT_TESTS = ROOT / "tests" / "alerts" / "stemworker-alerts.test.yml"
 # What issue 21 asks to page on, by alert name.
-REQUIRED = {"StemworkerDeadLettersRising", "StemworkerOldestJobWaiting", "StemworkerRedisDown",
-            "StemworkerFailureRatioHigh", "StemworkerAtReplicaCapWithBacklog"}
+REQUIRED = {
+    "StemworkerDeadLettersRising",
+    "StemworkerOldestJobWaiting",
+    "StemworkerRedisDown",
+    "StemworkerFailureRatioHigh",
+    "StemworkerAtReplicaCapWithBacklog",
+}
 
 promtool = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(promtool is None, reason="promtool not installed (apt-get install prometheus)")
@@ -79,11 +84,13 @@ def test_promtool_unit_tests_catch_a_broken_rule(tmp_path):
     """The unit tests can fail: a rules file whose Redis alert never fires fails them."""
     rules_dir = tmp_path / "keda" / "monitoring"
     rules_dir.mkdir(parents=True)
-    (rules_dir / RULES.name).write_text(RULES.read_text().replace("(stemworker_redis_up) == 0",
-                                                                  "(stemworker_redis_up) == 2"))
+    (rules_dir / RULES.name).write_text(
+        RULES.read_text().replace("(stemworker_redis_up) == 0", "(stemworker_redis_up) == 2")
+    )
     tests_dir = tmp_path / "tests" / "alerts"
     tests_dir.mkdir(parents=True)
     (tests_dir / UNIT_TESTS.name).write_text(UNIT_TESTS.read_text())
-    done = subprocess.run([promtool, "test", "rules", str(tests_dir / UNIT_TESTS.name)], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [promtool, "test", "rules", str(tests_dir / UNIT_TESTS.name)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode != 0 and "StemworkerRedisDown" in done.stdout + done.stderr

@@ -31,14 +31,30 @@ def test_a_large_child_reads_large() -> None:
 
 
 def summary(name: str, peak_mib: float, failed: int = 0) -> report.Summary:
-    return report.summarize([{"scenario": name, "wall_s": 1.0, "cpu_s": 1.0, "peak_rss_bytes": int(peak_mib * MIB),
-                              "ok": not failed, "audio_s": 30.0}], 30.0)[name]
+    return report.summarize(
+        [
+            {
+                "scenario": name,
+                "wall_s": 1.0,
+                "cpu_s": 1.0,
+                "peak_rss_bytes": int(peak_mib * MIB),
+                "ok": not failed,
+                "audio_s": 30.0,
+            }
+        ],
+        30.0,
+    )[name]
 
 
 def test_the_rss_table_passes_within_the_factor_and_fails_beyond() -> None:
     cold = "stemworker_cold"
-    within = report.rss_by_length([(300.0, {cold: summary(cold, 1100)}), (30.0, {cold: summary(cold, 1000)}),
-                                   (1200.0, {cold: summary(cold, 1250)})])
+    within = report.rss_by_length(
+        [
+            (300.0, {cold: summary(cold, 1100)}),
+            (30.0, {cold: summary(cold, 1000)}),
+            (1200.0, {cold: summary(cold, 1250)}),
+        ]
+    )
     assert "| stemworker_cold | 1000 | 1100 | 1250 | 0.214 |" in within  # sorted by length; (1250-1000)/1170
     assert within.splitlines()[-1].startswith("PASS cold job peak RSS at 1200 s <= 1.25x at 30 s: 1.250x")
     beyond = report.rss_by_length([(30.0, {cold: summary(cold, 1000)}), (1200.0, {cold: summary(cold, 1260)})])

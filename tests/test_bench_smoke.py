@@ -19,15 +19,33 @@ pytestmark = pytest.mark.timeout(900)
 
 @pytest.mark.slow
 def test_harness_runs_every_scenario_with_the_tiny_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = run.main(["--model", "tiny", "--repo", str(tmp_path / "repo"), "--seconds", "2", "--repeat", "1",
-                     "--latency-runs", "1", "--device", "cpu", "--out", str(tmp_path / "out"),
-                     "--variant", "b192:MP3_BITRATE=192", "--machine", "test"])
+    code = run.main(
+        [
+            "--model",
+            "tiny",
+            "--repo",
+            str(tmp_path / "repo"),
+            "--seconds",
+            "2",
+            "--repeat",
+            "1",
+            "--latency-runs",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "out"),
+            "--variant",
+            "b192:MP3_BITRATE=192",
+            "--machine",
+            "test",
+        ]
+    )
     assert code == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     scenarios = {sample["scenario"] for sample in results["samples"]}
     assert scenarios == {*run.SCENARIOS, "stemworker_warm@b192", "stemworker_cold@b192"}
-    assert all(sample["ok"] and sample["wall_s"] > 0 and sample["peak_rss_bytes"] > 0
-               for sample in results["samples"])
+    assert all(sample["ok"] and sample["wall_s"] > 0 and sample["peak_rss_bytes"] > 0 for sample in results["samples"])
     assert results["latency"][0]["ok"] and results["latency"][0]["latency_s"] is not None
     assert (tmp_path / "out" / "results.png").stat().st_size > 0
     text = capsys.readouterr().out
@@ -41,9 +59,27 @@ def test_harness_runs_every_scenario_with_the_tiny_model(tmp_path: Path, capsys:
 @pytest.mark.slow
 @pytest.mark.heavy
 def test_several_lengths_end_with_the_rss_target_at_each(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = run.main(["--model", "tiny", "--repo", str(tmp_path / "repo"), "--seconds", "2,3", "--repeat", "1",
-                     "--scenarios", "stemworker_cold,cli", "--device", "cpu", "--out", str(tmp_path / "out"),
-                     "--no-png", "--machine", "test"])
+    code = run.main(
+        [
+            "--model",
+            "tiny",
+            "--repo",
+            str(tmp_path / "repo"),
+            "--seconds",
+            "2,3",
+            "--repeat",
+            "1",
+            "--scenarios",
+            "stemworker_cold,cli",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-png",
+            "--machine",
+            "test",
+        ]
+    )
     assert code == 0
     assert (tmp_path / "out" / "2s" / "results.json").exists() and (tmp_path / "out" / "3s" / "results.json").exists()
     summary = capsys.readouterr().out.split("Peak RSS at every length:")[1]
@@ -51,16 +87,30 @@ def test_several_lengths_end_with_the_rss_target_at_each(tmp_path: Path, capsys:
     assert "(2 s song)" in summary and "(3 s song)" in summary
     table = summary.split("Peak RSS per song length")[1]
     assert "| stemworker_cold |" in table and "| cli |" in table
-    assert any(line.startswith(("PASS", "FAIL")) and "cold job peak RSS at 3 s <= 1.25x at 2 s" in line
-               for line in table.splitlines())
+    assert any(
+        line.startswith(("PASS", "FAIL")) and "cold job peak RSS at 3 s <= 1.25x at 2 s" in line
+        for line in table.splitlines()
+    )
     assert (tmp_path / "out" / "rss_by_length.md").read_text().strip() == table.split("\n\n", 1)[1].strip()
 
 
 @pytest.mark.slow
 @pytest.mark.heavy
 def test_cold_start_breakdown_names_every_phase(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = cold_start.main(["--model", "tiny", "--repo", str(tmp_path / "repo"), "--seconds", "2", "--repeat", "1",
-                            "--out", str(tmp_path / "out")])
+    code = cold_start.main(
+        [
+            "--model",
+            "tiny",
+            "--repo",
+            str(tmp_path / "repo"),
+            "--seconds",
+            "2",
+            "--repeat",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 0
     data = json.loads((tmp_path / "out" / "cold_start.json").read_text())
     (job,) = data["jobs"]
@@ -75,12 +125,31 @@ def test_cold_start_breakdown_names_every_phase(tmp_path: Path, capsys: pytest.C
 @pytest.mark.slow
 @pytest.mark.heavy
 def test_levers_compare_each_variant_with_its_reference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = levers.main(["--model", "tiny", "--repo", str(tmp_path / "repo"), "--seconds", "9", "--repeat", "1",
-                        "--device", "cpu", "--levers", "grad,encode", "--out", str(tmp_path)])
+    code = levers.main(
+        [
+            "--model",
+            "tiny",
+            "--repo",
+            str(tmp_path / "repo"),
+            "--seconds",
+            "9",
+            "--repeat",
+            "1",
+            "--device",
+            "cpu",
+            "--levers",
+            "grad,encode",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
-    rows = {row[2].strip(): row for row in (line.split("|") for line in text.splitlines()) if len(row) > 7
-            and row[1].strip() in ("grad", "encode")}
+    rows = {
+        row[2].strip(): row
+        for row in (line.split("|") for line in text.splitlines())
+        if len(row) > 7 and row[1].strip() in ("grad", "encode")
+    }
     assert set(rows) >= {"inference_mode", "no_grad only (demucs)"}
     assert float(rows["no_grad only (demucs)"][7]) == 0.0  # the grad mode leaves the stems unchanged
     assert (tmp_path / "levers.md").read_text().startswith("Levers on a 9 s song")

@@ -54,8 +54,11 @@ def log_lines(redis_client) -> list[str]:
 
 def separations(redis_client) -> list[str]:
     """The jobs that really separated, from their `separating N s of audio` log lines."""
-    return [line.split("job ", 1)[1].split(":", 1)[0] for line in log_lines(redis_client)
-            if ": separating " in line and " s of audio with " in line]
+    return [
+        line.split("job ", 1)[1].split(":", 1)[0]
+        for line in log_lines(redis_client)
+        if ": separating " in line and " s of audio with " in line
+    ]
 
 
 def cache_keys(redis_client) -> list[bytes]:
@@ -72,8 +75,9 @@ def stem_bytes(s3, outputs: dict) -> dict[str, bytes]:
 def test_download_hashes_the_bytes_as_it_writes_them(settings, upload, clip, s3, tmp_path):
     upload("hashme", clip)
     sha = hashlib.sha256()
-    size = ObjectStore(s3).download(settings.input_bucket, "hashme.mp3", tmp_path / "input",
-                                    settings.max_input_bytes, sha)
+    size = ObjectStore(s3).download(
+        settings.input_bucket, "hashme.mp3", tmp_path / "input", settings.max_input_bytes, sha
+    )
     assert size == len(clip) and (tmp_path / "input").read_bytes() == clip
     assert sha.hexdigest() == hashlib.sha256(clip).hexdigest()
 
@@ -97,8 +101,7 @@ def test_copy_across_buckets_only_while_the_source_is_unchanged(settings, s3):
 
 
 @pytest.mark.both_cpus
-def test_repeated_input_is_served_from_the_first_jobs_stems(make_settings, redis_client, upload, clip, s3,
-                                                             receiver):
+def test_repeated_input_is_served_from_the_first_jobs_stems(make_settings, redis_client, upload, clip, s3, receiver):
     worker = Worker(make_settings(callback_allow_hosts="127.0.0.1"))
     upload("first", clip)
     upload("again", clip)
@@ -111,7 +114,8 @@ def test_repeated_input_is_served_from_the_first_jobs_stems(make_settings, redis
     assert record["state"] == "done" and record["cached"] == "1" and record["cached_from"] == "first"
     assert again["cached"] is True and again["cached_from"] == "first"
     assert {stem: where["key"] for stem, where in json.loads(record["outputs"]).items()} == {
-        stem: f"again-{stem}.mp3" for stem in STEMS}
+        stem: f"again-{stem}.mp3" for stem in STEMS
+    }
     assert stem_bytes(s3, again["stems"]) == stem_bytes(s3, first["stems"])
     hit_lines = [line for line in log_lines(redis_client) if "from the result cache" in line]
     assert len(hit_lines) == 1 and "job again: done in" in hit_lines[0] and "as job first" in hit_lines[0]
@@ -119,8 +123,9 @@ def test_repeated_input_is_served_from_the_first_jobs_stems(make_settings, redis
     assert request["json"]["cached"] is True and request["json"]["cached_from"] == "first"
 
 
-def test_a_hit_ends_like_a_separation_same_webhook_body_and_status_fields(make_settings, redis_client, upload, clip,
-                                                                         receiver):
+def test_a_hit_ends_like_a_separation_same_webhook_body_and_status_fields(
+    make_settings, redis_client, upload, clip, receiver
+):
     """A cache hit is a way to produce stems, not a second way to finish: the webhook body has the same keys as a
     fresh run's, and the status hash the same fields, plus only the hit's provenance."""
     worker = Worker(make_settings(callback_allow_hosts="127.0.0.1"))
@@ -132,7 +137,11 @@ def test_a_hit_ends_like_a_separation_same_webhook_body_and_status_fields(make_s
     fresh, copied = (request["json"] for request in receiver.requests)
     assert set(copied) == set(fresh)
     assert (fresh["cached"], fresh["cached_from"], copied["cached"], copied["cached_from"]) == (
-        False, None, True, "fresh")
+        False,
+        None,
+        True,
+        "fresh",
+    )
     same = ("state", "model", "model_requested", "format", "device", "precision", "audio_seconds")
     assert {name: copied[name] for name in same} == {name: fresh[name] for name in same}
 
@@ -177,8 +186,10 @@ def test_gone_or_changed_stem_drops_the_entry_and_the_job_separates(worker, uplo
     s3.remove_object(bucket, "src1-vocals.mp3")  # what a REST tier's "remove" endpoint does
     run(worker, "src2")
     assert separations(redis_client) == ["src1", "src2"] and "cached" not in status(redis_client, "src2")
-    assert any("dropped the result cache entry of job src1" in line and "src1-vocals.mp3 is gone" in line
-               for line in log_lines(redis_client))
+    assert any(
+        "dropped the result cache entry of job src1" in line and "src1-vocals.mp3 is gone" in line
+        for line in log_lines(redis_client)
+    )
     # The new entry points at src2's stems; one of them rewritten with other bytes is caught by size/ETag.
     replacement = b"not the stem that was recorded"
     s3.put_object(bucket, "src2-drums.mp3", io.BytesIO(replacement), len(replacement))
@@ -213,9 +224,22 @@ ALTERNATIVES = {
 
 
 def test_every_key_part_changes_the_key():
-    base = KeyParts(input_sha256="0" * 64, model="tiny", weights="package:abc", device="cpu", shifts=1, overlap=0.25,
-                    segment=None, precision="fp32", format="mp3", mp3_bitrate=320, mp3_preset=2, stems=None,
-                    two_stems=None, software="demucs=4.1.0")
+    base = KeyParts(
+        input_sha256="0" * 64,
+        model="tiny",
+        weights="package:abc",
+        device="cpu",
+        shifts=1,
+        overlap=0.25,
+        segment=None,
+        precision="fp32",
+        format="mp3",
+        mp3_bitrate=320,
+        mp3_preset=2,
+        stems=None,
+        two_stems=None,
+        software="demucs=4.1.0",
+    )
     assert set(ALTERNATIVES) == {field.name for field in dataclasses.fields(KeyParts)}, "a key part without a test"
     seen = {base.cache_key()}
     for name, value in ALTERNATIVES.items():
@@ -259,8 +283,9 @@ def test_model_fingerprints_follow_the_weights(model_repo, tmp_path):
 
 
 @pytest.mark.both_cpus
-def test_each_setting_and_job_field_that_shapes_the_stems_misses(make_settings, redis_client, upload, clip, s3,
-                                                                   tmp_path):
+def test_each_setting_and_job_field_that_shapes_the_stems_misses(
+    make_settings, redis_client, upload, clip, s3, tmp_path
+):
     """One separation records the entry; then every element of the key is changed in turn, and the Worker's own
     lookup (`cache.begin`, as handle calls it) misses; changing only names hits, and copies under the new names."""
     base = {"demucs_models": "tiny2", "demucs_precision": "fp32"}  # `auto` resolves to bf16 on CPUs with native bf16
@@ -415,8 +440,12 @@ def test_a_dead_owners_lock_expires_and_a_waiter_takes_over(make_settings, redis
     settings = make_settings(result_cache_lock_s=1.0, result_cache_wait_s=120)
     upload("owner", clip)
     upload("waiter", clip)
-    owner = subprocess.Popen([sys.executable, "-c", STALLED_OWNER, "owner"], cwd=REPO_ROOT,
-                             env=runner_env(settings, RESULT_CACHE_LOCK_S="1"), stdout=subprocess.DEVNULL)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", STALLED_OWNER, "owner"],
+        cwd=REPO_ROOT,
+        env=runner_env(settings, RESULT_CACHE_LOCK_S="1"),
+        stdout=subprocess.DEVNULL,
+    )
     lock = keys.cache_lock_key(key_of(settings, "owner", clip))
     try:
         wait_for(lambda: status(redis_client, "owner").get("state") == "separating", 120, "the owner to separate")
@@ -433,30 +462,40 @@ def test_a_dead_owners_lock_expires_and_a_waiter_takes_over(make_settings, redis
             owner.wait(30)
     lines = log_lines(redis_client)
     assert any("job waiter: waiting for job owner" in line for line in lines)
-    assert any("job waiter: took over key" in line and "job owner released or lost its lock" in line
-               for line in lines)
+    assert any("job waiter: took over key" in line and "job owner released or lost its lock" in line for line in lines)
     assert result["state"] == "done" and result["cached"] is False and result["cached_from"] is None
     assert separations(redis_client) == ["owner", "waiter"]  # the owner's line was logged before it died
     assert redis_client.exists(lock) == 0
 
 
 @pytest.mark.slow
-def test_eight_identical_jobs_on_four_runner_processes_separate_once(settings, redis_client, upload, clip, s3,
-                                                                     tmp_path):
+def test_eight_identical_jobs_on_four_runner_processes_separate_once(
+    settings, redis_client, upload, clip, s3, tmp_path
+):
     ids = [f"same{n}" for n in range(8)]
     for job_id in ids:
         upload(job_id, clip)
     env = runner_env(settings, MAX_MESSAGES="8", CLAIM_WAIT_S="300", DEMUCS_THREADS="1")
     logs = [(tmp_path / f"runner{n}.log").open("wb") for n in range(4)]
-    runners = [subprocess.Popen([sys.executable, "-m", "function.runner"], env=env, cwd=REPO_ROOT, stdout=log,
-                                stderr=subprocess.STDOUT) for log in logs]
+    runners = [
+        subprocess.Popen(
+            [sys.executable, "-m", "function.runner"], env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
+        for log in logs
+    ]
     try:
         # All four block on the empty queue first, so the eight messages meet four runners at once.
-        wait_for(lambda: sum(c["cmd"] == "blmove" for c in redis_client.client_list()) == 4, 240,
-                 "four runners blocked on the queue")
+        wait_for(
+            lambda: sum(c["cmd"] == "blmove" for c in redis_client.client_list()) == 4,
+            240,
+            "four runners blocked on the queue",
+        )
         redis_client.rpush("toWorker", *ids)
-        wait_for(lambda: all(status(redis_client, job_id).get("state") == "done" for job_id in ids), 300,
-                 "all eight jobs done")
+        wait_for(
+            lambda: all(status(redis_client, job_id).get("state") == "done" for job_id in ids),
+            300,
+            "all eight jobs done",
+        )
     finally:
         for runner in runners:
             runner.send_signal(signal.SIGTERM)
@@ -477,8 +516,10 @@ def test_eight_identical_jobs_on_four_runner_processes_separate_once(settings, r
     for record in records.values():
         for where in json.loads(record["outputs"]).values():
             assert s3.stat_object(where["bucket"], where["key"]).size > 0
-    print(f"separated by {separated[0]}; waiting lines: "
-          f"{sum('waiting for job' in line for line in log_lines(redis_client))}")
+    print(
+        f"separated by {separated[0]}; waiting lines: "
+        f"{sum('waiting for job' in line for line in log_lines(redis_client))}"
+    )
 
 
 # ----- determinism
@@ -527,7 +568,10 @@ def test_settings_read_on_off_and_name_a_bad_value(monkeypatch):
     defaults = load_settings()
     assert defaults.result_cache is True and defaults.result_cache_ttl_s == 30 * 24 * 3600
     assert (defaults.result_cache_max_entries, defaults.result_cache_wait_s, defaults.result_cache_lock_s) == (
-        100_000, 600.0, 30.0)
+        100_000,
+        600.0,
+        30.0,
+    )
     monkeypatch.setenv("RESULT_CACHE", "off")
     assert load_settings().result_cache is False
     monkeypatch.setenv("RESULT_CACHE", "on")

@@ -128,7 +128,8 @@ def test_a_wait_past_the_total_budget_gives_up(hook: Receiver) -> None:
     sleeps = Sleeps()
     outcome = deliver(Callback(hook.url), {}, "evt-1", cb_settings(callback_total_s=5), sleep=sleeps)
     assert outcome == callback_module.CallbackOutcome(
-        False, 1, 429, "failed: HTTP 429; a retry in 15.0 s would pass CALLBACK_TOTAL_S")
+        False, 1, 429, "failed: HTTP 429; a retry in 15.0 s would pass CALLBACK_TOTAL_S"
+    )
     assert sleeps == [] and len(hook.requests) == 1
 
 
@@ -163,14 +164,20 @@ def independent_signature(key: bytes, msg_id: str, timestamp: str, body: bytes) 
 
 def test_signed_callback_verifies_independently_on_every_attempt(hook: Receiver) -> None:
     hook.script = [(503, {"Retry-After": "0"}), (200, {})]
-    outcome = deliver(Callback(hook.url), {"id": "s1", "state": "done"}, "evt-signed",
-                      cb_settings(webhook_secret=SECRET), sleep=Sleeps())
+    outcome = deliver(
+        Callback(hook.url),
+        {"id": "s1", "state": "done"},
+        "evt-signed",
+        cb_settings(webhook_secret=SECRET),
+        sleep=Sleeps(),
+    )
     assert outcome.delivered and outcome.attempts == 2
     for request in hook.requests:
         headers = request["headers"]
         assert headers["webhook-id"] == "evt-signed"
         assert headers["webhook-signature"] == independent_signature(
-            SECRET_KEY, "evt-signed", headers["webhook-timestamp"], request["body"])
+            SECRET_KEY, "evt-signed", headers["webhook-timestamp"], request["body"]
+        )
         assert Webhook(SECRET).verify(request["body"], headers) == {"id": "s1", "state": "done"}
     tampered = hook.requests[0]["body"].replace(b"done", b"fail")
     with pytest.raises(Exception, match="No matching signature"):
@@ -185,10 +192,13 @@ def test_unsafe_event_id_becomes_a_stable_header(hook: Receiver) -> None:
     assert "X-Evil" not in hook.requests[0]["headers"]
 
 
-@pytest.mark.parametrize(("secret", "phrase"), [
-    ("whsec_not*base64!", "must be 'whsec_' followed by base64"),
-    ("whsec_" + base64.b64encode(b"short").decode(), "at least 24 bytes"),
-])
+@pytest.mark.parametrize(
+    ("secret", "phrase"),
+    [
+        ("whsec_not*base64!", "must be 'whsec_' followed by base64"),
+        ("whsec_" + base64.b64encode(b"short").decode(), "at least 24 bytes"),
+    ],
+)
 def test_bad_webhook_secret_fails_at_start_without_echoing_it(secret: str, phrase: str) -> None:
     with pytest.raises(ConfigError, match="WEBHOOK_SECRET") as caught:
         load_settings(webhook_secret=secret)
@@ -221,8 +231,11 @@ def test_worker_skips_a_loopback_callback_and_still_finishes(make_settings, redi
     message = json.dumps({"id": "cbskip", "callback": hook.url})
     result = worker.handle(event_from_message(message, 65536))
     assert result["state"] == "done"
-    assert result["callback"] == {"delivered": False, "status": None,
-                                  "reason": "skipped: address 127.0.0.1 is loopback"}
+    assert result["callback"] == {
+        "delivered": False,
+        "status": None,
+        "reason": "skipped: address 127.0.0.1 is loopback",
+    }
     assert hook.requests == []
     wanted = "job cbskip: callback skipped: address 127.0.0.1 is loopback"
     assert any(wanted in line for line in log_lines(redis_client))
@@ -238,5 +251,8 @@ def test_worker_sends_a_signed_result(make_settings, redis_client, upload, song,
     (request,) = hook.requests
     body = Webhook(SECRET).verify(request["body"], request["headers"])
     assert request["headers"]["webhook-id"] == event["id"]
-    assert body["id"] == "cbsign" and body["state"] == "done" and set(body["stems"]) == {"bass", "drums", "vocals",
-                                                                                          "other"}
+    assert (
+        body["id"] == "cbsign"
+        and body["state"] == "done"
+        and set(body["stems"]) == {"bass", "drums", "vocals", "other"}
+    )

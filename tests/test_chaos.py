@@ -146,9 +146,24 @@ def test_jobs_survive_killed_and_stopped_pods(settings, redis_client, model_repo
     }
     workdir = tmp_path / "scaler"
     summary_path = tmp_path / "summary.json"
-    command = [sys.executable, "-m", "workbench.emulator", "--workdir", str(workdir), "--summary-json",
-               str(summary_path), "--polling-interval", "0.5", "--max-replicas", "3", "--reap-interval", "3",
-               "--max-seconds", str(DEADLINE_S - 30), *(f"--env={k}={v}" for k, v in env.items())]
+    command = [
+        sys.executable,
+        "-m",
+        "workbench.emulator",
+        "--workdir",
+        str(workdir),
+        "--summary-json",
+        str(summary_path),
+        "--polling-interval",
+        "0.5",
+        "--max-replicas",
+        "3",
+        "--reap-interval",
+        "3",
+        "--max-seconds",
+        str(DEADLINE_S - 30),
+        *(f"--env={k}={v}" for k, v in env.items()),
+    ]
     output = tmp_path / "scaler.out"
     chaos = Chaos(rng=random.Random(7))
     with output.open("wb") as out:
@@ -166,8 +181,10 @@ def test_jobs_survive_killed_and_stopped_pods(settings, redis_client, model_repo
     text = output.read_text()
     print(text[-3000:])
     summary = json.loads(summary_path.read_text())
-    print(f"chaos: {len(chaos.kills)} SIGKILLed {chaos.kills}, {len(chaos.terms)} SIGTERMed {chaos.terms}, "
-          f"poison pod killed {chaos.poison_kills} times")
+    print(
+        f"chaos: {len(chaos.kills)} SIGKILLed {chaos.kills}, {len(chaos.terms)} SIGTERMed {chaos.terms}, "
+        f"poison pod killed {chaos.poison_kills} times"
+    )
 
     assert code == 0 and summary["drained"], text[-3000:]
     # Nothing lost: the queue and the processing list are empty ...
@@ -189,5 +206,7 @@ def test_jobs_survive_killed_and_stopped_pods(settings, redis_client, model_repo
         for where in outputs.values():
             decoded, rate = soundfile.read(io.BytesIO(client.get_object(where["bucket"], where["key"]).read()))
             assert rate == 44100 and decoded.shape[1] == 2 and decoded.shape[0] > 44100 * 1.5
-    print(f"counts: {len(ids)} done, {len(dead)} dead-lettered, 0 lost; jobs {summary['jobs']}, "
-          f"pods {summary['pods']}, outcomes {summary['outcomes']}")
+    print(
+        f"counts: {len(ids)} done, {len(dead)} dead-lettered, 0 lost; jobs {summary['jobs']}, "
+        f"pods {summary['pods']}, outcomes {summary['outcomes']}"
+    )

@@ -16,8 +16,12 @@ from function.separation import cgroup_cpu_limit, cpu_threads
 def test_defaults_match_the_documented_ones(monkeypatch):
     s = load_settings()
     assert (s.queue_key, s.log_key, s.status_key) == ("toWorker", "logging", "status:{id}")
-    assert (s.input_bucket, s.input_key, s.output_bucket, s.output_key) == ("queue", "{id}.mp3", "output",
-                                                                          "{id}-{stem}.{ext}")
+    assert (s.input_bucket, s.input_key, s.output_bucket, s.output_key) == (
+        "queue",
+        "{id}.mp3",
+        "output",
+        "{id}-{stem}.{ext}",
+    )
     assert s.redis_connection_url == "redis://localhost:6379/0" and s.s3_endpoint == "localhost:9000"
     assert s.minio_access_key is None and s.minio_secret_key is None and not s.s3_secure
     assert (s.demucs_model, s.demucs_shifts, s.demucs_overlap, s.mp3_bitrate) == ("htdemucs", 1, 0.25, 320)
@@ -166,19 +170,23 @@ def test_a_model_alias_names_its_target_and_the_allowed_models():
 
 # --- templated buckets (function/buckets.py) --------------------------------------------------------------------
 
-@pytest.mark.parametrize(("env", "value", "reason"), [
-    ("INPUT_BUCKET", "{song}", "may only use the placeholders ['id'], got {song}"),
-    ("INPUT_BUCKET", "{id}_songs", "may only hold lowercase letters, digits, '.' and '-'"),
-    ("INPUT_BUCKET", "Songs-{id}", "may only hold lowercase letters, digits, '.' and '-'"),
-    ("INPUT_BUCKET", "-{id}", "must begin and end with a letter or digit"),
-    ("INPUT_BUCKET", "{id}." , "must begin and end with a letter or digit"),
-    ("INPUT_BUCKET", "a..{id}", "must not hold '..'"),
-    ("INPUT_BUCKET", "x" * 63 + "{id}", "a bucket name has 3 to 63"),
-    ("OUTPUT_BUCKET", "{id}-{stem}", "may only use the placeholders ['ext', 'id', 'model'], got {stem}"),
-    ("OUTPUT_BUCKET", "stems-{model}", "{model}='tiny_2'"),  # an allowed model's name holds '_'
-    ("OUTPUT_BUCKET", "ab", "is 2 characters"),
-    ("INPUT_BUCKETS", "uploads,Up_loads", "may only hold lowercase"),
-])
+
+@pytest.mark.parametrize(
+    ("env", "value", "reason"),
+    [
+        ("INPUT_BUCKET", "{song}", "may only use the placeholders ['id'], got {song}"),
+        ("INPUT_BUCKET", "{id}_songs", "may only hold lowercase letters, digits, '.' and '-'"),
+        ("INPUT_BUCKET", "Songs-{id}", "may only hold lowercase letters, digits, '.' and '-'"),
+        ("INPUT_BUCKET", "-{id}", "must begin and end with a letter or digit"),
+        ("INPUT_BUCKET", "{id}.", "must begin and end with a letter or digit"),
+        ("INPUT_BUCKET", "a..{id}", "must not hold '..'"),
+        ("INPUT_BUCKET", "x" * 63 + "{id}", "a bucket name has 3 to 63"),
+        ("OUTPUT_BUCKET", "{id}-{stem}", "may only use the placeholders ['ext', 'id', 'model'], got {stem}"),
+        ("OUTPUT_BUCKET", "stems-{model}", "{model}='tiny_2'"),  # an allowed model's name holds '_'
+        ("OUTPUT_BUCKET", "ab", "is 2 characters"),
+        ("INPUT_BUCKETS", "uploads,Up_loads", "may only hold lowercase"),
+    ],
+)
 def test_a_bucket_template_that_cannot_name_a_bucket_stops_the_start(monkeypatch, env, value, reason):
     monkeypatch.setenv("DEMUCS_MODELS", "tiny_2")
     monkeypatch.setenv(env, value)
@@ -187,8 +195,10 @@ def test_a_bucket_template_that_cannot_name_a_bucket_stops_the_start(monkeypatch
     assert env in str(raised.value) and reason in str(raised.value)
 
 
-@pytest.mark.parametrize(("input_bucket", "output_bucket"), [
-    ("{id}", "{id}"), ("songs-{id}", "stems.{id}.{ext}"), ("queue", "out-{model}"), ("{id}x", "output")])
+@pytest.mark.parametrize(
+    ("input_bucket", "output_bucket"),
+    [("{id}", "{id}"), ("songs-{id}", "stems.{id}.{ext}"), ("queue", "out-{model}"), ("{id}x", "output")],
+)
 def test_bucket_templates_that_can_name_a_bucket_are_accepted(input_bucket, output_bucket):
     s = load_settings(input_bucket=input_bucket, output_bucket=output_bucket)
     assert (s.input_bucket, s.output_bucket) == (input_bucket, output_bucket)

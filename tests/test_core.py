@@ -106,8 +106,9 @@ def test_wav_stems_and_two_stems(worker, upload, song, s3):
 
 
 def test_layout_templates_and_stem_aliases(make_settings, redis_client, upload, song, s3):
-    settings = make_settings(input_key="songs/{id}.mp3", output_key="{model}/{id}/{stem}.{ext}",
-                             stem_aliases="bass:base")
+    settings = make_settings(
+        input_key="songs/{id}.mp3", output_key="{model}/{id}/{stem}.{ext}", stem_aliases="bass:base"
+    )
     upload("lay1", song, key="songs/lay1.mp3")
     result = run(Worker(settings), '{"id": "lay1", "stems": ["bass", "vocals"], "format": "flac"}')
     assert result["stems"] == {
@@ -179,7 +180,8 @@ def test_temp_dir_is_removed_even_on_failure(worker, upload, tmp_path, monkeypat
 
 
 def test_oversized_event_data_is_the_same_permanent_rejection_directly_and_through_the_queue(
-        worker, settings, redis_client, s3):
+    worker, settings, redis_client, s3
+):
     data = {"id": "big200", "pad": "x" * 200_000}
     event = new_event(data)
     with pytest.raises(InvalidJob, match=r"is [0-9]+ bytes, over MAX_MESSAGE_BYTES=65536") as direct:
@@ -187,8 +189,7 @@ def test_oversized_event_data_is_the_same_permanent_rejection_directly_and_throu
     assert direct.value.permanent and "event data is" in str(direct.value)
     assert not s3.bucket_exists(settings.output_bucket)  # rejected before any I/O
     # The same request as a queue message (a structured CloudEvent): the same error class, the same limit.
-    envelope = {"specversion": "1.0", "id": event["id"], "source": event["source"], "type": event["type"],
-                "data": data}
+    envelope = {"specversion": "1.0", "id": event["id"], "source": event["source"], "type": event["type"], "data": data}
     redis_client.rpush(settings.queue_key, json.dumps(envelope))
     result = Runner(settings, worker).run_once(wait_s=0)
     assert result.outcome is Outcome.DEAD

@@ -24,15 +24,33 @@ def test_wav_stems_match_the_demucs_cli_exactly(make_settings, redis_client, upl
     track.write_bytes(song)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     subprocess.run(
-        [sys.executable, "-m", "demucs.separate", "--repo", str(settings.demucs_repo), "-n", "tiny",
-         "--shifts", "0", "-d", "cpu", "-o", str(tmp_path / "cli"), str(track)],
-        check=True, env=env, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "demucs.separate",
+            "--repo",
+            str(settings.demucs_repo),
+            "-n",
+            "tiny",
+            "--shifts",
+            "0",
+            "-d",
+            "cpu",
+            "-o",
+            str(tmp_path / "cli"),
+            str(track),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         result = Worker(settings).handle(
-            event_from_message('{"id": "same", "format": "wav"}', settings.max_message_bytes))
+            event_from_message('{"id": "same", "format": "wav"}', settings.max_message_bytes)
+        )
     finally:
         torch.set_num_threads(threads)
     assert set(result["stems"]) == {"drums", "bass", "other", "vocals"}

@@ -29,17 +29,21 @@ def _write(path: Path, wav: np.ndarray, rate: int = SAMPLERATE) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("name", "seconds", "rate", "channels", "whole"), [
-    ("song.mp3", 25.3, SAMPLERATE, 2, False),  # three chunks, each after the first from a preroll
-    ("mono.mp3", 12.0, SAMPLERATE, 1, False),  # mono, duplicated chunk by chunk
-    ("song.wav", 20.0, SAMPLERATE, 2, False),  # ends exactly on a chunk boundary
-    ("song.flac", 10.5, SAMPLERATE, 2, False),
-    ("song48k.mp3", 12.0, 48000, 2, True),  # another rate: decoded whole, resampled, written
-    ("song.ogg", 12.0, SAMPLERATE, 2, True),  # Ogg: decoded whole (Vorbis seeks are not sample-exact)
-    ("short.mp3", 0.2, SAMPLERATE, 2, True),  # shorter than symphonia reads: libsndfile, whole
-])
-def test_the_file_holds_exactly_what_decode_returns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str,
-                                                    seconds: float, rate: int, channels: int, whole: bool) -> None:
+@pytest.mark.parametrize(
+    ("name", "seconds", "rate", "channels", "whole"),
+    [
+        ("song.mp3", 25.3, SAMPLERATE, 2, False),  # three chunks, each after the first from a preroll
+        ("mono.mp3", 12.0, SAMPLERATE, 1, False),  # mono, duplicated chunk by chunk
+        ("song.wav", 20.0, SAMPLERATE, 2, False),  # ends exactly on a chunk boundary
+        ("song.flac", 10.5, SAMPLERATE, 2, False),
+        ("song48k.mp3", 12.0, 48000, 2, True),  # another rate: decoded whole, resampled, written
+        ("song.ogg", 12.0, SAMPLERATE, 2, True),  # Ogg: decoded whole (Vorbis seeks are not sample-exact)
+        ("short.mp3", 0.2, SAMPLERATE, 2, True),  # shorter than symphonia reads: libsndfile, whole
+    ],
+)
+def test_the_file_holds_exactly_what_decode_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, seconds: float, rate: int, channels: int, whole: bool
+) -> None:
     wav = sample_song.generate(seconds, samplerate=rate, seed=3)[:channels] * 0.8
     source = _write(tmp_path / name, wav, rate)
     expected = audio.decode(source, SAMPLERATE, 2, 1e9)
@@ -51,7 +55,7 @@ def test_the_file_holds_exactly_what_decode_returns(tmp_path: Path, monkeypatch:
     assert torch.equal(mix.read(0, mix.frames), expected)
     # Reads of any span, across chunk boundaries and past either end, are slices of the whole.
     for start, stop in [(0, 1), (CHUNK - 7, CHUNK + 9), (mix.frames - 3, mix.frames + 50), (-5, 4)]:
-        assert torch.equal(mix.read(start, stop), expected[:, max(0, start):stop])
+        assert torch.equal(mix.read(start, stop), expected[:, max(0, start) : stop])
 
 
 def test_a_long_mp3_is_decoded_in_chunks_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,8 +68,9 @@ def test_a_long_mp3_is_decoded_in_chunks_the_same(tmp_path: Path, monkeypatch: p
     assert torch.equal(mix.read(0, mix.frames), expected)
 
 
-def test_a_seam_that_does_not_match_falls_back_to_the_whole_decode(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_seam_that_does_not_match_falls_back_to_the_whole_decode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A decoder whose seeks land elsewhere (simulated: every seeked decode is off by one frame) is caught by
     the guard, and the file is then written from the whole-file decode."""
     source = _write(tmp_path / "song.wav", sample_song.generate(23.0, seed=4))

@@ -93,8 +93,10 @@ def env_values(items: list[tuple[str, str]]) -> dict[str, str]:
 def ci_scripts() -> list[Path]:
     """`.ci/run` and every repository script it runs (one level deep is what CI uses)."""
     if not CI_RUN.is_file():
-        pytest.fail(f"{CI_RUN.relative_to(ROOT)} is missing: the image's torch pin is checked against CI's install "
-                    "steps there (pip install torch==...), so CI must exist first")
+        pytest.fail(
+            f"{CI_RUN.relative_to(ROOT)} is missing: the image's torch pin is checked against CI's install "
+            "steps there (pip install torch==...), so CI must exist first"
+        )
     scripts = [CI_RUN]
     for match in re.finditer(r"(?:\./)?((?:scripts|\.ci)/[\w./-]+)", CI_RUN.read_text()):
         candidate = ROOT / match.group(1)
@@ -140,8 +142,9 @@ def test_torch_is_installed_first_then_the_lock_then_the_project() -> None:
             for token in shlex.split(re.sub(r"\$\{[^}]*\}", "", spec)):
                 if token.startswith("-"):
                     continue
-                assert token in ('$TORCH_SPEC', "/tmp/dist/stemworker-*.whl", "requirements.lock"), \
+                assert token in ("$TORCH_SPEC", "/tmp/dist/stemworker-*.whl", "requirements.lock"), (
                     f"pip installs {token!r} by name"
+                )
     copies = [args for stage, keyword, args in instructions() if keyword == "COPY" and stage == stage_of("build")]
     assert copies.index("requirements.lock ./") < next(i for i, c in enumerate(copies) if c.startswith("function"))
 
@@ -172,17 +175,20 @@ def test_the_lock_pins_every_runtime_dependency_but_torch_with_hashes() -> None:
     assert pins, "requirements.lock is empty"
     for name, (_, hashes) in pins.items():
         assert hashes and all(h.startswith("sha256:") for h in hashes), f"{name} has no sha256 hash"
-    assert "torch" not in pins and not [name for name in pins if name.startswith("nvidia-")], \
+    assert "torch" not in pins and not [name for name in pins if name.startswith("nvidia-")], (
         "torch comes from TORCH_SPEC and TORCH_INDEX, never from the lock"
-    dependencies = [Requirement(spec) for spec in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-                    ["dependencies"]]
+    )
+    dependencies = [
+        Requirement(spec) for spec in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    ]
     for requirement in dependencies:
         name = canonical(requirement.name)
         if name == "torch":
             continue
         assert name in pins, f"{name} (pyproject.toml) is not in requirements.lock: run scripts/lock.sh"
-        assert requirement.specifier.contains(pins[name][0], prereleases=True), \
+        assert requirement.specifier.contains(pins[name][0], prereleases=True), (
             f"requirements.lock pins {name}=={pins[name][0]}, outside pyproject's {requirement.specifier}"
+        )
     header = (ROOT / "requirements.lock").read_text().splitlines()[:2]
     assert any("scripts/lock.sh" in line for line in header), "the lock must name the command that refreshes it"
 
@@ -263,8 +269,14 @@ def test_dockerignore_keeps_everything_but_the_package_out() -> None:
     rules = [line for line in lines if line and not line.startswith("#")]
     assert rules[0] == "*", ".dockerignore must start by excluding everything"
     included = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
-    assert included == {"pyproject.toml", "requirements.lock", "README.md", "function", "stemops",
-                        "scripts/bake_models.py"}
+    assert included == {
+        "pyproject.toml",
+        "requirements.lock",
+        "README.md",
+        "function",
+        "stemops",
+        "scripts/bake_models.py",
+    }
     for copied in re.findall(r"^COPY (?!--from)(.+) \S+$", DOCKERFILE.read_text(), re.M):
         for source in copied.split():
             assert source.rstrip("*") in included, f"COPY {source} is excluded by .dockerignore"

@@ -49,7 +49,7 @@ def section(title: str) -> str:
     text = README.read_text()
     start = text.index(f"## {title}\n")
     end = text.find("\n## ", start + 1)
-    return text[start:end if end != -1 else None]
+    return text[start : end if end != -1 else None]
 
 
 def layout_paths() -> set[str]:

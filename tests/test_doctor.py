@@ -53,24 +53,48 @@ class Shape:
 SHAPES = {
     "lpush": Shape(Tier("lpush", push="lpush", id_field="hash"), {}, {"QUEUE_POP": "right", "QUEUE_KEY": "toWorker"}),
     "rpush-bare": Shape(Tier("rpush-bare", push="rpush", id_field=None), {}, {"QUEUE_POP": "left"}),
-    "list-toWorkers": Shape(Tier("toWorkers", push="lpush"), {"queue_key": "toWorkers"},
-                            {"QUEUE_KEY": "toWorkers", "QUEUE_POP": "right"}),
-    "audio-tracks": Shape(Tier("audio-tracks", push="lpush"),
-                          {"input_bucket": "audio-tracks", "input_key": "{id}/original.mp3"},
-                          {"INPUT_BUCKET": "audio-tracks", "INPUT_KEY": "{id}/original.mp3"}),
-    "bare-id-queues": Shape(Tier("queues", push="lpush", id_field=None), {"input_bucket": "queues"},
-                            {"INPUT_BUCKET": "queues", "INPUT_KEY": "{id}.mp3"}),
-    "bucket-per-song": Shape(Tier("per-song", push="lpush"), {"input_bucket": "{id}", "input_key": "{id}.mp3"},
-                             {"INPUT_BUCKET": "{id}", "INPUT_KEY": "{id}.mp3"}),
-    "job-status-hash": Shape(Tier("job-hash", push="lpush", own_status={"status": "queued", "filename": "a.mp3"},
-                                  own_status_ttl_s=86400, status_field="status"),
-                             {"status_key": "job:{id}"}, {"STATUS_KEY": "job:{id}", "STATE_FIELDS": "state,status"}),
-    "object_name": Shape(Tier("object-name", push="lpush", key="uploads/{id}/song.mp3", key_field="object_name"),
-                         {}, {"QUEUE_POP": "right"}),
-    "bucket-and-key-in-message": Shape(Tier("named", push="rpush", bucket="tier-uploads", key="u/{id}.mp3"), {},
-                                       {"INPUT_BUCKET": "tier-uploads"}),
-    "model-name": Shape(Tier("model", push="lpush", fields={"model": "mdx_extra_q", "user": 42}), {},
-                        {"MODEL_ALIASES": "mdx_extra_q:tiny"}),
+    "list-toWorkers": Shape(
+        Tier("toWorkers", push="lpush"), {"queue_key": "toWorkers"}, {"QUEUE_KEY": "toWorkers", "QUEUE_POP": "right"}
+    ),
+    "audio-tracks": Shape(
+        Tier("audio-tracks", push="lpush"),
+        {"input_bucket": "audio-tracks", "input_key": "{id}/original.mp3"},
+        {"INPUT_BUCKET": "audio-tracks", "INPUT_KEY": "{id}/original.mp3"},
+    ),
+    "bare-id-queues": Shape(
+        Tier("queues", push="lpush", id_field=None),
+        {"input_bucket": "queues"},
+        {"INPUT_BUCKET": "queues", "INPUT_KEY": "{id}.mp3"},
+    ),
+    "bucket-per-song": Shape(
+        Tier("per-song", push="lpush"),
+        {"input_bucket": "{id}", "input_key": "{id}.mp3"},
+        {"INPUT_BUCKET": "{id}", "INPUT_KEY": "{id}.mp3"},
+    ),
+    "job-status-hash": Shape(
+        Tier(
+            "job-hash",
+            push="lpush",
+            own_status={"status": "queued", "filename": "a.mp3"},
+            own_status_ttl_s=86400,
+            status_field="status",
+        ),
+        {"status_key": "job:{id}"},
+        {"STATUS_KEY": "job:{id}", "STATE_FIELDS": "state,status"},
+    ),
+    "object_name": Shape(
+        Tier("object-name", push="lpush", key="uploads/{id}/song.mp3", key_field="object_name"),
+        {},
+        {"QUEUE_POP": "right"},
+    ),
+    "bucket-and-key-in-message": Shape(
+        Tier("named", push="rpush", bucket="tier-uploads", key="u/{id}.mp3"), {}, {"INPUT_BUCKET": "tier-uploads"}
+    ),
+    "model-name": Shape(
+        Tier("model", push="lpush", fields={"model": "mdx_extra_q", "user": 42}),
+        {},
+        {"MODEL_ALIASES": "mdx_extra_q:tiny"},
+    ),
 }
 
 
@@ -81,8 +105,14 @@ def watch_while(capsys, redis_client: redis.Redis, submit, *args: str) -> tuple[
     thread = threading.Thread(target=lambda: result.update(code=main(["doctor", "--watch", *args])))
     thread.start()
     try:
-        wait_for(lambda: not thread.is_alive() or any(entry.get("cmd") in ("monitor", "psubscribe")
-                                                      for entry in redis_client.client_list()), 20, "doctor to listen")
+        wait_for(
+            lambda: (
+                not thread.is_alive()
+                or any(entry.get("cmd") in ("monitor", "psubscribe") for entry in redis_client.client_list())
+            ),
+            20,
+            "doctor to listen",
+        )
         submit()
     finally:
         thread.join(60)
@@ -98,8 +128,9 @@ def block_of(out: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_doctor_watch_prints_a_block_that_serves_the_tier(name, make_settings, env, redis_client, s3, short_song,
-                                                           capsys, buckets):
+def test_doctor_watch_prints_a_block_that_serves_the_tier(
+    name, make_settings, env, redis_client, s3, short_song, capsys, buckets
+):
     shape = SHAPES[name]
     job_id = f"song{uuid.uuid4().hex[:8]}"
     tier_layout = make_settings(**shape.layout)
@@ -122,12 +153,14 @@ def test_doctor_watch_prints_a_block_that_serves_the_tier(name, make_settings, e
         assert 0 < redis_client.ttl(client.status_key(job_id)) <= shape.tier.own_status_ttl_s
 
 
-def test_doctor_watch_finds_a_loopback_callback_and_json_for_scripts(make_settings, env, redis_client, s3, short_song,
-                                                                    capsys, receiver):
+def test_doctor_watch_finds_a_loopback_callback_and_json_for_scripts(
+    make_settings, env, redis_client, s3, short_song, capsys, receiver
+):
     tier = Tier("callback", push="lpush", fields={"callback": f"http://localhost:{receiver.port}/hook"})
     client = TierClient(tier, make_settings(), redis_client, s3)
-    code, out, _ = watch_while(capsys, redis_client, lambda: client.submit("cb1", short_song), "--json",
-                               "--timeout", "30")
+    code, out, _ = watch_while(
+        capsys, redis_client, lambda: client.submit("cb1", short_song), "--json", "--timeout", "30"
+    )
     report = json.loads(out)
     assert code == 0 and report["ok"] and report["problems"] == []
     assert report["block"]["CALLBACK_ALLOW_HOSTS"] == "127.0.0.1/32" and report["block"]["QUEUE_POP"] == "right"
@@ -158,13 +191,15 @@ def test_doctor_watch_says_plainly_what_it_cannot_serve(make_settings, env, redi
 
 
 def test_doctor_watch_names_a_handoff_that_is_not_a_list(env, redis_client, capsys):
-    code, _, err = watch_while(capsys, redis_client, lambda: redis_client.xadd("jobs", {"hash": "s1"}),
-                               "--timeout", "3")
+    code, _, err = watch_while(
+        capsys, redis_client, lambda: redis_client.xadd("jobs", {"hash": "s1"}), "--timeout", "3"
+    )
     assert code == 3 and "it saw XADD jobs, but stemworker reads its jobs from a Redis list" in err
 
 
-def test_doctor_watch_waits_a_little_for_an_upload_that_follows_the_push(make_settings, env, redis_client, s3,
-                                                                          short_song, capsys):
+def test_doctor_watch_waits_a_little_for_an_upload_that_follows_the_push(
+    make_settings, env, redis_client, s3, short_song, capsys
+):
     settings = make_settings()
     client = TierClient(Tier("late-upload", push="lpush"), settings, redis_client, s3)
 
@@ -178,8 +213,7 @@ def test_doctor_watch_waits_a_little_for_an_upload_that_follows_the_push(make_se
     assert code == 0 and f"# input: {settings.input_bucket}/late1.mp3" in out
 
 
-def test_doctor_watch_tells_the_job_from_a_tiers_log_pushes(make_settings, env, redis_client, s3, short_song,
-                                                             capsys):
+def test_doctor_watch_tells_the_job_from_a_tiers_log_pushes(make_settings, env, redis_client, s3, short_song, capsys):
     """A one-word log line parses as a bare id too; the job is the push whose song is in S3."""
     settings = make_settings()
     client = TierClient(Tier("logs-too", push="rpush", id_field="hash"), settings, redis_client, s3)
@@ -207,8 +241,9 @@ def acl_user(redis_client, monkeypatch, env):
 
     def make(*rules: str) -> str:
         name = f"doctor{len(made)}"
-        redis_client.acl_setuser(name, enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
-                                 commands=list(rules), reset=True)
+        redis_client.acl_setuser(
+            name, enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=list(rules), reset=True
+        )
         made.append(name)
         url = env["REDIS_URL"].replace("redis://", f"redis://{name}:pw@")
         monkeypatch.setenv("REDIS_URL", url)
@@ -220,7 +255,8 @@ def acl_user(redis_client, monkeypatch, env):
 
 
 def test_without_monitor_doctor_watches_keyspace_notifications_and_restores_them(
-        acl_user, make_settings, redis_client, s3, short_song, capsys, buckets):
+    acl_user, make_settings, redis_client, s3, short_song, capsys, buckets
+):
     acl_user("+@all", "-monitor")
     redis_client.config_set("notify-keyspace-events", "")
     layout = make_settings(status_key="job:{id}", input_bucket="queues")
@@ -232,7 +268,11 @@ def test_without_monitor_doctor_watches_keyspace_notifications_and_restores_them
     assert "# watched with keyspace notifications (MONITOR refused" in out
     block = block_of(out)
     assert (block["QUEUE_POP"], block["INPUT_BUCKET"], block["STATUS_KEY"], block["STATE_FIELDS"]) == (
-        "right", "queues", "job:{id}", "state,status")
+        "right",
+        "queues",
+        "job:{id}",
+        "state,status",
+    )
     assert redis_client.config_get("notify-keyspace-events")["notify-keyspace-events"] == ""
     worker = make_settings(**{setting.lower(): value for setting, value in block.items()})
     assert Runner(worker).run_once(0).outcome == Outcome.DONE and client.status("ks1") == "done"
@@ -249,14 +289,24 @@ def test_without_monitor_or_config_doctor_says_what_to_allow(acl_user, redis_cli
 
 # --- the static checks ------------------------------------------------------------------------------------------
 
+
 def test_doctor_checks_a_working_setup(env, settings, redis_client, s3, capsys):
     s3.make_bucket(settings.input_bucket)
     code = main(["doctor", "--json"])
     report = json.loads(capsys.readouterr().out)
     levels = {check["name"]: check["level"] for check in report["checks"]}
     assert code == 0 and report["ok"]
-    assert levels == {"settings": "ok", "redis": "ok", "persistence": "warn", "s3": "ok", "input bucket": "ok",
-                      "output bucket": "warn", "model": "ok", "claim wait": "ok", "queue": "ok"}
+    assert levels == {
+        "settings": "ok",
+        "redis": "ok",
+        "persistence": "warn",
+        "s3": "ok",
+        "input bucket": "ok",
+        "output bucket": "warn",
+        "model": "ok",
+        "claim wait": "ok",
+        "queue": "ok",
+    }
     details = {check["name"]: check["detail"] for check in report["checks"]}
     assert "a Redis restart loses every queued job" in details["persistence"]
     assert "tiny loads from DEMUCS_REPO" in details["model"]
@@ -268,8 +318,10 @@ def test_doctor_names_the_tiers_list_when_the_queue_key_is_missing(env, settings
     code = main(["doctor", "--no-model"])
     out = capsys.readouterr().out
     assert code == 1  # the input bucket is missing too: a failed check
-    assert "toWorker does not exist, but toWorkers holds 2 messages the worker reads as jobs: is that the tier's " \
-           "queue? Set QUEUE_KEY=toWorkers" in out
+    assert (
+        "toWorker does not exist, but toWorkers holds 2 messages the worker reads as jobs: is that the tier's "
+        "queue? Set QUEUE_KEY=toWorkers" in out
+    )
     assert f"fail  input bucket   {settings.input_bucket} does not exist" in out
 
 

@@ -150,9 +150,25 @@ def run_scaler(services, tmp_path: Path, *args: str, timeout_s: float = 120) -> 
     summary = tmp_path / "summary.json"
     env_args = [f"--env={name}={value}" for name, value in services.env().items()]
     completed = subprocess.run(
-        [sys.executable, "-m", "workbench.emulator", "--workdir", str(tmp_path / "work"), "--summary-json",
-         str(summary), "--polling-interval", "0.3", "--max-seconds", str(timeout_s - 30), *env_args, *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout_s,
+        [
+            sys.executable,
+            "-m",
+            "workbench.emulator",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--summary-json",
+            str(summary),
+            "--polling-interval",
+            "0.3",
+            "--max-seconds",
+            str(timeout_s - 30),
+            *env_args,
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     return json.loads(summary.read_text()), completed.stdout

@@ -55,16 +55,21 @@ def scrape(url: str) -> str:
     return response.text
 
 
-def test_counts_after_real_jobs_through_the_runner(make_settings, redis_client, upload, song, receiver,
-                                                   monkeypatch):
+def test_counts_after_real_jobs_through_the_runner(make_settings, redis_client, upload, song, receiver, monkeypatch):
     # The result cache is off: done2 has the same song as done1, and each must run every stage here.
-    settings = make_settings(max_attempts=2, scaledjob_max_replicas=2, callback_allow_hosts="127.0.0.1",
-                             result_cache=False)
+    settings = make_settings(
+        max_attempts=2, scaledjob_max_replicas=2, callback_allow_hosts="127.0.0.1", result_cache=False
+    )
     for job_id in ("done1", "done2", "flaky"):
         upload(job_id, song)
     # done1 and missing POST a callback each (missing's is its failure notice).
-    redis_client.rpush(settings.queue_key, json.dumps({"songhash": "done1", "callback": receiver.url}), "done2",
-                       json.dumps({"songhash": "missing", "callback": receiver.url}), "{not json")
+    redis_client.rpush(
+        settings.queue_key,
+        json.dumps({"songhash": "done1", "callback": receiver.url}),
+        "done2",
+        json.dumps({"songhash": "missing", "callback": receiver.url}),
+        "{not json",
+    )
     runner = Runner(settings)
     outcomes = [runner.run_once(wait_s=1).outcome for _ in range(4)]
     assert outcomes == [Outcome.DONE, Outcome.DONE, Outcome.DEAD, Outcome.DEAD]
@@ -95,12 +100,15 @@ def test_counts_after_real_jobs_through_the_runner(make_settings, redis_client, 
         assert value(found, "stemworker_job_duration_seconds_count", stage=stage, model="tiny") == 2
         assert value(found, "stemworker_job_duration_seconds_bucket", stage=stage, model="tiny", le="+Inf") == 2
         assert value(found, "stemworker_job_duration_seconds_sum", stage=stage, model="tiny") > 0
-    buckets = [value(found, "stemworker_job_duration_seconds_bucket", stage="total", model="tiny",
-                     le=str(float(bound))) for bound in DURATION_BUCKETS_S]
+    buckets = [
+        value(found, "stemworker_job_duration_seconds_bucket", stage="total", model="tiny", le=str(float(bound)))
+        for bound in DURATION_BUCKETS_S
+    ]
     assert buckets == sorted(buckets)  # cumulative
     recorded = [float(redis_client.hget(f"status:{job_id}", "seconds")) for job_id in ("done1", "done2")]
     assert value(found, "stemworker_job_duration_seconds_sum", stage="total", model="tiny") == pytest.approx(
-        sum(recorded), abs=0.01)
+        sum(recorded), abs=0.01
+    )
     audio = [float(redis_client.hget(f"status:{j}", "audio_seconds")) for j in ("done1", "done2")]
     assert value(found, "stemworker_audio_seconds_total", model="tiny") == pytest.approx(sum(audio), abs=0.01)
     assert value(found, "stemworker_realtime_factor_count", model="tiny") == 2
@@ -152,9 +160,14 @@ def test_scrape_errors_are_counted_and_never_a_500(make_settings):
 
 def test_exporter_command_serves_until_sigterm(settings, redis_client):
     Recorder(redis_client, settings).job_done("cmd1", "tiny", {"total": 1.5, "separate": 1.0}, 3.0)
-    process = subprocess.Popen([sys.executable, "-m", "stemops", "exporter", "--port", "0", "--address",
-                                "127.0.0.1"], cwd=REPO_ROOT, env=runner_env(settings, LOG_FORMAT="text"),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stemops", "exporter", "--port", "0", "--address", "127.0.0.1"],
+        cwd=REPO_ROOT,
+        env=runner_env(settings, LOG_FORMAT="text"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = process.stdout.readline()
         match = re.fullmatch(r"serving /metrics on (127\.0\.0\.1:\d+) for queue (\S+)\n", line)
@@ -175,8 +188,14 @@ def test_exporter_command_serves_until_sigterm(settings, redis_client):
 
 
 def test_exporter_command_has_no_json_flag(settings):
-    done = subprocess.run([sys.executable, "-m", "stemops", "exporter", "--json"], cwd=REPO_ROOT,
-                          env=runner_env(settings), capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "stemops", "exporter", "--json"],
+        cwd=REPO_ROOT,
+        env=runner_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "No such option '--json'" in done.stderr
 
 
@@ -248,9 +267,14 @@ def test_exporter_command_answers_redis_down_when_redis_hangs(make_settings, hun
     settings = make_settings(redis_url=hung_redis)
     env = runner_env(settings, REDIS_URL=hung_redis, REDIS_TIMEOUT_S="10", LOG_FORMAT="text")
     env.pop("EXPORTER_SCRAPE_BUDGET_S", None)
-    process = subprocess.Popen([sys.executable, "-m", "stemops", "exporter", "--port", "0", "--address",
-                                "127.0.0.1"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stemops", "exporter", "--port", "0", "--address", "127.0.0.1"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         where = process.stdout.readline().split()[3]
         for _ in range(2):
@@ -300,9 +324,38 @@ def test_http_adapter_serves_metrics_before_its_health_answer(http_app, settings
 
 
 # ------------------------------------------------------------------------------------------------ dashboard
-PROMQL_WORDS = {"sum", "rate", "increase", "irate", "histogram_quantile", "by", "without", "avg", "max", "min",
-                "count", "and", "or", "unless", "on", "ignoring", "group_left", "group_right", "offset", "bool",
-                "clamp_min", "clamp_max", "delta", "deriv", "time", "vector", "scalar", "abs", "topk", "bottomk"}
+PROMQL_WORDS = {
+    "sum",
+    "rate",
+    "increase",
+    "irate",
+    "histogram_quantile",
+    "by",
+    "without",
+    "avg",
+    "max",
+    "min",
+    "count",
+    "and",
+    "or",
+    "unless",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "offset",
+    "bool",
+    "clamp_min",
+    "clamp_max",
+    "delta",
+    "deriv",
+    "time",
+    "vector",
+    "scalar",
+    "abs",
+    "topk",
+    "bottomk",
+}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -316,7 +369,7 @@ def metric_names(expr: str) -> set[str]:
     names = set()
     for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
         word = match.group(0)
-        after = text[match.end():].lstrip()
+        after = text[match.end() :].lstrip()
         if word in PROMQL_WORDS or after.startswith("("):
             continue
         names.add(word)
@@ -338,10 +391,13 @@ def exported_names(settings, redis_client) -> set[str]:
 
 
 def test_metric_name_parser_catches_a_misspelt_metric():
-    assert metric_names('histogram_quantile(0.95, sum by (le, stage) (rate(x_bucket{a="b"}[$__rate_interval])))') \
-        == {"x_bucket"}
-    assert metric_names("sum by (outcome) (rate(stemworker_jobz_total[5m])) / on (x) y") == {"stemworker_jobz_total",
-                                                                                            "y"}
+    assert metric_names('histogram_quantile(0.95, sum by (le, stage) (rate(x_bucket{a="b"}[$__rate_interval])))') == {
+        "x_bucket"
+    }
+    assert metric_names("sum by (outcome) (rate(stemworker_jobz_total[5m])) / on (x) y") == {
+        "stemworker_jobz_total",
+        "y",
+    }
 
 
 def test_dashboard_names_only_metrics_the_exporter_exports(make_settings, redis_client):
@@ -351,13 +407,22 @@ def test_dashboard_names_only_metrics_the_exporter_exports(make_settings, redis_
     assert used and used <= exported, f"not exported: {sorted(used - exported)}"
     # What the dashboard must show.
     joined = "\n".join(expressions)
-    for needed in ("stemworker_queue_waiting", "stemworker_queue_processing", "stemworker_jobs_running",
-                   "stemworker_scaledjob_max_replicas", "stemworker_jobs_total", "stemworker_queue_dead",
-                   "stemworker_realtime_factor_bucket"):
+    for needed in (
+        "stemworker_queue_waiting",
+        "stemworker_queue_processing",
+        "stemworker_jobs_running",
+        "stemworker_scaledjob_max_replicas",
+        "stemworker_jobs_total",
+        "stemworker_queue_dead",
+        "stemworker_realtime_factor_bucket",
+    ):
         assert needed in used, needed
     for quantile in ("0.5", "0.95"):
-        assert re.search(rf"histogram_quantile\({quantile}, sum by \(le, stage\) "
-                         r"\(rate\(stemworker_job_duration_seconds_bucket", joined), quantile
+        assert re.search(
+            rf"histogram_quantile\({quantile}, sum by \(le, stage\) "
+            r"\(rate\(stemworker_job_duration_seconds_bucket",
+            joined,
+        ), quantile
     board = json.loads(DASHBOARD.read_text())
     assert all(panel["datasource"]["uid"] == "${datasource}" for panel in board["panels"])
 
@@ -401,8 +466,10 @@ def test_oldest_waiting_age_is_from_first_sight_and_forgets_what_left(settings, 
 def test_function_never_imports_stemops_and_stemops_stays_light():
     for path in (REPO_ROOT / "function").glob("*.py"):
         assert not re.search(r"^\s*(from|import)\s+stemops\b", path.read_text(), re.M), path.name
-    code = ("import importlib, json, sys; [importlib.import_module(m) for m in ('stemops.cli', 'stemops.exporter')];"
-            "print(json.dumps(sorted(sys.modules)))")
+    code = (
+        "import importlib, json, sys; [importlib.import_module(m) for m in ('stemops.cli', 'stemops.exporter')];"
+        "print(json.dumps(sorted(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     loaded = set(json.loads(out.stdout.splitlines()[-1]))
     assert not loaded & {"torch", "demucs", "workbench"}, sorted(loaded & {"torch", "demucs", "workbench"})
@@ -414,9 +481,9 @@ def test_pyproject_and_image_ship_stemops():
     assert re.search(r'include = \[[^\]]*"stemops"', pyproject)
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     assert dockerfile.index("COPY stemops ./stemops") == dockerfile.index("COPY function ./function") + len(
-        "COPY function ./function\n")
+        "COPY function ./function\n"
+    )
     assert "!stemops/" in (REPO_ROOT / ".dockerignore").read_text().split()
-
 
 
 def test_queue_wait_is_a_histogram_from_the_event_time_or_first_sight(settings, redis_client):
@@ -424,8 +491,14 @@ def test_queue_wait_is_a_histogram_from_the_event_time_or_first_sight(settings, 
     first saw the message waiting; a message with neither is not counted."""
     queue = settings.queue_key
     an_hour_ago = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
-    event = {"specversion": "1.0", "id": "ev-wait", "source": "tier", "type": "song", "time": an_hour_ago,
-             "data": {"songhash": "nowhere1"}}
+    event = {
+        "specversion": "1.0",
+        "id": "ev-wait",
+        "source": "tier",
+        "type": "song",
+        "time": an_hour_ago,
+        "data": {"songhash": "nowhere1"},
+    }
     redis_client.rpush(queue, json.dumps(event))
     runner = Runner(settings)
     assert runner.run_once(wait_s=1).outcome is Outcome.DEAD  # no input: it still waited

@@ -50,10 +50,20 @@ def fault_settings(own_services: LocalServices, model_repo: Path) -> Settings:
     client.close()
     # `micro`: these tests are about the dependencies, so the separation is the cheapest real one (a 30 s song in a
     # few CPU-seconds) and how long a run takes does not depend on how busy the host is.
-    return load_settings(**{k.lower(): v for k, v in own_services.env().items()}, demucs_model="micro",
-                         demucs_repo=str(model_repo), demucs_device="cpu", demucs_shifts=0, demucs_threads=1,
-                         redis_timeout_s=1, s3_timeout_s=2, lease_s=3, orphan_grace_s=0,
-                         claim_wait_s=1, max_attempts=3)
+    return load_settings(
+        **{k.lower(): v for k, v in own_services.env().items()},
+        demucs_model="micro",
+        demucs_repo=str(model_repo),
+        demucs_device="cpu",
+        demucs_shifts=0,
+        demucs_threads=1,
+        redis_timeout_s=1,
+        s3_timeout_s=2,
+        lease_s=3,
+        orphan_grace_s=0,
+        claim_wait_s=1,
+        max_attempts=3,
+    )
 
 
 def put_song(settings: Settings, job_id: str, data: bytes) -> None:
@@ -74,8 +84,13 @@ def stems_present(settings: Settings, job_id: str) -> list[str]:
 
 
 def runner_process(settings: Settings, **extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "function.runner"], env=runner_env(settings, **extra), cwd=REPO_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "function.runner"],
+        env=runner_env(settings, **extra),
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def rescue(settings: Settings) -> None:
@@ -106,8 +121,9 @@ def test_redis_restart_mid_job_loses_nothing(fault_settings, own_services, long_
     assert client.llen("toWorker") == client.llen("toWorker:processing") == client.llen("toWorker:dead") == 0
 
 
-def test_redis_without_persistence_loses_the_list_and_fences_the_running_job(fault_settings, own_services, long_song,
-                                                                            tmp_path):
+def test_redis_without_persistence_loses_the_list_and_fences_the_running_job(
+    fault_settings, own_services, long_song, tmp_path
+):
     """What Redis promises without an append-only file: a restart loses everything in it, the queue included.
     The runner in the middle of a job finds its lease gone and stops: no status written into the empty Redis."""
     lossy = RedisServer(tmp_path, persistent=False).start()
@@ -194,15 +210,22 @@ def file_size_limit(limit_bytes: int):
 
 # 50 kB: the download of the ~73 kB song fails; 300 kB: the download fits, the ~1 MB raw stems spooled during
 # separation do not.
-@pytest.mark.parametrize(("limit_bytes", "reason"), [(50_000, "cannot write the input to the temp dir"),
-                                                     (300_000, "cannot write separated stems to the temp dir")])
+@pytest.mark.parametrize(
+    ("limit_bytes", "reason"),
+    [(50_000, "cannot write the input to the temp dir"), (300_000, "cannot write separated stems to the temp dir")],
+)
 def test_full_temp_disk_requeues_with_a_clear_reason(fault_settings, song, limit_bytes, reason):
     client = redis.Redis.from_url(fault_settings.redis_connection_url)
     put_song(fault_settings, "disk", song)
     client.rpush("toWorker", "disk")
-    process = subprocess.Popen([sys.executable, "-m", "function.runner"], env=runner_env(fault_settings), cwd=REPO_ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               preexec_fn=file_size_limit(limit_bytes))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "function.runner"],
+        env=runner_env(fault_settings),
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=file_size_limit(limit_bytes),
+    )
     output = process.communicate(timeout=120)[0].decode()
     assert process.returncode == 1, output
     assert client.lrange("toWorker", 0, -1) == [b"disk"]

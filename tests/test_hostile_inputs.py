@@ -72,8 +72,11 @@ REJECTED_MESSAGES = [
     # Poison messages that once escaped the parser and crashed every runner (issue: robust by default).
     Rejected("deep-list", "[" * 1000 + "]" * 1000, "nested deeper than 64 levels"),
     Rejected("deep-unclosed", "[" * 2000, "nested deeper than 64 levels"),
-    Rejected("deep-in-callback", '{"id": "d1", "callback": {"url": "http://x/", "data": ' + "[" * 900 + "]" * 900
-             + "}}", "nested deeper than 64 levels"),
+    Rejected(
+        "deep-in-callback",
+        '{"id": "d1", "callback": {"url": "http://x/", "data": ' + "[" * 900 + "]" * 900 + "}}",
+        "nested deeper than 64 levels",
+    ),
     Rejected("huge-number", "7" * 5000, "JSON number of 5000 characters"),
     Rejected("huge-number-id", '{"id": ' + "7" * 5000 + "}", "JSON number of 5000 characters"),
     Rejected("huge-float", "1." + "5" * 5000, "JSON number of 5002 characters"),
@@ -89,11 +92,18 @@ REJECTED_MESSAGES = [
     Rejected("lone-surrogate", r'{"id": "\ud800"}', "job id must be"),
     Rejected("empty", "   ", "message is empty"),
     Rejected("huge", json.dumps({"id": "big1", "pad": "x" * 70_000}), "over MAX_MESSAGE_BYTES=65536"),
-    Rejected("bad-cloudevent-version", json.dumps({"specversion": "0.3", "id": "e", "source": "s", "type": "t",
-                                                   "data": "okid"}), "unsupported CloudEvent specversion"),
-    Rejected("cloudevent-id-newline", json.dumps({"specversion": "1.0", "id": "e1\nfake.worker.info:done",
-                                                  "source": "s", "type": "t", "data": "okid"}),
-             "CloudEvent attribute 'id' must be 1-256 printable ASCII characters"),
+    Rejected(
+        "bad-cloudevent-version",
+        json.dumps({"specversion": "0.3", "id": "e", "source": "s", "type": "t", "data": "okid"}),
+        "unsupported CloudEvent specversion",
+    ),
+    Rejected(
+        "cloudevent-id-newline",
+        json.dumps(
+            {"specversion": "1.0", "id": "e1\nfake.worker.info:done", "source": "s", "type": "t", "data": "okid"}
+        ),
+        "CloudEvent attribute 'id' must be 1-256 printable ASCII characters",
+    ),
     # Models, stems and formats: the id is valid, so the failure is recorded under it.
     Rejected("unknown-model", _id("m1", model="htdemucs_ft"), "model 'htdemucs_ft' is not allowed", "m1"),
     Rejected("model-path", _id("m2", model="../tiny"), "model '../tiny' is not allowed", "m2"),
@@ -102,8 +112,12 @@ REJECTED_MESSAGES = [
     Rejected("stem-path", _id("s1", stems=["../vocals"]), "stem names must be 1-64 characters", "s1"),
     Rejected("stems-string", _id("s2", stems="vocals"), "stems must be a non-empty list", "s2"),
     Rejected("stems-empty", _id("s3", stems=[]), "stems must be a non-empty list", "s3"),
-    Rejected("stems-and-two-stems", _id("s4", stems=["bass"], two_stems="vocals"),
-             "stems and two_stems cannot be used together", "s4"),
+    Rejected(
+        "stems-and-two-stems",
+        _id("s4", stems=["bass"], two_stems="vocals"),
+        "stems and two_stems cannot be used together",
+        "s4",
+    ),
     Rejected("two-stems-template", _id("s5", two_stems="{stem}"), "two_stems must be one stem name", "s5"),
     Rejected("format-exe", _id("f1", format="exe"), "format must be one of ['mp3', 'wav', 'flac']", "f1"),
     # Template injection: ids and models can never reach str.format as anything but a checked value.
@@ -192,8 +206,7 @@ REJECTED_AUDIO = [
     BadAudio("wav-nan-samples", lambda: _nan_wav(), "input audio contains NaN or infinite samples"),
     BadAudio("wav-lying-rate", lambda: _wav_with(24, "<I", 1), "over MAX_DURATION_S=3600"),
     BadAudio("oversize", lambda: sample_song.song_mp3(2.0), "over MAX_INPUT_BYTES=1000", {"max_input_bytes": 1000}),
-    BadAudio("too-long", lambda: sample_song.song_mp3(2.0), "long, over MAX_DURATION_S=1",
-             {"max_duration_s": 1}),
+    BadAudio("too-long", lambda: sample_song.song_mp3(2.0), "long, over MAX_DURATION_S=1", {"max_duration_s": 1}),
 ]
 
 

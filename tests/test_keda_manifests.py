@@ -84,8 +84,12 @@ def validate_core(doc: dict[str, Any]) -> None:
 
 def job_of(scaled_job: dict[str, Any]) -> dict[str, Any]:
     """The Job KEDA creates from a ScaledJob: `jobTargetRef` is a batch/v1 JobSpec."""
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "stemworker-x"},
-            "spec": scaled_job["spec"]["jobTargetRef"]}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "stemworker-x"},
+        "spec": scaled_job["spec"]["jobTargetRef"],
+    }
 
 
 def validate(doc: dict[str, Any]) -> None:
@@ -105,8 +109,13 @@ def test_kustomization_lists_every_manifest_but_the_example_secret():
     listed = set(yaml.safe_load((BASE / "kustomization.yaml").read_text())["resources"])
     on_disk = {p.name for p in BASE.glob("*.yaml")} - {"kustomization.yaml"}
     assert listed == on_disk
-    assert {d["kind"] for d in resources()} == {"ConfigMap", "TriggerAuthentication", "ScaledJob", "CronJob",
-                                                "NetworkPolicy"}
+    assert {d["kind"] for d in resources()} == {
+        "ConfigMap",
+        "TriggerAuthentication",
+        "ScaledJob",
+        "CronJob",
+        "NetworkPolicy",
+    }
     # keda/ itself is the base alone (what the emulator and the planner read); the Secret is in no kustomization.
     assert yaml.safe_load((KEDA / "kustomization.yaml").read_text())["resources"] == ["base"]
     assert OVERLAYS == ["dev", "production"]
@@ -133,6 +142,7 @@ def broken_copies() -> list[tuple[str, str, Any]]:
             for key in path[:-1]:
                 target = target[key]
             target[path[-1]] = value
+
         return edit
 
     def drop(path: list[Any]):
@@ -141,6 +151,7 @@ def broken_copies() -> list[tuple[str, str, Any]]:
             for key in path[:-1]:
                 target = target[key]
             del target[path[-1]]
+
         return edit
 
     container = ["spec", "jobTargetRef", "template", "spec", "containers", 0]
@@ -157,10 +168,16 @@ def broken_copies() -> list[tuple[str, str, Any]]:
         ("scaledjob.yaml", "backoffLimit as text", set_in(["spec", "jobTargetRef", "backoffLimit"], "two")),
         ("triggerauthentication.yaml", "secret ref without key", drop(["spec", "secretTargetRef", 0, "key"])),
         ("configmap.yaml", "non-string data", set_in(["data", "MAX_ATTEMPTS"], {"value": 3})),
-        ("scaledjob.yaml", "misspelt pod failure rule", set_in(["spec", "jobTargetRef", "podFailurePolicy", "rules", 0,
-                                                                 "onExitCode"], {"values": [2]})),
-        ("scaledjob.yaml", "exit codes as text", set_in(["spec", "jobTargetRef", "podFailurePolicy", "rules", 0,
-                                                          "onExitCodes", "values"], "2")),
+        (
+            "scaledjob.yaml",
+            "misspelt pod failure rule",
+            set_in(["spec", "jobTargetRef", "podFailurePolicy", "rules", 0, "onExitCode"], {"values": [2]}),
+        ),
+        (
+            "scaledjob.yaml",
+            "exit codes as text",
+            set_in(["spec", "jobTargetRef", "podFailurePolicy", "rules", 0, "onExitCodes", "values"], "2"),
+        ),
         ("networkpolicy.yaml", "port as a list", set_in(["spec", "egress", 1, "ports", 0, "port"], [6379])),
         ("networkpolicy.yaml", "misspelt egress field", set_in(["spec", "egress", 3, "too"], [])),
         ("reaper-cronjob.yaml", "no schedule", drop(["spec", "schedule"])),
@@ -246,8 +263,10 @@ def test_scaledjob_settings_the_design_relies_on():
     assert reaper_container["resources"]["requests"]["memory"] == "64Mi"
     # A configuration error (the runner's exit code 2) fails the Job at once; evictions do not count as failures.
     rules = spec["jobTargetRef"]["podFailurePolicy"]["rules"]
-    assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": "worker", "operator": "In",
-                                                             "values": [2]}}
+    assert rules[0] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "worker", "operator": "In", "values": [2]},
+    }
     assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     assert spec["jobTargetRef"]["template"]["spec"]["containers"][0]["name"] == "worker"
 
@@ -271,8 +290,9 @@ needs_kubectl = pytest.mark.skipif(kubectl is None, reason="kubectl not installe
 
 @cache
 def rendered(overlay: str) -> tuple[dict[str, Any], ...]:
-    done = subprocess.run([kubectl, "kustomize", str(KEDA / "overlays" / overlay)], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [kubectl, "kustomize", str(KEDA / "overlays" / overlay)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     return tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
 

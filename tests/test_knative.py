@@ -45,8 +45,20 @@ def test_func_yaml_has_the_fields_func_requires():
     assert isinstance(created, datetime) or datetime.fromisoformat(str(created).replace("Z", "+00:00"))
     assert spec["invoke"] == "cloudevent"
     assert spec["build"]["builder"] in ("pack", "s2i", "host")
-    assert set(spec) <= {"specVersion", "name", "runtime", "created", "invoke", "build", "run", "deploy",
-                         "namespace", "registry", "image", "domain"}
+    assert set(spec) <= {
+        "specVersion",
+        "name",
+        "runtime",
+        "created",
+        "invoke",
+        "build",
+        "run",
+        "deploy",
+        "namespace",
+        "registry",
+        "image",
+        "domain",
+    }
 
 
 def test_func_yaml_envs_come_from_the_configmap_and_secret_the_keda_manifests_define():
@@ -94,8 +106,10 @@ def test_runtime_start_answers_probes_and_func_invoke_events(make_app, monkeypat
 
     def invoke(data: str):
         # What `func invoke --format cloudevent --data ...` sends: binary mode, func's default source and type.
-        event = CloudEvent({"id": str(uuid.uuid4()), "source": "/boson/fn", "type": "boson.fn",
-                            "datacontenttype": "application/json"}, json.loads(data))
+        event = CloudEvent(
+            {"id": str(uuid.uuid4()), "source": "/boson/fn", "type": "boson.fn", "datacontenttype": "application/json"},
+            json.loads(data),
+        )
         headers, body = to_binary(event)
         return client.post("/", headers=headers, data=body)
 

@@ -88,9 +88,10 @@ def test_import_graph_has_no_cycle() -> None:
             visit(node, [])
 
 
-@pytest.mark.parametrize(("package", "never"), [("function", ("workbench", "stemops", "bench")),
-                                                 ("stemops", ("workbench", "bench")),
-                                                 ("workbench", ("bench",))])
+@pytest.mark.parametrize(
+    ("package", "never"),
+    [("function", ("workbench", "stemops", "bench")), ("stemops", ("workbench", "bench")), ("workbench", ("bench",))],
+)
 def test_imports_point_one_way(package: str, never: tuple[str, ...]) -> None:
     """function <- stemops <- workbench <- bench: nothing imports a package that stands beside or above it
     (stemops' generated clip is an optional, guarded import of the workbench and is the one exception)."""
@@ -108,8 +109,12 @@ def edits_sys_path(path: Path) -> bool:
         if isinstance(node, ast.Assign | ast.AugAssign):
             target = node.targets[0] if isinstance(node, ast.Assign) else node.target
             target = target.value if isinstance(target, ast.Subscript) else target
-        if isinstance(target, ast.Attribute) and target.attr == "path" and isinstance(target.value, ast.Name) \
-                and target.value.id == "sys":
+        if (
+            isinstance(target, ast.Attribute)
+            and target.attr == "path"
+            and isinstance(target.value, ast.Name)
+            and target.value.id == "sys"
+        ):
             return True
     return False
 
@@ -122,7 +127,9 @@ def test_no_module_edits_sys_path() -> None:
 
 
 def test_handle_is_exposed_lazily() -> None:
-    code = ("import sys, function; assert 'torch' not in sys.modules; "
-            "h = function.handle; assert 'torch' in sys.modules; print(h.__module__)")
+    code = (
+        "import sys, function; assert 'torch' not in sys.modules; "
+        "h = function.handle; assert 'torch' in sys.modules; print(h.__module__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "function.core"

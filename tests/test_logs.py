@@ -31,22 +31,38 @@ def parsed_time(line: dict) -> float:
 
 def run_runner(settings, *args: str, **env: str) -> tuple[list[dict], float, float]:
     before = time.time()
-    done = subprocess.run([sys.executable, "-m", "function.runner", *args], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=300,
-                          env=runner_env(settings, DEMUCS_MODEL="tiny", DEMUCS_DEVICE="cpu", DEMUCS_SHIFTS="0",
-                                         DEMUCS_THREADS="1", CLAIM_WAIT_S="1", LOG_FORMAT="json",
-                                         LOG_LEVEL="INFO", TZ=NEW_YORK, **env))
+    done = subprocess.run(
+        [sys.executable, "-m", "function.runner", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=runner_env(
+            settings,
+            DEMUCS_MODEL="tiny",
+            DEMUCS_DEVICE="cpu",
+            DEMUCS_SHIFTS="0",
+            DEMUCS_THREADS="1",
+            CLAIM_WAIT_S="1",
+            LOG_FORMAT="json",
+            LOG_LEVEL="INFO",
+            TZ=NEW_YORK,
+            **env,
+        ),
+    )
     after = time.time()
     lines = [json.loads(text) for text in done.stderr.splitlines()]  # every stderr line is one JSON object
     assert lines, done.stderr
     return lines, before, after
 
 
-def test_every_line_of_every_kind_of_job_has_its_id_attempt_and_a_utc_time(settings, redis_client, upload, song,
-                                                                            receiver):
+def test_every_line_of_every_kind_of_job_has_its_id_attempt_and_a_utc_time(
+    settings, redis_client, upload, song, receiver
+):
     upload("logged", song)
-    redis_client.rpush(settings.queue_key, json.dumps({"songhash": "logged", "callback": receiver.url}),
-                       "nosong", "{not json")
+    redis_client.rpush(
+        settings.queue_key, json.dumps({"songhash": "logged", "callback": receiver.url}), "nosong", "{not json"
+    )
     lines, before, after = run_runner(settings, "--max-messages", "3")
     for line in lines:
         # The UTC instant it was written: a local time marked Z would be 5 hours off in New York.
@@ -57,7 +73,14 @@ def test_every_line_of_every_kind_of_job_has_its_id_attempt_and_a_utc_time(setti
         by_job.setdefault(line.get("job_id"), []).append(line)
     done, dead = by_job["logged"], by_job["nosong"]
     assert {line["stage"] for line in done if "stage" in line} >= {
-        "claimed", "received", "downloading", "separating", "uploading", "done", "callback"}
+        "claimed",
+        "received",
+        "downloading",
+        "separating",
+        "uploading",
+        "done",
+        "callback",
+    }
     assert {line["stage"] for line in dead if "stage" in line} >= {"claimed", "received", "failed", "dead"}
     for line in done + dead:
         assert line["attempt"] == 1, line
@@ -121,22 +144,37 @@ def record(message: str, created: float) -> logging.LogRecord:
 
 def test_text_lines_are_utc_and_name_the_job_in_a_child_process_under_another_tz():
     """The text format too, in a fresh interpreter whose local time is New York's."""
-    code = ("import logging; from function.logs import TextFormatter, job_context;"
-            "r = logging.LogRecord('stemworker', logging.INFO, 'x', 1, 'hello', None, None); r.created = 1.0e9;"
-            "f = TextFormatter(); print(f.format(r));"
-            "exec('with job_context(job_id=\"j1\", attempt=2):\\n print(f.format(r))')")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
-                          env={"PYTHONPATH": str(REPO_ROOT), "TZ": NEW_YORK})
+    code = (
+        "import logging; from function.logs import TextFormatter, job_context;"
+        "r = logging.LogRecord('stemworker', logging.INFO, 'x', 1, 'hello', None, None); r.created = 1.0e9;"
+        "f = TextFormatter(); print(f.format(r));"
+        "exec('with job_context(job_id=\"j1\", attempt=2):\\n print(f.format(r))')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(REPO_ROOT), "TZ": NEW_YORK},
+    )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["2001-09-09T01:46:40.000Z INFO stemworker: hello",
-                                        "2001-09-09T01:46:40.000Z INFO stemworker: hello [job_id=j1 attempt=2]"]
+    assert done.stdout.splitlines() == [
+        "2001-09-09T01:46:40.000Z INFO stemworker: hello",
+        "2001-09-09T01:46:40.000Z INFO stemworker: hello [job_id=j1 attempt=2]",
+    ]
 
 
 def test_json_fields_come_from_the_context_and_the_record():
     formatter = JsonFormatter()
     outside = json.loads(formatter.format(record("job abc: lifted from the text", 1.0e9)))
-    assert outside == {"time": "2001-09-09T01:46:40.000Z", "level": "info", "logger": "stemworker",
-                       "message": "job abc: lifted from the text", "job_id": "abc"}
+    assert outside == {
+        "time": "2001-09-09T01:46:40.000Z",
+        "level": "info",
+        "logger": "stemworker",
+        "message": "job abc: lifted from the text",
+        "job_id": "abc",
+    }
     with job_context(job_id="j1", attempt=3, event_id=None):
         inside = record("anything", 1.0e9)
         inside.stage = "done"

@@ -119,12 +119,21 @@ def test_structured_mode_with_job_object(client, upload, song, s3):
     [
         ({"content-type": "application/json"}, b'{"songhash": "abc"}', "specversion"),
         ({"content-type": "application/cloudevents+json"}, b'{"specversion": "1.0", "id": "1", "type": "t"', "json"),
-        ({"content-type": "application/cloudevents+json"},
-         b'{"specversion": "1.0", "id": "1", "type": "t", "data": "abc"}', "source"),
-        ({"ce-specversion": "1.0", "ce-id": "1", "ce-source": "s", "ce-type": "", "content-type": "text/plain"},
-         b"abc", "type"),
-        ({"content-type": "application/cloudevents+json"},
-         b'{"specversion": "1.0", "id": "a\\nb", "source": "s", "type": "t", "data": "abc"}', "'id'"),
+        (
+            {"content-type": "application/cloudevents+json"},
+            b'{"specversion": "1.0", "id": "1", "type": "t", "data": "abc"}',
+            "source",
+        ),
+        (
+            {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "s", "ce-type": "", "content-type": "text/plain"},
+            b"abc",
+            "type",
+        ),
+        (
+            {"content-type": "application/cloudevents+json"},
+            b'{"specversion": "1.0", "id": "a\\nb", "source": "s", "type": "t", "data": "abc"}',
+            "'id'",
+        ),
     ],
     ids=["plain-json", "broken-structured", "no-source", "empty-type", "newline-id"],
 )
@@ -138,8 +147,12 @@ def test_malformed_cloudevent_is_400_naming_the_problem(client, redis_client, he
 
 @pytest.mark.parametrize(
     ("data", "named"),
-    [({"id": "../../etc/passwd"}, "job id"), ({"message": "Hello World"}, "no id"),
-     ({"songhash": "ok1", "model": "htdemucs_ft"}, "not allowed"), ({"songhash": "ok1", "format": "ogg"}, "format")],
+    [
+        ({"id": "../../etc/passwd"}, "job id"),
+        ({"message": "Hello World"}, "no id"),
+        ({"songhash": "ok1", "model": "htdemucs_ft"}, "not allowed"),
+        ({"songhash": "ok1", "format": "ogg"}, "format"),
+    ],
     ids=["bad-id", "no-id", "model", "format"],
 )
 def test_invalid_job_data_is_400(client, data, named):
@@ -257,8 +270,17 @@ def test_second_request_while_separating_is_refused_with_503_retry_after(make_ap
 def test_real_functions_framework_server(services, model_repo, settings, upload, song, s3, tmp_path, capsys):
     port = free_port()
     env = {**os.environ, **worker_env(services, model_repo, settings), "SAVE_EVENTS_DIR": str(tmp_path / "events")}
-    command = [str(Path(sys.executable).parent / "functions-framework"), "--target", "handle",
-               "--source", "function/main.py", "--port", str(port), "--host", "127.0.0.1"]
+    command = [
+        str(Path(sys.executable).parent / "functions-framework"),
+        "--target",
+        "handle",
+        "--source",
+        "function/main.py",
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+    ]
     log = (tmp_path / "server.log").open("wb")
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:

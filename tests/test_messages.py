@@ -30,8 +30,17 @@ def test_object_with_id_under_any_known_field(field):
 
 
 def test_object_with_every_option():
-    parsed = job(json.dumps({"songhash": HASH, "model": "mdx_extra", "format": "FLAC", "stems": ["vocals", "bass"],
-                             "callback": {"url": "http://rest/cb", "data": {"mp3": HASH}}}))
+    parsed = job(
+        json.dumps(
+            {
+                "songhash": HASH,
+                "model": "mdx_extra",
+                "format": "FLAC",
+                "stems": ["vocals", "bass"],
+                "callback": {"url": "http://rest/cb", "data": {"mp3": HASH}},
+            }
+        )
+    )
     assert parsed.model == "mdx_extra" and parsed.format == "flac" and parsed.stems == ("vocals", "bass")
     assert parsed.callback == Callback(url="http://rest/cb", data={"mp3": HASH}, has_data=True)
 
@@ -42,8 +51,14 @@ def test_plain_url_callback_and_two_stems():
 
 
 def test_structured_cloudevent_is_used_as_it_is():
-    envelope = {"specversion": "1.0", "id": "evt-1", "source": "rest", "type": "com.example.song",
-                "datacontenttype": "application/json", "data": {"hash": "abc", "model": "htdemucs_ft"}}
+    envelope = {
+        "specversion": "1.0",
+        "id": "evt-1",
+        "source": "rest",
+        "type": "com.example.song",
+        "datacontenttype": "application/json",
+        "data": {"hash": "abc", "model": "htdemucs_ft"},
+    }
     event = event_from_message(json.dumps(envelope), 65536)
     assert event["id"] == "evt-1" and event["type"] == "com.example.song"
     parsed = job_from_event(event, SETTINGS)
@@ -107,8 +122,9 @@ def test_oversized_message_is_rejected():
         event_from_message(json.dumps({"id": "a", "pad": "x" * 70000}), 65536)
 
 
-@pytest.mark.parametrize("callback", [{}, None, "", "  ", [], {"url": ""}, {"url": None}, {"data": {"x": 1}},
-                                      {"url": 5}])
+@pytest.mark.parametrize(
+    "callback", [{}, None, "", "  ", [], {"url": ""}, {"url": None}, {"data": {"x": 1}}, {"url": 5}]
+)
 def test_an_empty_or_unusable_callback_is_no_callback(callback):
     parsed = job(json.dumps({"hash": "cb0", "callback": callback}))
     assert parsed.callback is None
@@ -120,14 +136,21 @@ def test_absent_callback_leaves_no_note():
     assert job(json.dumps({"hash": "cb1"})).notes == ()
 
 
-ALIASED = load_settings(demucs_model="htdemucs", demucs_models="htdemucs_ft",
-                        model_aliases="default:htdemucs, mdx_extra_q:htdemucs_ft")
+ALIASED = load_settings(
+    demucs_model="htdemucs", demucs_models="htdemucs_ft", model_aliases="default:htdemucs, mdx_extra_q:htdemucs_ft"
+)
 
 
-@pytest.mark.parametrize(("asked", "runs", "noted"), [
-    (None, "htdemucs", False), ("", "htdemucs", False), ("htdemucs_ft", "htdemucs_ft", False),
-    ("default", "htdemucs", True), ("mdx_extra_q", "htdemucs_ft", True),
-])
+@pytest.mark.parametrize(
+    ("asked", "runs", "noted"),
+    [
+        (None, "htdemucs", False),
+        ("", "htdemucs", False),
+        ("htdemucs_ft", "htdemucs_ft", False),
+        ("default", "htdemucs", True),
+        ("mdx_extra_q", "htdemucs_ft", True),
+    ],
+)
 def test_model_aliases(asked, runs, noted):
     body = {"id": "m1"} if asked is None else {"id": "m1", "model": asked}
     parsed = job_from_event(event_from_message(json.dumps(body), 65536), ALIASED)

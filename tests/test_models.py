@@ -37,8 +37,23 @@ def two_second_song() -> bytes:
 def cli_stems(repo: Path, name: str, song: Path, out: Path, *extra: str) -> dict[str, bytes]:
     """The WAV files `python -m demucs.separate` writes for `song`, by stem."""
     env = {**os.environ, "OMP_NUM_THREADS": "2"}  # the thread count the worker's settings give torch
-    command = [sys.executable, "-m", "demucs.separate", "--repo", str(repo), "-n", name, "--shifts", "0",
-               "-d", "cpu", "-o", str(out), *extra, str(song)]
+    command = [
+        sys.executable,
+        "-m",
+        "demucs.separate",
+        "--repo",
+        str(repo),
+        "-n",
+        name,
+        "--shifts",
+        "0",
+        "-d",
+        "cpu",
+        "-o",
+        str(out),
+        *extra,
+        str(song),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     folder = out / name / song.stem
@@ -68,10 +83,10 @@ def test_the_standins_have_the_kinds_of_the_pretrained_models(standin_repo: Path
 
 
 @pytest.mark.parametrize("name", PRETRAINED_NAMES)
-def test_every_pretrained_name_separates_as_the_cli_does(make_settings, redis_client, upload, s3, standin_repo,
-                                                         two_second_song, tmp_path, name):
-    settings = make_settings(demucs_model=name, demucs_repo=str(standin_repo), demucs_shifts=0,
-                             demucs_precision="fp32")
+def test_every_pretrained_name_separates_as_the_cli_does(
+    make_settings, redis_client, upload, s3, standin_repo, two_second_song, tmp_path, name
+):
+    settings = make_settings(demucs_model=name, demucs_repo=str(standin_repo), demucs_shifts=0, demucs_precision="fp32")
     upload("cli1", two_second_song)
     ours = worker_stems(Worker(settings), s3, {"id": "cli1"})
     song = tmp_path / "cli1.mp3"
@@ -82,18 +97,27 @@ def test_every_pretrained_name_separates_as_the_cli_does(make_settings, redis_cl
         assert ours[stem] == theirs[stem], f"{name} {stem}: the worker's WAV differs from the CLI's"
 
 
-def test_six_stems_two_stems_aliases_and_templates(make_settings, redis_client, upload, s3, standin_repo,
-                                                   two_second_song, tmp_path):
-    settings = make_settings(demucs_model="htdemucs_6s", demucs_repo=str(standin_repo), demucs_shifts=0,
-                             demucs_precision="fp32", output_key="{model}/{id}/{stem}.{ext}",
-                             stem_aliases="guitar:gtr+guitar")
+def test_six_stems_two_stems_aliases_and_templates(
+    make_settings, redis_client, upload, s3, standin_repo, two_second_song, tmp_path
+):
+    settings = make_settings(
+        demucs_model="htdemucs_6s",
+        demucs_repo=str(standin_repo),
+        demucs_shifts=0,
+        demucs_precision="fp32",
+        output_key="{model}/{id}/{stem}.{ext}",
+        stem_aliases="guitar:gtr+guitar",
+    )
     worker = Worker(settings)
     upload("six1", two_second_song)
     picked = worker.handle(event_from_message('{"id": "six1", "stems": ["piano", "guitar"]}', 65536))
     assert picked["stems"] == {
         "piano": {"bucket": settings.output_bucket, "key": "htdemucs_6s/six1/piano.mp3"},
-        "guitar": {"bucket": settings.output_bucket, "key": "htdemucs_6s/six1/gtr.mp3",
-                   "keys": ["htdemucs_6s/six1/gtr.mp3", "htdemucs_6s/six1/guitar.mp3"]},
+        "guitar": {
+            "bucket": settings.output_bucket,
+            "key": "htdemucs_6s/six1/gtr.mp3",
+            "keys": ["htdemucs_6s/six1/gtr.mp3", "htdemucs_6s/six1/guitar.mp3"],
+        },
     }
     # two_stems on a six-stem model: the stem and the sum of the other five, as the CLI's --two-stems writes them.
     ours = worker_stems(worker, s3, {"id": "six1", "two_stems": "piano"})
@@ -104,13 +128,15 @@ def test_six_stems_two_stems_aliases_and_templates(make_settings, redis_client, 
     assert ours == theirs
 
 
-def test_a_stem_the_model_lacks_fails_for_good_naming_the_stems_it_has(make_settings, redis_client, upload, s3,
-                                                                       standin_repo, two_second_song):
+def test_a_stem_the_model_lacks_fails_for_good_naming_the_stems_it_has(
+    make_settings, redis_client, upload, s3, standin_repo, two_second_song
+):
     worker = Worker(make_settings(demucs_model="htdemucs", demucs_repo=str(standin_repo), demucs_shifts=0))
     upload("four1", two_second_song)
     with pytest.raises(UnprocessableInput) as failed:
         worker.handle(event_from_message('{"id": "four1", "stems": ["vocals", "guitar"]}', 65536))
-    assert str(failed.value) == ("model htdemucs has no stems ['guitar']; its stems are "
-                                 "['drums', 'bass', 'other', 'vocals']")
+    assert str(failed.value) == (
+        "model htdemucs has no stems ['guitar']; its stems are ['drums', 'bass', 'other', 'vocals']"
+    )
     record = {k.decode(): v.decode() for k, v in redis_client.hgetall("status:four1").items()}
     assert record["state"] == "failed" and "its stems are" in record["error"]

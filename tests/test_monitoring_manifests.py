@@ -28,22 +28,51 @@ SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
     "properties": {
         "apiVersion": {"const": "monitoring.coreos.com/v1"},
         "kind": {"const": "ServiceMonitor"},
-        "metadata": {"type": "object", "required": ["name"], **STRICT, "properties": {
-            "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
-            "namespace": {"type": "string"}, "labels": LABELS, "annotations": LABELS}},
-        "spec": {"type": "object", "required": ["selector", "endpoints"], **STRICT, "properties": {
-            "jobLabel": {"type": "string"},
-            "selector": {"type": "object", **STRICT, "minProperties": 1, "properties": {"matchLabels": LABELS}},
-            "namespaceSelector": {"type": "object", **STRICT, "properties": {
-                "any": {"type": "boolean"}, "matchNames": {"type": "array", "items": {"type": "string"}}}},
-            "endpoints": {"type": "array", "minItems": 1, "items": {"type": "object", **STRICT, "properties": {
-                "port": {"type": "string"},
-                "path": {"type": "string", "pattern": "^/"},
-                "scheme": {"enum": ["http", "https"]},
-                "interval": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
-                "scrapeTimeout": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
-                "honorLabels": {"type": "boolean"}}, "required": ["port"]}},
-        }},
+        "metadata": {
+            "type": "object",
+            "required": ["name"],
+            **STRICT,
+            "properties": {
+                "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+                "namespace": {"type": "string"},
+                "labels": LABELS,
+                "annotations": LABELS,
+            },
+        },
+        "spec": {
+            "type": "object",
+            "required": ["selector", "endpoints"],
+            **STRICT,
+            "properties": {
+                "jobLabel": {"type": "string"},
+                "selector": {"type": "object", **STRICT, "minProperties": 1, "properties": {"matchLabels": LABELS}},
+                "namespaceSelector": {
+                    "type": "object",
+                    **STRICT,
+                    "properties": {
+                        "any": {"type": "boolean"},
+                        "matchNames": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        **STRICT,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string", "pattern": "^/"},
+                            "scheme": {"enum": ["http", "https"]},
+                            "interval": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
+                            "scrapeTimeout": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
+                            "honorLabels": {"type": "boolean"},
+                        },
+                        "required": ["port"],
+                    },
+                },
+            },
+        },
     },
 }
 
@@ -58,15 +87,42 @@ PROMETHEUS_RULE_SCHEMA: dict[str, Any] = {
         "apiVersion": {"const": "monitoring.coreos.com/v1"},
         "kind": {"const": "PrometheusRule"},
         "metadata": SERVICE_MONITOR_SCHEMA["properties"]["metadata"],
-        "spec": {"type": "object", "required": ["groups"], **STRICT, "properties": {
-            "groups": {"type": "array", "minItems": 1, "items": {
-                "type": "object", "required": ["name", "rules"], **STRICT, "properties": {
-                    "name": {"type": "string", "minLength": 1}, "interval": DURATION,
-                    "rules": {"type": "array", "minItems": 1, "items": {
-                        "type": "object", "required": ["alert", "expr"], **STRICT, "properties": {
-                            "alert": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
-                            "expr": {"type": "string", "minLength": 1}, "for": DURATION,
-                            "labels": LABELS, "annotations": LABELS}}}}}}}},
+        "spec": {
+            "type": "object",
+            "required": ["groups"],
+            **STRICT,
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "rules"],
+                        **STRICT,
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "interval": DURATION,
+                            "rules": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {
+                                    "type": "object",
+                                    "required": ["alert", "expr"],
+                                    **STRICT,
+                                    "properties": {
+                                        "alert": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                                        "expr": {"type": "string", "minLength": 1},
+                                        "for": DURATION,
+                                        "labels": LABELS,
+                                        "annotations": LABELS,
+                                    },
+                                },
+                            },
+                        },
+                    },
+                }
+            },
+        },
     },
 }
 
@@ -84,8 +140,12 @@ def dashboard_config_map() -> dict[str, Any]:
     """The ConfigMap kustomize generates from configMapGenerator."""
     (generator,) = kustomization()["configMapGenerator"]
     data = {name: (MONITORING / name).read_text() for name in generator["files"]}
-    return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": generator["name"], "labels": generator["options"]["labels"]}, "data": data}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": generator["name"], "labels": generator["options"]["labels"]},
+        "data": data,
+    }
 
 
 def validate(doc: dict[str, Any]) -> None:
@@ -155,6 +215,7 @@ def broken_copies() -> list[tuple[str, str, Any]]:
                 del target[path[-1]]
             else:
                 target[path[-1]] = new
+
         return apply
 
     container = ["spec", "template", "spec", "containers", 0]

@@ -50,11 +50,28 @@ BLOCKED_ALWAYS = [
     ("::ffff:100.64.0.1", "carrier-grade NAT (IPv4-mapped form of 100.64.0.1)"),
 ]
 
-PRIVATE = ["10.0.0.1", "172.16.5.4", "172.31.255.255", "192.168.1.1", "fd12:3456::1", "::ffff:10.1.2.3",
-           "64:ff9b::a00:1", "2002:c0a8:101::1"]
+PRIVATE = [
+    "10.0.0.1",
+    "172.16.5.4",
+    "172.31.255.255",
+    "192.168.1.1",
+    "fd12:3456::1",
+    "::ffff:10.1.2.3",
+    "64:ff9b::a00:1",
+    "2002:c0a8:101::1",
+]
 
-PUBLIC = ["8.8.8.8", "1.1.1.1", "93.184.216.34", "172.32.0.1", "100.128.0.1", "2606:4700:4700::1111",
-          "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"]
+PUBLIC = [
+    "8.8.8.8",
+    "1.1.1.1",
+    "93.184.216.34",
+    "172.32.0.1",
+    "100.128.0.1",
+    "2606:4700:4700::1111",
+    "::ffff:8.8.8.8",
+    "64:ff9b::808:808",
+    "2002:808:808::1",
+]
 
 
 @pytest.mark.parametrize(("address", "why"), BLOCKED_ALWAYS)
@@ -137,27 +154,37 @@ def fixed(*answers: str):
     return lambda host, port, timeout_s: [ipaddress.ip_address(answer) for answer in answers]
 
 
-@pytest.mark.parametrize(("answers", "allow"), [
-    (["127.0.0.1"], "127.0.0.1/32"),
-    (["10.1.2.3", "10.200.0.9"], "10.0.0.0/8"),
-    (["fd12::5"], "fd00::/8"),
-    (["::ffff:10.0.0.7"], "10.0.0.0/8"),  # IPv4-mapped counts as its IPv4 address
-    (["169.254.169.254"], "169.254.169.254/32"),  # an explicit entry is the operator's word, as a host name is
-])
+@pytest.mark.parametrize(
+    ("answers", "allow"),
+    [
+        (["127.0.0.1"], "127.0.0.1/32"),
+        (["10.1.2.3", "10.200.0.9"], "10.0.0.0/8"),
+        (["fd12::5"], "fd00::/8"),
+        (["::ffff:10.0.0.7"], "10.0.0.0/8"),  # IPv4-mapped counts as its IPv4 address
+        (["169.254.169.254"], "169.254.169.254/32"),  # an explicit entry is the operator's word, as a host name is
+    ],
+)
 def test_a_network_entry_admits_a_host_whose_addresses_all_fall_inside(answers: list[str], allow: str) -> None:
     with pytest.raises(Refused):
         vet_url("http://hook.internal:8080/x", private_allowed=False, resolver=fixed(*answers))
-    target = vet_url("http://hook.internal:8080/x", private_allowed=False, allow_hosts=("example.org", allow),
-                     resolver=fixed(*answers))
+    target = vet_url(
+        "http://hook.internal:8080/x",
+        private_allowed=False,
+        allow_hosts=("example.org", allow),
+        resolver=fixed(*answers),
+    )
     assert (target.host, target.address) == ("hook.internal", ipaddress.ip_address(answers[0]))
 
 
-@pytest.mark.parametrize(("answers", "allow", "private_allowed", "why"), [
-    (["127.0.0.1", "::1"], ("127.0.0.1/32",), True, "is loopback"),  # one answer outside: the policy judges
-    (["127.0.0.2"], ("127.0.0.1/32",), True, "loopback"),
-    (["10.0.0.1", "127.0.0.1"], ("10.0.0.0/8",), True, "loopback"),
-    (["10.0.0.1", "192.168.0.1"], ("10.0.0.0/8", "192.168.0.0/16"), False, "private"),  # all inside ONE network
-])
+@pytest.mark.parametrize(
+    ("answers", "allow", "private_allowed", "why"),
+    [
+        (["127.0.0.1", "::1"], ("127.0.0.1/32",), True, "is loopback"),  # one answer outside: the policy judges
+        (["127.0.0.2"], ("127.0.0.1/32",), True, "loopback"),
+        (["10.0.0.1", "127.0.0.1"], ("10.0.0.0/8",), True, "loopback"),
+        (["10.0.0.1", "192.168.0.1"], ("10.0.0.0/8", "192.168.0.0/16"), False, "private"),  # all inside ONE network
+    ],
+)
 def test_a_network_entry_never_admits_a_host_with_an_address_outside_it(answers, allow, private_allowed, why) -> None:
     with pytest.raises(Refused, match=why):
         vet_url("http://hook.internal/x", private_allowed=private_allowed, allow_hosts=allow, resolver=fixed(*answers))
@@ -174,7 +201,8 @@ def test_allowing_loopback_by_network_admits_localhost_when_it_resolves_only_the
             vet_url("http://localhost:8080/hook", private_allowed=False, allow_hosts=("127.0.0.1/32",))
     # The decimal spelling of 127.0.0.1 resolves inside the network too (a network entry is about addresses).
     assert str(vet_url("http://2130706433/x", private_allowed=True, allow_hosts=("127.0.0.1/32",)).address) == (
-        "127.0.0.1")
+        "127.0.0.1"
+    )
 
 
 def test_resolve_returns_every_address_of_localhost() -> None:
@@ -229,8 +257,13 @@ def plain_server_v6() -> Iterator[tuple[int, list[dict[str, str]]]]:
 def test_pinned_session_connects_to_the_vetted_address_not_to_dns(plain_server) -> None:
     port, seen = plain_server
     # `.invalid` never resolves (RFC 2606), so reaching the server proves the socket went to the pinned address.
-    target = Target(url=f"http://rebind.invalid:{port}/hook", scheme="http", host="rebind.invalid", port=port,
-                    address=ipaddress.ip_address("127.0.0.1"))
+    target = Target(
+        url=f"http://rebind.invalid:{port}/hook",
+        scheme="http",
+        host="rebind.invalid",
+        port=port,
+        address=ipaddress.ip_address("127.0.0.1"),
+    )
     with pinned_session(target) as session:
         response = session.post(target.url, data=b"{}", timeout=5)
     assert response.status_code == 204
@@ -239,8 +272,13 @@ def test_pinned_session_connects_to_the_vetted_address_not_to_dns(plain_server) 
 
 def test_pinned_session_over_ipv6(plain_server_v6) -> None:
     port, seen = plain_server_v6
-    target = Target(url=f"http://v6.invalid:{port}/x", scheme="http", host="v6.invalid", port=port,
-                    address=ipaddress.ip_address("::1"))
+    target = Target(
+        url=f"http://v6.invalid:{port}/x",
+        scheme="http",
+        host="v6.invalid",
+        port=port,
+        address=ipaddress.ip_address("::1"),
+    )
     with pinned_session(target) as session:
         assert session.post(target.url, data=b"{}", timeout=5).status_code == 204
     assert seen == [{"host": f"v6.invalid:{port}", "path": "/x"}]
@@ -248,8 +286,13 @@ def test_pinned_session_over_ipv6(plain_server_v6) -> None:
 
 def test_pinned_session_refuses_any_other_host(plain_server) -> None:
     port, seen = plain_server
-    target = Target(url=f"http://a.invalid:{port}/", scheme="http", host="a.invalid", port=port,
-                    address=ipaddress.ip_address("127.0.0.1"))
+    target = Target(
+        url=f"http://a.invalid:{port}/",
+        scheme="http",
+        host="a.invalid",
+        port=port,
+        address=ipaddress.ip_address("127.0.0.1"),
+    )
     with pinned_session(target) as session, pytest.raises(requests.exceptions.InvalidURL):
         session.post(f"http://b.invalid:{port}/", data=b"{}", timeout=5)
     assert seen == []
@@ -261,9 +304,26 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=hooks.test",
-         "-addext", "subjectAltName=DNS:hooks.test", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=hooks.test",
+            "-addext",
+            "subjectAltName=DNS:hooks.test",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key
 
@@ -277,8 +337,13 @@ def tls_server(certificate) -> Iterator[tuple[int, list[dict[str, str]]]]:
 
 def test_https_pinned_keeps_sni_and_certificate_check_on_the_name(tls_server, certificate) -> None:
     port, seen = tls_server
-    target = Target(url=f"https://hooks.test:{port}/tls", scheme="https", host="hooks.test", port=port,
-                    address=ipaddress.ip_address("127.0.0.1"))
+    target = Target(
+        url=f"https://hooks.test:{port}/tls",
+        scheme="https",
+        host="hooks.test",
+        port=port,
+        address=ipaddress.ip_address("127.0.0.1"),
+    )
     with pinned_session(target) as session:
         response = session.post(target.url, data=b"{}", timeout=5, verify=str(certificate[0]))
     assert response.status_code == 204
@@ -287,8 +352,13 @@ def test_https_pinned_keeps_sni_and_certificate_check_on_the_name(tls_server, ce
 
 def test_https_certificate_for_another_name_is_refused(tls_server, certificate) -> None:
     port, seen = tls_server
-    target = Target(url=f"https://other.test:{port}/tls", scheme="https", host="other.test", port=port,
-                    address=ipaddress.ip_address("127.0.0.1"))
+    target = Target(
+        url=f"https://other.test:{port}/tls",
+        scheme="https",
+        host="other.test",
+        port=port,
+        address=ipaddress.ip_address("127.0.0.1"),
+    )
     with pinned_session(target) as session, pytest.raises(requests.exceptions.SSLError):
         session.post(target.url, data=b"{}", timeout=5, verify=str(certificate[0]))
     assert seen == []

@@ -27,28 +27,49 @@ from bench.planning.workload import RateProfile, SongLengths, Workload, arrival_
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def fleet(strategy: str = "accurate", max_replicas: int = 10, max_messages: int = 1, claim_wait_s: float = 0.0,
-          **strategy_fields: object) -> FleetSpec:
+def fleet(
+    strategy: str = "accurate",
+    max_replicas: int = 10,
+    max_messages: int = 1,
+    claim_wait_s: float = 0.0,
+    **strategy_fields: object,
+) -> FleetSpec:
     return FleetSpec(
-        strategy=ScalingStrategy(name=strategy, max_replica_count=max_replicas, pending_pod_conditions=("Ready",),
-                                 **strategy_fields),  # type: ignore[arg-type]
-        polling_interval_s=10.0, list_length=1.0, claim_wait_s=claim_wait_s, max_messages=max_messages,
+        strategy=ScalingStrategy(
+            name=strategy, max_replica_count=max_replicas, pending_pod_conditions=("Ready",), **strategy_fields
+        ),  # type: ignore[arg-type]
+        polling_interval_s=10.0,
+        list_length=1.0,
+        claim_wait_s=claim_wait_s,
+        max_messages=max_messages,
     )
 
 
 def profile(cold_start_s: float = 0.0, start_to_claim_s: float = 0.0) -> CostProfile:
-    return CostProfile("test", cold_start_s=cold_start_s, seconds_per_audio_s=1.0, memory_mib=1000, threads=1,
-                       source="test", start_to_claim_s=start_to_claim_s)
+    return CostProfile(
+        "test",
+        cold_start_s=cold_start_s,
+        seconds_per_audio_s=1.0,
+        memory_mib=1000,
+        threads=1,
+        source="test",
+        start_to_claim_s=start_to_claim_s,
+    )
 
 
 def workload(pushes: list[float], work_s: float, needs_model: bool = True) -> Workload:
     arrivals = np.asarray(pushes, dtype=float)
-    return Workload(arrivals=arrivals, work_s=np.full(len(pushes), work_s),
-                    needs_model=np.full(len(pushes), needs_model), audio_s=np.full(len(pushes), work_s))
+    return Workload(
+        arrivals=arrivals,
+        work_s=np.full(len(pushes), work_s),
+        needs_model=np.full(len(pushes), needs_model),
+        audio_s=np.full(len(pushes), work_s),
+    )
 
 
-def simulate(pushes: list[float], work_s: float, spec: FleetSpec, cost: CostProfile | None = None,
-             node: NodeKind | None = None):
+def simulate(
+    pushes: list[float], work_s: float, spec: FleetSpec, cost: CostProfile | None = None, node: NodeKind | None = None
+):
     return Simulation(workload(pushes, work_s), spec, cost or profile(), node).run()
 
 
@@ -199,9 +220,16 @@ def test_lognormal_song_lengths_have_the_given_mean_and_sd():
 
 
 def small_scenario(**changes: object) -> Scenario:
-    base = Scenario(label="t", fleet=fleet(max_replicas=1000, claim_wait_s=30.0), profile=profile(),
-                    node=NodeKind("n", 4, 0.0, 1.0, scale_down_s=0.0), rate=RateProfile(1.0, 20_000.0),
-                    songs=SongLengths("fixed", 20.0), hit_s=0.0, seed=7)
+    base = Scenario(
+        label="t",
+        fleet=fleet(max_replicas=1000, claim_wait_s=30.0),
+        profile=profile(),
+        node=NodeKind("n", 4, 0.0, 1.0, scale_down_s=0.0),
+        rate=RateProfile(1.0, 20_000.0),
+        songs=SongLengths("fixed", 20.0),
+        hit_s=0.0,
+        seed=7,
+    )
     return base.but(**changes)
 
 
@@ -262,16 +290,28 @@ def flood_from_simulation(spec: FleetSpec, start_to_claim_s: float, pushes: list
     """What flood_measure would write for a flood that behaved exactly like the model."""
     cost = profile(cold_start_s=start_to_claim_s, start_to_claim_s=start_to_claim_s)
     result = simulate(pushes, work_s, spec, cost)
-    jobs = [{"id": f"j{i}", "push_s": p, "start_s": float(s), "end_s": float(e)}
-            for i, (p, s, e) in enumerate(zip(pushes, result.claimed_at, result.done_at, strict=True))]
-    return {"format": validation.FORMAT, "t0": "2026-01-01T00:00:00.000Z",
-            "fleet": {"strategy": spec.strategy.name, "max_replica_count": spec.strategy.max_replica_count,
-                      "polling_interval_s": spec.polling_interval_s, "list_length": spec.list_length,
-                      "pending_until": spec.pending_until, "claim_wait_s": spec.claim_wait_s,
-                      "max_messages": spec.max_messages},
-            "jobs": jobs,
-            "pods": [{"name": f"p{i}", "start_s": float(s) - start_to_claim_s, "jobs": [f"j{i}"]}
-                     for i, s in enumerate(result.claimed_at)]}
+    jobs = [
+        {"id": f"j{i}", "push_s": p, "start_s": float(s), "end_s": float(e)}
+        for i, (p, s, e) in enumerate(zip(pushes, result.claimed_at, result.done_at, strict=True))
+    ]
+    return {
+        "format": validation.FORMAT,
+        "t0": "2026-01-01T00:00:00.000Z",
+        "fleet": {
+            "strategy": spec.strategy.name,
+            "max_replica_count": spec.strategy.max_replica_count,
+            "polling_interval_s": spec.polling_interval_s,
+            "list_length": spec.list_length,
+            "pending_until": spec.pending_until,
+            "claim_wait_s": spec.claim_wait_s,
+            "max_messages": spec.max_messages,
+        },
+        "jobs": jobs,
+        "pods": [
+            {"name": f"p{i}", "start_s": float(s) - start_to_claim_s, "jobs": [f"j{i}"]}
+            for i, s in enumerate(result.claimed_at)
+        ],
+    }
 
 
 def test_validate_passes_on_a_flood_that_behaved_like_the_model(tmp_path):
@@ -297,27 +337,42 @@ def test_validate_fails_when_the_measured_flood_drained_much_later(tmp_path):
 
 
 def test_flood_measure_builds_the_format_from_logs_and_status_hashes():
-    log = "\n".join([
-        "scaler: stemworker strategy=accurate maxReplicaCount=2 listName=toWorker listLength=1 pollingInterval=10 s "
-        "reap every 60 s; a Job is pending until its pod claims (stands for pendingPodConditions PodScheduled,Ready)",
-        "[    0.0 s] queue=2 processing=0 pending=2 running=2 created=+2 done=0 dead=0 killed=0",
-        "[   10.0 s] queue=1 processing=2 pending=0 running=2 created=+0 done=0 dead=0 killed=0",
-        "[   20.0 s] queue=0 processing=1 pending=1 running=1 created=+1 done=1 dead=0 killed=0",
-    ])
+    log = "\n".join(
+        [
+            "scaler: stemworker strategy=accurate maxReplicaCount=2 listName=toWorker listLength=1 "
+            "pollingInterval=10 s reap every 60 s; a Job is pending until its pod claims "
+            "(stands for pendingPodConditions PodScheduled,Ready)",
+            "[    0.0 s] queue=2 processing=0 pending=2 running=2 created=+2 done=0 dead=0 killed=0",
+            "[   10.0 s] queue=1 processing=2 pending=0 running=2 created=+0 done=0 dead=0 killed=0",
+            "[   20.0 s] queue=0 processing=1 pending=1 running=1 created=+1 done=1 dead=0 killed=0",
+        ]
+    )
     header, polls = parse_poll_lines(log)
-    assert header == {"strategy": "accurate", "max_replica_count": 2, "list_length": 1.0,
-                      "polling_interval_s": 10.0, "pending_until": "claim"}
+    assert header == {
+        "strategy": "accurate",
+        "max_replica_count": 2,
+        "list_length": 1.0,
+        "polling_interval_s": 10.0,
+        "pending_until": "claim",
+    }
     assert polls == [(0.0, 2), (10.0, 0), (20.0, 1)]
-    claims = pod_claims({"stemworker-0000-0": "2026-01-01 00:00:03,000 INFO stemworker: claimed job a (attempt 1/3)",
-                         "stemworker-0001-0": "x\n... claimed job b (attempt 1/3)\noutcome done job=b",
-                         "stemworker-0002-0": "... claimed job c (attempt 1/3)"})
+    claims = pod_claims(
+        {
+            "stemworker-0000-0": "2026-01-01 00:00:03,000 INFO stemworker: claimed job a (attempt 1/3)",
+            "stemworker-0001-0": "x\n... claimed job b (attempt 1/3)\noutcome done job=b",
+            "stemworker-0002-0": "... claimed job c (attempt 1/3)",
+        }
+    )
     assert claims == {"stemworker-0000-0": ["a"], "stemworker-0001-0": ["b"], "stemworker-0002-0": ["c"]}
     pushes = {"a": 1000.0, "b": 1000.5, "c": 1001.0}
-    statuses = {"a": {"received_at": "1970-01-01T00:16:43.000Z", "done_at": "1970-01-01T00:17:40.000Z"},
-                "b": {"received_at": "1970-01-01T00:16:44.000Z", "done_at": "1970-01-01T00:17:50.000Z"},
-                "c": {"received_at": "1970-01-01T00:17:03.500Z", "done_at": "1970-01-01T00:18:00.000Z"}}
-    measured = build_measured(pushes, statuses, header, polls, scaler_started_at=999.0, claims=claims,
-                              claim_wait_s=30.0, max_messages=1)
+    statuses = {
+        "a": {"received_at": "1970-01-01T00:16:43.000Z", "done_at": "1970-01-01T00:17:40.000Z"},
+        "b": {"received_at": "1970-01-01T00:16:44.000Z", "done_at": "1970-01-01T00:17:50.000Z"},
+        "c": {"received_at": "1970-01-01T00:17:03.500Z", "done_at": "1970-01-01T00:18:00.000Z"},
+    }
+    measured = build_measured(
+        pushes, statuses, header, polls, scaler_started_at=999.0, claims=claims, claim_wait_s=30.0, max_messages=1
+    )
     assert measured["format"] == validation.FORMAT
     assert measured["poll_offset_s"] == -1.0
     assert measured["jobs"][0] == {"id": "a", "push_s": 0.0, "start_s": 3.0, "end_s": 60.0}
@@ -330,8 +385,22 @@ def test_flood_measure_builds_the_format_from_logs_and_status_hashes():
 
 def test_simulate_writes_json_and_png(tmp_path, capsys):
     out_json, out_png = tmp_path / "plan.json", tmp_path / "plan.png"
-    code = plan.main(["--songs-per-day", "20000", "--hours", "1", "--max-replicas", "500", "--seed", "2",
-                      "--json", str(out_json), "--png", str(out_png)])
+    code = plan.main(
+        [
+            "--songs-per-day",
+            "20000",
+            "--hours",
+            "1",
+            "--max-replicas",
+            "500",
+            "--seed",
+            "2",
+            "--json",
+            str(out_json),
+            "--png",
+            str(out_png),
+        ]
+    )
     assert code == 0
     data = json.loads(out_json.read_text())
     assert data["summary"]["songs"] == pytest.approx(20000 / 24, rel=0.15)
@@ -345,8 +414,23 @@ def test_simulate_writes_json_and_png(tmp_path, capsys):
 def test_table_writes_the_marked_block(tmp_path):
     doc = tmp_path / "capacity.md"
     doc.write_text("intro\n<!-- plan-table:begin -->\nold\n<!-- plan-table:end -->\noutro\n")
-    code = plan.main(["table", "--songs-per-day", "5000", "--hours", "2", "--warmup-s", "0", "--profiles", "cpu2",
-                      "--hit-rates", "0,0.5", "--write", str(doc)])
+    code = plan.main(
+        [
+            "table",
+            "--songs-per-day",
+            "5000",
+            "--hours",
+            "2",
+            "--warmup-s",
+            "0",
+            "--profiles",
+            "cpu2",
+            "--hit-rates",
+            "0,0.5",
+            "--write",
+            str(doc),
+        ]
+    )
     assert code == 0
     text = doc.read_text()
     assert text.startswith("intro\n<!-- plan-table:begin -->\n### Planning table")

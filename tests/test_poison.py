@@ -36,13 +36,30 @@ from function.runner import Outcome, Runner
 from workbench import sample_song
 
 EXAMPLES = int(os.environ.get("POISON_EXAMPLES", "400"))
-JSON_SCALARS = (st.none() | st.booleans() | st.integers() | st.integers(min_value=10**60, max_value=10**400)
-                | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=40)
-                | st.from_regex(r"[A-Za-z0-9_-]{1,10}", fullmatch=True))
-JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.sampled_from(["id", "songhash", "hash", "model", "callback", "stems",
-                                                              "two_stems", "format", "bucket", "key", "data"])
-                                             | st.text(max_size=8), inner, max_size=5), max_leaves=30)
+JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=10**60, max_value=10**400)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=40)
+    | st.from_regex(r"[A-Za-z0-9_-]{1,10}", fullmatch=True)
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                ["id", "songhash", "hash", "model", "callback", "stems", "two_stems", "format", "bucket", "key", "data"]
+            )
+            | st.text(max_size=8),
+            inner,
+            max_size=5,
+        )
+    ),
+    max_leaves=30,
+)
 
 
 def nested(depth: int, leaf: str = "1") -> str:
@@ -76,7 +93,7 @@ def test_any_json_value_becomes_a_job_or_the_permanent_error(value, depth: int, 
     if wrap == "id":
         text = '{"id": ' + text + "}"
     elif wrap == "cb":
-        text = '{"id": "ok1", "callback": {"url": "http://x/", "data": ' + text + "}, \"stems\": " + text + "}"
+        text = '{"id": "ok1", "callback": {"url": "http://x/", "data": ' + text + '}, "stems": ' + text + "}"
     outcome = job_or_permanent_error(text, settings)
     if depth > 64:
         assert isinstance(outcome, InvalidJob) and "nested deeper than 64 levels" in str(outcome)
@@ -84,8 +101,9 @@ def test_any_json_value_becomes_a_job_or_the_permanent_error(value, depth: int, 
         assert isinstance(outcome.id, str)
 
 
-@hypothesis_settings(max_examples=EXAMPLES // 4, deadline=None,
-                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hypothesis_settings(
+    max_examples=EXAMPLES // 4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=JSON_VALUES | st.binary(max_size=100))
 def test_any_event_data_built_in_code_becomes_a_job_or_the_permanent_error(data, make_settings) -> None:
     """`handle(event)` can be called with any Python value as data (replay, functions-framework, tests)."""
@@ -101,16 +119,23 @@ def test_an_event_built_in_code_with_deep_data_is_refused(make_settings) -> None
         job_from_event(new_event({"id": "a1", "callback": {"url": "http://x/", "data": deep}}), make_settings())
 
 
-@pytest.mark.parametrize("body", [nested(1000).encode(), b'{"specversion": "1.0", "data": ' + nested(3000).encode()
-                                  + b', "id": "e", "source": "s", "type": "t"}', b"1" * 5000])
+@pytest.mark.parametrize(
+    "body",
+    [
+        nested(1000).encode(),
+        b'{"specversion": "1.0", "data": ' + nested(3000).encode() + b', "id": "e", "source": "s", "type": "t"}',
+        b"1" * 5000,
+    ],
+)
 def test_http_bodies_of_any_depth_or_number_size_are_refused(body: bytes) -> None:
     headers = {"content-type": "application/cloudevents+json"}
     with pytest.raises(InvalidJob):
         event_from_request(headers, body, 65536)
 
 
-@pytest.mark.parametrize("literal", ["null", "true", "false", "-1", "0", "1e309", "NaN", "Infinity", "-Infinity",
-                                     "12345", "1.5", "-0"])
+@pytest.mark.parametrize(
+    "literal", ["null", "true", "false", "-1", "0", "1e309", "NaN", "Infinity", "-Infinity", "12345", "1.5", "-0"]
+)
 def test_json_literals_are_never_ids(literal: str, make_settings, redis_client) -> None:
     outcome = job_or_permanent_error(literal, make_settings())
     assert isinstance(outcome, InvalidJob)
@@ -122,8 +147,9 @@ def test_json_literals_are_never_ids(literal: str, make_settings, redis_client) 
 # ----- the claim path, through a real Redis
 
 
-@hypothesis_settings(max_examples=max(10, EXAMPLES // 20), deadline=None,
-                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hypothesis_settings(
+    max_examples=max(10, EXAMPLES // 20), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(raw=st.binary(min_size=1, max_size=200) | JSON_VALUES.map(lambda v: json.dumps(v).encode()))
 def test_the_runner_dead_letters_any_message_it_cannot_run(raw: bytes, settings, redis_client) -> None:
     """No S3 object exists for any id here, so every message ends in the dead-letter list with a reason, and the
@@ -174,14 +200,27 @@ def test_an_idle_runner_exits_0_with_the_shipped_settings(settings, redis_client
     env = runner_env(settings)
     for name in ("REDIS_TIMEOUT_S", *CLAIM_WAIT_NAMES):
         env.pop(name, None)  # the pod's values: the ConfigMap's claim wait, the default socket timeout
-    where = ("MINIO_ENDPOINT", "DEMUCS_MODEL", "DEMUCS_DEVICE", "REDIS_HOST", "REDIS_PORT", "INPUT_BUCKET",
-             "OUTPUT_BUCKET")  # the test's services and tiny model, not the cluster's
+    where = (
+        "MINIO_ENDPOINT",
+        "DEMUCS_MODEL",
+        "DEMUCS_DEVICE",
+        "REDIS_HOST",
+        "REDIS_PORT",
+        "INPUT_BUCKET",
+        "OUTPUT_BUCKET",
+    )  # the test's services and tiny model, not the cluster's
     env.update({name: value for name, value in shipped.items() if name not in where})
     wait_s = shipped_claim_wait_s(shipped)
     assert wait_s >= 10 and "REDIS_TIMEOUT_S" not in env  # the combination that used to exit 1
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "function.runner"], env=env, cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=wait_s + 60)
+    done = subprocess.run(
+        [sys.executable, "-m", "function.runner"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=wait_s + 60,
+    )
     waited = time.monotonic() - started
     assert done.returncode == 0, done.stderr[-2000:]
     assert waited >= wait_s, waited
@@ -189,13 +228,27 @@ def test_an_idle_runner_exits_0_with_the_shipped_settings(settings, redis_client
 
 
 def start_runner(env: dict[str, str], *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "function.runner", *args], env=env, cwd=REPO_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "function.runner", *args],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def fleet_env(settings, **extra: str) -> dict[str, str]:
-    fleet = {"DEMUCS_MODEL": "tiny", "DEMUCS_DEVICE": "cpu", "DEMUCS_SHIFTS": "0", "DEMUCS_THREADS": "1",
-             "CLAIM_WAIT_S": "1", "LEASE_S": "2", "ORPHAN_GRACE_S": "1", "MAX_ATTEMPTS": "3"}
+    fleet = {
+        "DEMUCS_MODEL": "tiny",
+        "DEMUCS_DEVICE": "cpu",
+        "DEMUCS_SHIFTS": "0",
+        "DEMUCS_THREADS": "1",
+        "CLAIM_WAIT_S": "1",
+        "LEASE_S": "2",
+        "ORPHAN_GRACE_S": "1",
+        "MAX_ATTEMPTS": "3",
+    }
     return runner_env(settings, **{**fleet, **extra})
 
 
@@ -207,12 +260,21 @@ def test_a_message_that_kills_its_runner_every_time_stops_after_max_attempts(set
     env = fleet_env(settings)
     for attempt in (1, 2, 3):
         process = start_runner(env)
-        wait_for(lambda: redis_client.hget("status:killer", "attempts") == str(attempt).encode()  # noqa: B023
-                 and redis_client.hget("status:killer", "state") == b"separating", 90, f"attempt {attempt}")
+        wait_for(
+            lambda: (
+                redis_client.hget("status:killer", "attempts") == str(attempt).encode()  # noqa: B023
+                and redis_client.hget("status:killer", "state") == b"separating"
+            ),
+            90,
+            f"attempt {attempt}",
+        )
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
-        wait_for(lambda: not redis_client.zrangebyscore("toWorker:leases", time.time(), "+inf"), 10,
-                 "the lease to pass its deadline")
+        wait_for(
+            lambda: not redis_client.zrangebyscore("toWorker:leases", time.time(), "+inf"),
+            10,
+            "the lease to pass its deadline",
+        )
         time.sleep(0.1)
     last = start_runner(env)
     output = last.communicate(timeout=120)[0]
@@ -235,7 +297,7 @@ def test_a_fleet_finishes_good_jobs_mixed_with_every_poison_message(settings, up
     messages: list[str | bytes] = []
     for index, message in enumerate(poison):
         messages.append(message)
-        if index % 8 == 0 and good[index // 8:]:
+        if index % 8 == 0 and good[index // 8 :]:
             messages.append(good[index // 8])
     redis_client.rpush("toWorker", *messages)
     env = fleet_env(settings)
@@ -248,7 +310,8 @@ def test_a_fleet_finishes_good_jobs_mixed_with_every_poison_message(settings, up
     assert len(dead) == len(poison)
     assert all(entry["error"] and entry["attempts"] <= 3 for entry in dead)
     assert sorted(entry["message_sha256"] for entry in dead) == sorted(
-        hashlib.sha256(m.encode() if isinstance(m, str) else m).hexdigest() for m in poison)
+        hashlib.sha256(m.encode() if isinstance(m, str) else m).hexdigest() for m in poison
+    )
     assert redis_client.llen("toWorker") == 0 and redis_client.llen("toWorker:processing") == 0
 
 
@@ -282,8 +345,9 @@ def test_a_runner_whose_lease_was_reaped_still_says_so(make_settings, redis_clie
 # ----- stems published before a failure
 
 
-def test_stems_published_by_an_earlier_attempt_stay_listed_when_the_job_fails(settings, worker, upload, song, s3,
-                                                                             redis_client) -> None:
+def test_stems_published_by_an_earlier_attempt_stay_listed_when_the_job_fails(
+    settings, worker, upload, song, s3, redis_client
+) -> None:
     upload("pub1", song)
     event = event_from_message("pub1", settings.max_message_bytes, "2026-01-01T00:00:00.000Z")
     result = worker.handle(event)
@@ -377,8 +441,9 @@ def test_a_trickling_receiver_cannot_hold_a_job_past_its_deadlines(behaviour: st
 
     receiver = SlowReceiver(behaviour)
     try:
-        settings = make_settings(callback_timeout_s=1.5, callback_total_s=4, callback_attempts=3,
-                                 callback_allow_hosts="127.0.0.1/32")
+        settings = make_settings(
+            callback_timeout_s=1.5, callback_total_s=4, callback_attempts=3, callback_allow_hosts="127.0.0.1/32"
+        )
         started = time.monotonic()
         outcome = deliver(Callback(url=receiver.url), {"id": "x"}, "evt-1", settings)
         took = time.monotonic() - started
@@ -417,8 +482,10 @@ def test_stemworker_stats_warns_when_redis_keeps_nothing_across_a_restart(env, r
     assert read_persistence(redis_client).none  # the tests' Redis: --save "" --appendonly no
     result = CliRunner().invoke(cli, ["stats", "--json"])
     stats = json.loads(result.output)
-    assert stats["redis_persistence_none"] is True and "a Redis restart loses every queued job" in \
-        stats["redis_persistence"]
+    assert (
+        stats["redis_persistence_none"] is True
+        and "a Redis restart loses every queued job" in stats["redis_persistence"]
+    )
     redis_client.config_set("appendonly", "yes")
     try:
         assert not read_persistence(redis_client).none

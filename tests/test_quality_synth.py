@@ -33,7 +33,7 @@ def test_shapes_and_stems_sum_to_mix() -> None:
     assert mix.dtype == stems.dtype == np.float32
     assert np.array_equal(mix, stems.sum(axis=0))
     assert 0.4 < np.abs(mix).max() < 1.0  # headroom, never clipping
-    assert all(np.sqrt(np.mean(stem ** 2)) > 1e-3 for stem in stems)  # every part plays
+    assert all(np.sqrt(np.mean(stem**2)) > 1e-3 for stem in stems)  # every part plays
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

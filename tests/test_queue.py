@@ -34,8 +34,9 @@ def expire_lease(client: redis.Redis, token: str) -> None:
 def restricted_client(services, redis_client):
     """A client logged in as an ACL user that may run everything but KEYS and SCAN (Lua included)."""
     user, password = f"noscan-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-    redis_client.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=["*"],
-                             commands=["+@all", "-keys", "-scan"])
+    redis_client.acl_setuser(
+        user, enabled=True, passwords=[f"+{password}"], keys=["*"], commands=["+@all", "-keys", "-scan"]
+    )
     client = redis.Redis.from_url(services.env()["REDIS_URL"], username=user, password=password)
     yield client
     client.close()
@@ -69,8 +70,9 @@ def test_queue_never_scans_the_keyspace(redis_client, restricted_client):
 
 
 def test_every_key_a_script_touches_is_declared():
-    scripts = {name: getattr(queue_scripts, name) for name in ("CLAIM", "RENEW", "FINISH", "WRITE_HASH_IF_LEASED",
-                                                                "REAP")}
+    scripts = {
+        name: getattr(queue_scripts, name) for name in ("CLAIM", "RENEW", "FINISH", "WRITE_HASH_IF_LEASED", "REAP")
+    }
     keyless = {"TIME"}
     for name, source in scripts.items():
         calls = re.findall(r"redis\.call\('(\w+)'(?:, ([^,)]+))?", source)
@@ -111,9 +113,17 @@ def test_lease_written_within_grace_clears_the_orphan_mark(redis_client):
     redis_client.rpush("toWorker", "m")
     redis_client.lmove("toWorker", "toWorker:processing", "LEFT", "LEFT")  # the runner's BLMOVE ...
     assert queue.reap() == 0 and redis_client.hlen("toWorker:orphans") == 1  # ... seen without a lease
-    claim = queue._claim(keys=[queue.processing_key, queue.leases_key, queue.leased_key, queue.attempts_key,
-                               queue.dead_key, queue.dataset_key],
-                         args=["t1", b"m", "d", 30, "now", 3, "marker", "{}"])  # ... then its lease write lands
+    claim = queue._claim(
+        keys=[
+            queue.processing_key,
+            queue.leases_key,
+            queue.leased_key,
+            queue.attempts_key,
+            queue.dead_key,
+            queue.dataset_key,
+        ],
+        args=["t1", b"m", "d", 30, "now", 3, "marker", "{}"],
+    )  # ... then its lease write lands
     assert claim is not None
     assert queue.reap() == 0 and redis_client.hlen("toWorker:orphans") == 0
     assert redis_client.lrange("toWorker:processing", 0, -1) == [b"m"]
@@ -141,8 +151,9 @@ def test_concurrent_reapers_requeue_an_expired_lease_once(redis_client):
     assert claim is not None
     expire_lease(redis_client, claim.token)
     moved: list[int] = []
-    threads = [threading.Thread(target=lambda: moved.append(WorkQueue(redis_client, "toWorker").reap()))
-               for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: moved.append(WorkQueue(redis_client, "toWorker").reap())) for _ in range(8)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -242,9 +253,17 @@ def test_claim_reaped_before_its_lease_was_written_is_refused(redis_client, monk
 def test_a_retried_claim_script_counts_once(redis_client):
     queue = WorkQueue(redis_client, "toWorker")
     redis_client.rpush("toWorker:processing", "m")
-    call = {"keys": [queue.processing_key, queue.leases_key, queue.leased_key, queue.attempts_key, queue.dead_key,
-                     queue.dataset_key],
-            "args": ["tok", b"m", "dg", 30, "t0", 3, "marker", "{}"]}
+    call = {
+        "keys": [
+            queue.processing_key,
+            queue.leases_key,
+            queue.leased_key,
+            queue.attempts_key,
+            queue.dead_key,
+            queue.dataset_key,
+        ],
+        "args": ["tok", b"m", "dg", 30, "t0", 3, "marker", "{}"],
+    }
     assert queue._claim(**call)[0] == 1
     assert queue._claim(**call)[0] == 1  # the reply of the first was lost and the client retried
     assert redis_client.hget("toWorker:attempts", "dg") == b"1"
@@ -262,10 +281,20 @@ def test_old_form_lease_keys_are_not_leases(redis_client):
 
 def test_key_names_and_cluster_slots():
     queue = WorkQueue(redis.Redis(), "toWorker")
-    assert (queue.queue_key, queue.processing_key, queue.dead_key) == ("toWorker", "toWorker:processing",
-                                                                       "toWorker:dead")
+    assert (queue.queue_key, queue.processing_key, queue.dead_key) == (
+        "toWorker",
+        "toWorker:processing",
+        "toWorker:dead",
+    )
     tagged = WorkQueue(redis.Redis(), "{toWorker}")
-    names = [tagged.queue_key, tagged.processing_key, tagged.dead_key, tagged.leases_key, tagged.leased_key,
-             tagged.attempts_key, tagged.orphans_key]
+    names = [
+        tagged.queue_key,
+        tagged.processing_key,
+        tagged.dead_key,
+        tagged.leases_key,
+        tagged.leased_key,
+        tagged.attempts_key,
+        tagged.orphans_key,
+    ]
     assert len({key_slot(name.encode()) for name in names}) == 1  # a hash-tagged queue is Cluster-safe
     assert key_slot(b"toWorker") != key_slot(keys.processing_key("toWorker").encode())  # the default is not

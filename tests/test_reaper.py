@@ -14,17 +14,26 @@ from function.queue import WorkQueue
 
 
 def run_reaper(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "function.reaper"], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "function.reaper"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_the_reaper_imports_neither_torch_nor_demucs():
-    code = ("import sys, runpy; sys.argv = ['reaper', '--help'];"
-            "import function.reaper;"
-            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'demucs', 'torchaudio', 'numpy'});"
-            "print(heavy)")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
-                          env={"PYTHONPATH": str(REPO_ROOT)})
+    code = (
+        "import sys, runpy; sys.argv = ['reaper', '--help'];"
+        "import function.reaper;"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'demucs', 'torchaudio', 'numpy'});"
+        "print(heavy)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(REPO_ROOT)},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 
@@ -50,6 +59,12 @@ def test_the_reaper_exits_1_when_redis_is_unreachable(settings):
 
 
 def test_the_reaper_takes_no_arguments(settings):
-    done = subprocess.run([sys.executable, "-m", "function.reaper", "--reap"], cwd=REPO_ROOT, env=runner_env(settings),
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "function.reaper", "--reap"],
+        cwd=REPO_ROOT,
+        env=runner_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "usage" in done.stderr

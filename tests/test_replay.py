@@ -51,15 +51,25 @@ def test_dead_letter_round_trip_fix_the_data_then_replay(env, settings, redis_cl
 
 
 def test_dead_letter_entry_without_event_replays_its_raw_message(env, settings, redis_client):
-    entry = {"message": "dl-raw", "event": None, "job_id": None, "error": "x", "error_type": "InvalidJob",
-             "permanent": True, "attempts": 1, "first_seen_at": "", "failed_at": ""}
+    entry = {
+        "message": "dl-raw",
+        "event": None,
+        "job_id": None,
+        "error": "x",
+        "error_type": "InvalidJob",
+        "permanent": True,
+        "attempts": 1,
+        "first_seen_at": "",
+        "failed_at": "",
+    }
     redis_client.rpush(dead_key(settings.queue_key), json.dumps(entry))
     assert replay.main(["--from-dead-letter", "0", "--dry-run"]) == 0
     assert replay.main(["--from-dead-letter", "5"]) == 2
 
 
-def test_saved_event_replays_after_the_input_arrives(make_settings, redis_client, upload, song, tmp_path, env,
-                                                     monkeypatch, capsys):
+def test_saved_event_replays_after_the_input_arrives(
+    make_settings, redis_client, upload, song, tmp_path, env, monkeypatch, capsys
+):
     saved_dir = tmp_path / "events"
     worker = Worker(make_settings(save_events_dir=saved_dir))
     event = event_from_message('{"songhash": "saved1", "format": "flac"}', 65536)

@@ -51,17 +51,25 @@ def comparable(values: dict, job_id: str) -> dict:
     if not isinstance(values, dict):
         return values
     parsed = {name: json.loads(value) if name in ("outputs", "published") else value for name, value in values.items()}
-    return {name: json.loads(json.dumps(value).replace(job_id, "{id}")) for name, value in parsed.items()
-            if name not in RUN_FIELDS and not name.endswith("_at")}
+    return {
+        name: json.loads(json.dumps(value).replace(job_id, "{id}"))
+        for name, value in parsed.items()
+        if name not in RUN_FIELDS and not name.endswith("_at")
+    }
 
 
 def objects(s3, buckets) -> set[tuple[str, str]]:
-    return {(bucket, item.object_name) for bucket in buckets if s3.bucket_exists(bucket)
-            for item in s3.list_objects(bucket, recursive=True)}
+    return {
+        (bucket, item.object_name)
+        for bucket in buckets
+        if s3.bucket_exists(bucket)
+        for item in s3.list_objects(bucket, recursive=True)
+    }
 
 
-def fresh_then_cached(settings, client: TierClient, song: bytes, job_id: str, receiver=None,
-                      runner: Runner | None = None) -> str:
+def fresh_then_cached(
+    settings, client: TierClient, song: bytes, job_id: str, receiver=None, runner: Runner | None = None
+) -> str:
     """Run `job_id` (a separation), then the same song under a second id (a result-cache hit), and assert the tier
     sees the same of both: the same object names, status fields and callback body, each with its own id. Returns
     the second id."""
@@ -79,8 +87,11 @@ def fresh_then_cached(settings, client: TierClient, song: bytes, job_id: str, re
     assert (hit_record.get("cached"), hit_record.get("cached_from")) == ("1", job_id)
     assert "cached" not in fresh_record
     hit_objects = objects(client.s3, buckets) - fresh_objects
-    fresh_names = {(bucket.replace(job_id, "{id}"), key.replace(job_id, "{id}")) for bucket, key in fresh_objects
-                   if job_id in bucket + key and hit_id not in bucket + key}
+    fresh_names = {
+        (bucket.replace(job_id, "{id}"), key.replace(job_id, "{id}"))
+        for bucket, key in fresh_objects
+        if job_id in bucket + key and hit_id not in bucket + key
+    }
     assert {(bucket.replace(hit_id, "{id}"), key.replace(hit_id, "{id}")) for bucket, key in hit_objects} == fresh_names
     assert comparable(hit_record, hit_id) == comparable(fresh_record, job_id)
     assert set(hit_record) - {"cached", "cached_from"} == set(fresh_record) - {"separating_at", "uploading_at"}
@@ -97,11 +108,15 @@ def fresh_then_cached(settings, client: TierClient, song: bytes, job_id: str, re
 
 # --- push side and id shapes -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("shape", [
-    {"name": "lpush-bare", "push": "lpush", "id_field": None},
-    {"name": "rpush-hash", "push": "rpush", "id_field": "hash"},
-    {"name": "lpush-songhash", "push": "lpush", "id_field": "songhash"},
-])
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {"name": "lpush-bare", "push": "lpush", "id_field": None},
+        {"name": "rpush-hash", "push": "rpush", "id_field": "hash"},
+        {"name": "lpush-songhash", "push": "lpush", "id_field": "songhash"},
+    ],
+)
 def test_push_side_and_id_field(make_settings, redis_client, s3, short_song, shape):
     settings = make_settings()
     client = tier(settings, redis_client, s3, **shape)
@@ -109,8 +124,10 @@ def test_push_side_and_id_field(make_settings, redis_client, s3, short_song, sha
     assert len(client.download("shape1", "vocals")) > 0
 
 
-@pytest.mark.parametrize(("push", "queue_pop", "first"), [("lpush", "right", "a"), ("lpush", "left", "b"),
-                                                           ("rpush", "left", "a"), ("rpush", "right", "b")])
+@pytest.mark.parametrize(
+    ("push", "queue_pop", "first"),
+    [("lpush", "right", "a"), ("lpush", "left", "b"), ("rpush", "left", "a"), ("rpush", "right", "b")],
+)
 def test_the_pop_side_decides_the_order_of_a_tiers_pushes(make_settings, redis_client, s3, push, queue_pop, first):
     settings = make_settings(queue_pop=queue_pop)
     client = tier(settings, redis_client, s3, push=push)
@@ -120,6 +137,7 @@ def test_the_pop_side_decides_the_order_of_a_tiers_pushes(make_settings, redis_c
 
 
 # --- an empty or absent callback ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("callback", [{}, None, "", [], {"url": None, "data": {"song": 1}}])
 def test_an_empty_callback_is_no_callback(make_settings, redis_client, s3, short_song, callback):
@@ -135,10 +153,13 @@ def test_an_empty_callback_is_no_callback(make_settings, redis_client, s3, short
 
 # --- model names a tier made up, or models we do not serve -------------------------------------------------------
 
-def test_model_aliases_run_the_served_model_and_report_both_names(make_settings, redis_client, s3, short_song,
-                                                                  receiver):
-    settings = make_settings(demucs_models="tiny2", model_aliases="default:tiny, mdx_extra_q:tiny2",
-                             callback_allow_hosts="127.0.0.1/32")
+
+def test_model_aliases_run_the_served_model_and_report_both_names(
+    make_settings, redis_client, s3, short_song, receiver
+):
+    settings = make_settings(
+        demucs_models="tiny2", model_aliases="default:tiny, mdx_extra_q:tiny2", callback_allow_hosts="127.0.0.1/32"
+    )
     for job_id, asked, runs in (("alias1", "default", "tiny"), ("alias2", "mdx_extra_q", "tiny2")):
         client = tier(settings, redis_client, s3, fields={"model": asked, "callback": receiver.url})
         fresh_then_cached(settings, client, short_song, job_id, receiver)
@@ -146,8 +167,10 @@ def test_model_aliases_run_the_served_model_and_report_both_names(make_settings,
         assert (record["model"], record["model_requested"]) == (runs, asked)
         body = receiver.requests[-2]["json"]
         assert (body["id"], body["model"], body["model_requested"]) == (job_id, runs, asked)
-        assert any(f"job {job_id}: model '{asked}' runs as '{runs}' (MODEL_ALIASES)" in line
-                   for line in log_lines(redis_client, settings))
+        assert any(
+            f"job {job_id}: model '{asked}' runs as '{runs}' (MODEL_ALIASES)" in line
+            for line in log_lines(redis_client, settings)
+        )
 
 
 def test_unknown_model_default_runs_the_default_model(make_settings, redis_client, s3, short_song):
@@ -156,8 +179,10 @@ def test_unknown_model_default_runs_the_default_model(make_settings, redis_clien
     fresh_then_cached(settings, client, short_song, "unk1")
     record = client.record("unk1")
     assert (record["state"], record["model"], record["model_requested"]) == ("done", "tiny", "mdx_extra_q")
-    assert any(".worker.info:job unk1: model 'mdx_extra_q' is not served; running 'tiny' (UNKNOWN_MODEL=default)"
-               in line for line in log_lines(redis_client, settings))
+    assert any(
+        ".worker.info:job unk1: model 'mdx_extra_q' is not served; running 'tiny' (UNKNOWN_MODEL=default)" in line
+        for line in log_lines(redis_client, settings)
+    )
 
 
 def test_unknown_model_reject_is_permanent_and_names_the_models(make_settings, redis_client, s3):
@@ -172,12 +197,15 @@ def test_unknown_model_reject_is_permanent_and_names_the_models(make_settings, r
 
 # --- the input location in the message ---------------------------------------------------------------------------
 
+
 def test_bucket_and_key_in_the_message(make_settings, redis_client, s3, short_song, tier_bucket):
     settings = make_settings(input_buckets=tier_bucket)
     client = tier(settings, redis_client, s3, bucket=tier_bucket, key="users/42/{id} (final mix) ✓.mp3")
     fresh_then_cached(settings, client, short_song, "where1")
-    assert any(f"downloaded {tier_bucket}/users/42/where1 (final mix) ✓.mp3" in line
-               for line in log_lines(redis_client, settings))
+    assert any(
+        f"downloaded {tier_bucket}/users/42/where1 (final mix) ✓.mp3" in line
+        for line in log_lines(redis_client, settings)
+    )
     assert not s3.bucket_exists(settings.input_bucket)  # INPUT_BUCKET was never read
 
 
@@ -185,21 +213,31 @@ def test_object_name_is_read_as_the_key(make_settings, redis_client, s3, short_s
     settings = make_settings()
     client = tier(settings, redis_client, s3, key="uploads/{id}/original.mp3", key_field="object_name")
     fresh_then_cached(settings, client, short_song, "objname1")
-    assert any(f"downloaded {settings.input_bucket}/uploads/objname1/original.mp3" in line
-               for line in log_lines(redis_client, settings))
+    assert any(
+        f"downloaded {settings.input_bucket}/uploads/objname1/original.mp3" in line
+        for line in log_lines(redis_client, settings)
+    )
 
 
-@pytest.mark.parametrize(("shape", "reason"), [
-    ({"key": "../{id}.mp3", "key_field": "object_name"}, "object_name '../where2.mp3' must not contain a '.' or '..'"),
-    ({"key": "/{id}.mp3", "key_field": "object_name"}, "object_name '/where2.mp3' must not start with '/'"),
-    ({"id_field": "songhash", "fields": {"key": "a.mp3", "object_name": "b.mp3"}},
-     "key 'a.mp3' and object_name 'b.mp3' name different objects"),
-    ({"bucket": "not-listed", "key": "{id}.mp3"}, "bucket 'not-listed' is not an input bucket"),
-    ({"key": "../{id}.mp3"}, "must not contain a '.' or '..' path segment"),
-    ({"key": "/{id}.mp3"}, "must not start with '/'"),
-    ({"key": "{id}\u0007.mp3"}, "contains control characters"),
-    ({"key": "{id}" + "x" * 1100}, "over the 1024 an object key may have"),
-])
+@pytest.mark.parametrize(
+    ("shape", "reason"),
+    [
+        (
+            {"key": "../{id}.mp3", "key_field": "object_name"},
+            "object_name '../where2.mp3' must not contain a '.' or '..'",
+        ),
+        ({"key": "/{id}.mp3", "key_field": "object_name"}, "object_name '/where2.mp3' must not start with '/'"),
+        (
+            {"id_field": "songhash", "fields": {"key": "a.mp3", "object_name": "b.mp3"}},
+            "key 'a.mp3' and object_name 'b.mp3' name different objects",
+        ),
+        ({"bucket": "not-listed", "key": "{id}.mp3"}, "bucket 'not-listed' is not an input bucket"),
+        ({"key": "../{id}.mp3"}, "must not contain a '.' or '..' path segment"),
+        ({"key": "/{id}.mp3"}, "must not start with '/'"),
+        ({"key": "{id}\u0007.mp3"}, "contains control characters"),
+        ({"key": "{id}" + "x" * 1100}, "over the 1024 an object key may have"),
+    ],
+)
 def test_an_unsafe_input_location_is_rejected_for_good(make_settings, redis_client, s3, shape, reason):
     settings = make_settings()
     client = tier(settings, redis_client, s3, **shape)
@@ -212,16 +250,26 @@ def test_an_unsafe_input_location_is_rejected_for_good(make_settings, redis_clie
 
 # --- where a tier keeps things: its list, its bucket and keys -----------------------------------------------------
 
-@pytest.mark.parametrize("layout", [
-    {"queue_key": "toWorkers", "queue_pop": "right"},
-    {"input_bucket": "audio-tracks", "input_key": "{id}/original.mp3", "output_key": "{id}/{stem}.{ext}"},
-    {"input_bucket": "queues"},
-], ids=["list-toWorkers", "audio-tracks", "bare-id-queues"])
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {"queue_key": "toWorkers", "queue_pop": "right"},
+        {"input_bucket": "audio-tracks", "input_key": "{id}/original.mp3", "output_key": "{id}/{stem}.{ext}"},
+        {"input_bucket": "queues"},
+    ],
+    ids=["list-toWorkers", "audio-tracks", "bare-id-queues"],
+)
 def test_a_tiers_layout_by_settings(make_settings, redis_client, s3, short_song, song_buckets, layout):
     settings = make_settings(**layout)
     song_buckets.append(settings.input_bucket)
-    client = tier(settings, redis_client, s3, push="lpush" if "queue_pop" in layout else "rpush",
-                  id_field=None if layout.get("input_bucket") == "queues" else "hash")
+    client = tier(
+        settings,
+        redis_client,
+        s3,
+        push="lpush" if "queue_pop" in layout else "rpush",
+        id_field=None if layout.get("input_bucket") == "queues" else "hash",
+    )
     hit_id = fresh_then_cached(settings, client, short_song, "layout1")
     for job_id in ("layout1", hit_id):
         assert s3.stat_object(settings.input_bucket, client.input_location(job_id)[1]).size > 0
@@ -230,6 +278,7 @@ def test_a_tiers_layout_by_settings(make_settings, redis_client, s3, short_song,
 
 
 # --- a bucket per song -------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def song_buckets(s3):
@@ -250,7 +299,9 @@ def test_a_bucket_named_after_the_song(make_settings, redis_client, s3, short_so
     hit_id = fresh_then_cached(settings, client, short_song, "persong1")
     for job_id in ("persong1", hit_id):
         assert {item.object_name for item in s3.list_objects(job_id, recursive=True)} == {
-            f"{job_id}/{job_id}.mp3", *(f"{job_id}/{stem}.mp3" for stem in ("bass", "drums", "other", "vocals"))}
+            f"{job_id}/{job_id}.mp3",
+            *(f"{job_id}/{stem}.mp3" for stem in ("bass", "drums", "other", "vocals")),
+        }
     assert any("downloaded persong1/persong1/persong1.mp3" in line for line in log_lines(redis_client, settings))
 
 
@@ -262,15 +313,17 @@ def test_a_message_may_name_its_own_songs_bucket(make_settings, redis_client, s3
     assert run(settings).outcome == Outcome.DONE and client.status("named1") == "done"
 
 
-@pytest.mark.parametrize(("job_id", "bucket", "reason"), [
-    ("Song1", None, "INPUT_BUCKET '{id}' gives bucket 'Song1' for this job, which may only hold lowercase"),
-    ("song_1", None, "gives bucket 'song_1' for this job"),
-    ("ab", None, "gives bucket 'ab' for this job, which is 2 characters"),
-    ("song1", "song2", "bucket 'song2' is not an input bucket"),  # only its own song's bucket
-    ("song1", "other.bucket", "bucket 'other.bucket' is not an input bucket"),  # not even of the template's shape
-])
-def test_an_id_that_names_no_valid_bucket_is_rejected_for_good(make_settings, redis_client, s3, job_id, bucket,
-                                                               reason):
+@pytest.mark.parametrize(
+    ("job_id", "bucket", "reason"),
+    [
+        ("Song1", None, "INPUT_BUCKET '{id}' gives bucket 'Song1' for this job, which may only hold lowercase"),
+        ("song_1", None, "gives bucket 'song_1' for this job"),
+        ("ab", None, "gives bucket 'ab' for this job, which is 2 characters"),
+        ("song1", "song2", "bucket 'song2' is not an input bucket"),  # only its own song's bucket
+        ("song1", "other.bucket", "bucket 'other.bucket' is not an input bucket"),  # not even of the template's shape
+    ],
+)
+def test_an_id_that_names_no_valid_bucket_is_rejected_for_good(make_settings, redis_client, s3, job_id, bucket, reason):
     settings = make_settings(input_bucket="{id}")
     client = tier(settings, redis_client, s3, bucket=bucket, key="{id}.mp3" if bucket else None)
     client.submit(job_id, None)
@@ -281,6 +334,7 @@ def test_an_id_that_names_no_valid_bucket_is_rejected_for_good(make_settings, re
 
 
 # --- a tier's own fields in the status hash ----------------------------------------------------------------------
+
 
 class CommandLog(threading.Thread):
     """Every command the Redis server runs meanwhile (MONITOR), to see each state the status hash passes through."""
@@ -324,15 +378,23 @@ def test_a_tiers_status_field_shows_our_state_and_its_fields_survive(make_settin
     client.submit("own1", None)
     assert run(settings).outcome == Outcome.DEAD
     record = client.record("own1")
-    assert (record["status"], record["state"], record["filename"], record["user"]) == ("failed", "failed",
-                                                                                      "My Song.mp3", "42")
+    assert (record["status"], record["state"], record["filename"], record["user"]) == (
+        "failed",
+        "failed",
+        "My Song.mp3",
+        "42",
+    )
     assert "error" in record and redis_client.ttl(key) == -1  # the tier's hash keeps no expiry of ours
     # The tier submits again: a fresh run clears only the worker's own fields (the old error goes).
     with CommandLog(settings.redis_connection_url) as commands:
         fresh_then_cached(settings, client, short_song, "own1")
     record = client.record("own1")
-    assert (record["status"], record["state"], record["filename"], record["user"]) == ("done", "done",
-                                                                                      "My Song.mp3", "42")
+    assert (record["status"], record["state"], record["filename"], record["user"]) == (
+        "done",
+        "done",
+        "My Song.mp3",
+        "42",
+    )
     assert "error" not in record and "failed_at" not in record and redis_client.ttl(key) == -1
     writes = [command for command in commands.commands if key in command]
     for state in ("downloading", "separating", "uploading", "done"):
@@ -353,8 +415,7 @@ DAY_S = 86400
 
 
 def test_a_tiers_own_expiry_is_kept_unless_status_ttl_is_set(make_settings, redis_client, s3, short_song):
-    tier_shape = {"own_status": {"status": "queued", "user": "42"}, "own_status_ttl_s": DAY_S,
-                  "status_field": "status"}
+    tier_shape = {"own_status": {"status": "queued", "user": "42"}, "own_status_ttl_s": DAY_S, "status_field": "status"}
     settings = make_settings(status_key="job:{id}", state_fields="status")
     client = tier(settings, redis_client, s3, **tier_shape)
     hit_id = fresh_then_cached(settings, client, short_song, "exp1")
@@ -369,8 +430,9 @@ def test_a_tiers_own_expiry_is_kept_unless_status_ttl_is_set(make_settings, redi
 
 
 def test_state_map_renames_or_leaves_out_the_intermediate_states(make_settings, redis_client, s3, short_song):
-    settings = make_settings(state_fields="state,status",
-                             state_map="downloading:processing, separating:processing, uploading:")
+    settings = make_settings(
+        state_fields="state,status", state_map="downloading:processing, separating:processing, uploading:"
+    )
     client = tier(settings, redis_client, s3, own_status={"status": "queued"}, status_field="status")
     key = client.status_key("map1")
     with CommandLog(settings.redis_connection_url) as commands:
@@ -388,6 +450,7 @@ def test_state_map_renames_or_leaves_out_the_intermediate_states(make_settings, 
 
 # --- a stem published under two names ----------------------------------------------------------------------------
 
+
 def test_a_stem_under_two_names_is_one_upload_and_a_server_side_copy(make_settings, redis_client, s3, short_song):
     settings = make_settings(stem_aliases="bass:base+bass")
     spells_base = tier(settings, redis_client, s3, name="base-tier", stem_names={"bass": "base"})
@@ -397,30 +460,43 @@ def test_a_stem_under_two_names_is_one_upload_and_a_server_side_copy(make_settin
     store = runner.worker.store
     real_upload, real_copy = store.upload, store.copy
     store.upload = lambda bucket, key, *a: calls.append(("upload", key)) or real_upload(bucket, key, *a)
-    store.copy = lambda bucket, source, dest, **kw: calls.append(("copy", dest)) or real_copy(bucket, source, dest,
-                                                                                               **kw)
+    store.copy = lambda bucket, source, dest, **kw: (
+        calls.append(("copy", dest)) or real_copy(bucket, source, dest, **kw)
+    )
     hit_id = fresh_then_cached(settings, spells_base, short_song, "twice", runner=runner)
     for job_id in ("twice", hit_id):
         base, bass = spells_base.download(job_id, "bass"), spells_bass.download(job_id, "bass")
         assert base == bass and len(base) > 0
-    assert sorted(calls[:5]) == [("copy", "twice-bass.mp3"), ("upload", "twice-base.mp3"),
-                                 ("upload", "twice-drums.mp3"), ("upload", "twice-other.mp3"),
-                                 ("upload", "twice-vocals.mp3")]
+    assert sorted(calls[:5]) == [
+        ("copy", "twice-bass.mp3"),
+        ("upload", "twice-base.mp3"),
+        ("upload", "twice-drums.mp3"),
+        ("upload", "twice-other.mp3"),
+        ("upload", "twice-vocals.mp3"),
+    ]
     # The hit copies every published name from the recorded stems (the bass twice: `base` and `bass`).
-    assert sorted(calls[5:]) == [("copy", f"{hit_id}-{name}.mp3") for name in ("base", "bass", "drums", "other",
-                                                                               "vocals")]
-    assert json.loads(spells_base.record(hit_id)["outputs"])["bass"]["keys"] == [f"{hit_id}-base.mp3",
-                                                                                f"{hit_id}-bass.mp3"]
+    assert sorted(calls[5:]) == [
+        ("copy", f"{hit_id}-{name}.mp3") for name in ("base", "bass", "drums", "other", "vocals")
+    ]
+    assert json.loads(spells_base.record(hit_id)["outputs"])["bass"]["keys"] == [
+        f"{hit_id}-base.mp3",
+        f"{hit_id}-bass.mp3",
+    ]
     outputs = json.loads(spells_base.record("twice")["outputs"])
-    assert outputs["bass"] == {"bucket": settings.output_bucket, "key": "twice-base.mp3",
-                               "keys": ["twice-base.mp3", "twice-bass.mp3"]}
+    assert outputs["bass"] == {
+        "bucket": settings.output_bucket,
+        "key": "twice-base.mp3",
+        "keys": ["twice-base.mp3", "twice-bass.mp3"],
+    }
     assert outputs["vocals"] == {"bucket": settings.output_bucket, "key": "twice-vocals.mp3"}
 
 
 # --- loopback and in-cluster callback receivers ------------------------------------------------------------------
 
-def test_a_loopback_receiver_is_reached_when_its_network_is_allowed(make_settings, redis_client, s3, short_song,
-                                                                    receiver):
+
+def test_a_loopback_receiver_is_reached_when_its_network_is_allowed(
+    make_settings, redis_client, s3, short_song, receiver
+):
     url = f"http://localhost:{receiver.port}/hook"
     settings = make_settings(callback_allow_hosts="10.0.0.0/8, 127.0.0.1/32")
     client = tier(settings, redis_client, s3, fields={"callback": url})
@@ -431,11 +507,14 @@ def test_a_loopback_receiver_is_reached_when_its_network_is_allowed(make_setting
     tier(refused, redis_client, s3, fields={"callback": url}).submit("loop2", None)
     assert run(refused).outcome == Outcome.DEAD
     assert len(receiver.requests) == 2
-    assert any("job loop2: callback skipped: address localhost (127.0.0.1) is loopback" in line
-               for line in log_lines(redis_client, settings))
+    assert any(
+        "job loop2: callback skipped: address localhost (127.0.0.1) is loopback" in line
+        for line in log_lines(redis_client, settings)
+    )
 
 
 # --- webhook-id per submission, stable per delivery --------------------------------------------------------------
+
 
 def test_two_submissions_of_one_message_get_two_webhook_ids(make_settings, redis_client, s3, short_song, receiver):
     settings = make_settings(callback_allow_hosts="127.0.0.1/32")
@@ -448,8 +527,7 @@ def test_two_submissions_of_one_message_get_two_webhook_ids(make_settings, redis
     assert len(ids) == 2 and ids[0] != ids[1]
 
 
-def test_a_retried_delivery_keeps_its_webhook_id(make_settings, redis_client, s3, short_song, receiver,
-                                                 tmp_path: Path):
+def test_a_retried_delivery_keeps_its_webhook_id(make_settings, redis_client, s3, short_song, receiver, tmp_path: Path):
     settings = make_settings(callback_allow_hosts="127.0.0.1/32")
     client = tier(settings, redis_client, s3, fields={"callback": receiver.url})
     client.submit("retry1", short_song)

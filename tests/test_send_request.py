@@ -28,21 +28,39 @@ def load_script():
 send_request = load_script()
 
 
-
-
 def queued(redis_client, settings) -> list[str]:
     return [raw.decode() for raw in redis_client.lrange(settings.queue_key, 0, -1)]
 
 
 def test_message_forms(env, settings, redis_client, s3):
     assert send_request.main(["--form", "bare", "--id", "formbare"]) == 0
-    assert send_request.main(["--id", "formjson", "--model", "tiny", "--stems", "bass,vocals", "--format", "wav",
-                              "--callback", "http://example.invalid/hook"]) == 0
+    assert (
+        send_request.main(
+            [
+                "--id",
+                "formjson",
+                "--model",
+                "tiny",
+                "--stems",
+                "bass,vocals",
+                "--format",
+                "wav",
+                "--callback",
+                "http://example.invalid/hook",
+            ]
+        )
+        == 0
+    )
     assert send_request.main(["--form", "cloudevent", "--id", "formce", "--two-stems", "vocals"]) == 0
     bare, as_json, as_event = queued(redis_client, settings)
     assert bare == "formbare"
-    assert json.loads(as_json) == {"songhash": "formjson", "model": "tiny", "stems": ["bass", "vocals"],
-                                   "format": "wav", "callback": "http://example.invalid/hook"}
+    assert json.loads(as_json) == {
+        "songhash": "formjson",
+        "model": "tiny",
+        "stems": ["bass", "vocals"],
+        "format": "wav",
+        "callback": "http://example.invalid/hook",
+    }
     event = json.loads(as_event)
     assert event["specversion"] == "1.0" and event["data"] == {"songhash": "formce", "two_stems": "vocals"}
     for job_id in ("formbare", "formjson", "formce"):
@@ -90,8 +108,7 @@ def test_flood_copies_one_upload_and_wait_follows_a_real_runner(env, settings, r
     worker = threading.Thread(target=run_jobs, daemon=True)
     worker.start()
     try:
-        code = send_request.main(["--count", "3", "--id", "flood", "--stems", "vocals", "--wait",
-                                  "--timeout-s", "300"])
+        code = send_request.main(["--count", "3", "--id", "flood", "--stems", "vocals", "--wait", "--timeout-s", "300"])
     finally:
         stop.set()
         worker.join(60)
@@ -110,8 +127,12 @@ def test_flood_copies_one_upload_and_wait_follows_a_real_runner(env, settings, r
 def test_distinct_flood_uploads_different_files_of_the_same_song(env, settings, redis_client, s3, tmp_path):
     song = sample_song.song_mp3(seconds=2.0)
     (tmp_path / "song.mp3").write_bytes(song)
-    assert send_request.main(["--song", str(tmp_path / "song.mp3"), "--count", "3", "--id", "dist", "--distinct",
-                              "--no-push"]) == 0
+    assert (
+        send_request.main(
+            ["--song", str(tmp_path / "song.mp3"), "--count", "3", "--id", "dist", "--distinct", "--no-push"]
+        )
+        == 0
+    )
     copies = [s3.get_object(settings.input_bucket, f"dist-{n}.mp3").read() for n in range(3)]
     assert len({hashlib.sha256(data).digest() for data in [song, *copies]}) == 4
     for n, data in enumerate(copies):
@@ -136,13 +157,37 @@ def test_wait_reports_failures_and_the_deadline(env, settings, redis_client, s3,
 
 def test_tier_variants(env, settings, redis_client, s3, tier_bucket):
     """Each flag that reproduces a REST tier's message or layout (docs/rest-tiers.md)."""
-    assert send_request.main(["--id", "v1", "--push", "lpush", "--id-field", "hash", "--model", "default",
-                              "--empty-callback", "object"]) == 0
+    assert (
+        send_request.main(
+            ["--id", "v1", "--push", "lpush", "--id-field", "hash", "--model", "default", "--empty-callback", "object"]
+        )
+        == 0
+    )
     assert send_request.main(["--id", "v2", "--push", "rpush", "--empty-callback", "null"]) == 0
-    assert send_request.main(["--id", "v3", "--bucket", tier_bucket, "--key", "users/7/{id}.mp3",
-                              "--empty-callback", "string"]) == 0
-    assert send_request.main(["--id", "v4", "--form", "bare", "--push", "lpush", "--no-status",
-                              "--tier-field", "status=queued", "--tier-field", "filename=My Song.mp3"]) == 0
+    assert (
+        send_request.main(
+            ["--id", "v3", "--bucket", tier_bucket, "--key", "users/7/{id}.mp3", "--empty-callback", "string"]
+        )
+        == 0
+    )
+    assert (
+        send_request.main(
+            [
+                "--id",
+                "v4",
+                "--form",
+                "bare",
+                "--push",
+                "lpush",
+                "--no-status",
+                "--tier-field",
+                "status=queued",
+                "--tier-field",
+                "filename=My Song.mp3",
+            ]
+        )
+        == 0
+    )
     assert send_request.main(["--id", "v5", "--id-field", "id", "--empty-callback", "array"]) == 0
     assert send_request.main(["--id", "v6", "--key", "up/{id}.mp3", "--key-field", "object_name"]) == 0
     # LPUSHed messages sit at the head, RPUSHed ones at the tail.
@@ -162,13 +207,16 @@ def test_tier_variants(env, settings, redis_client, s3, tier_bucket):
 
 
 def test_tier_variant_flags_that_contradict_exit_2(env, redis_client, settings):
-    for argv in (["--form", "bare", "--bucket", "b"], ["--form", "bare", "--id-field", "hash"],
-                 ["--callback", "http://x/", "--empty-callback", "object"], ["--tier-field", "novalue"]):
+    for argv in (
+        ["--form", "bare", "--bucket", "b"],
+        ["--form", "bare", "--id-field", "hash"],
+        ["--callback", "http://x/", "--empty-callback", "object"],
+        ["--tier-field", "novalue"],
+    ):
         with pytest.raises(SystemExit) as exited:
             send_request.main(argv)
         assert exited.value.code == 2, argv
     assert queued(redis_client, settings) == []
-
 
 
 def test_a_bucket_per_song(env, settings, redis_client, s3, monkeypatch):

@@ -33,18 +33,23 @@ SAPPHIRE_RAPIDS_FLAGS = ZEN3_FLAGS + " avx512f avx512bw avx512_vnni amx_bf16 amx
 
 def cpuinfo(flags: str) -> str:
     """/proc/cpuinfo text of a two-CPU machine with these flags."""
-    cpu = ("processor\t: {n}\nvendor_id\t: AuthenticAMD\nmodel name\t: Test CPU\nflags\t\t: {flags}\n"
-           "bugs\t\t: sysret_ss_attrs\n")
+    cpu = (
+        "processor\t: {n}\nvendor_id\t: AuthenticAMD\nmodel name\t: Test CPU\nflags\t\t: {flags}\n"
+        "bugs\t\t: sysret_ss_attrs\n"
+    )
     return "\n".join(cpu.format(n=n, flags=flags) for n in range(2))
 
 
-@pytest.mark.parametrize(("flags", "device", "expected"), [
-    (ZEN4_FLAGS, "cpu", "bf16"),                # AVX512-BF16
-    (SAPPHIRE_RAPIDS_FLAGS, "cpu", "bf16"),     # AMX
-    (ZEN3_FLAGS, "cpu", "fp32"),                # bf16 would be emulated
-    (ZEN4_FLAGS, "cuda", "fp32"),               # no gain measured on a GPU
-    (ZEN4_FLAGS, "cuda:1", "fp32"),
-])
+@pytest.mark.parametrize(
+    ("flags", "device", "expected"),
+    [
+        (ZEN4_FLAGS, "cpu", "bf16"),  # AVX512-BF16
+        (SAPPHIRE_RAPIDS_FLAGS, "cpu", "bf16"),  # AMX
+        (ZEN3_FLAGS, "cpu", "fp32"),  # bf16 would be emulated
+        (ZEN4_FLAGS, "cuda", "fp32"),  # no gain measured on a GPU
+        (ZEN4_FLAGS, "cuda:1", "fp32"),
+    ],
+)
 def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16(flags: str, device: str, expected: str) -> None:
     assert separation.resolve_precision("auto", device, cpuinfo=cpuinfo(flags)) == expected
 
@@ -72,9 +77,9 @@ def test_cpuinfo_without_flags_means_no_native_bf16() -> None:
 
 
 @pytest.mark.parametrize(("flags", "same_as"), [(ZEN3_FLAGS, "fp32"), (ZEN4_FLAGS, "bf16")])
-def test_auto_separates_with_the_precision_this_cpuinfo_gives(model_repo: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch,
-                                                              flags: str, same_as: str) -> None:
+def test_auto_separates_with_the_precision_this_cpuinfo_gives(
+    model_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: str, same_as: str
+) -> None:
     fake = tmp_path / "cpuinfo"
     fake.write_text(cpuinfo(flags))
     monkeypatch.setattr(separation, "CPUINFO", fake)

@@ -41,10 +41,20 @@ def soak_services() -> Iterator[LocalServices]:
 @pytest.mark.slow
 @pytest.mark.heavy
 def test_soak_50_jobs_two_runners_random_faults(soak_services, model_repo):
-    settings = load_settings(**{k.lower(): v for k, v in soak_services.env().items()}, demucs_model="tiny",
-                             demucs_repo=str(model_repo), demucs_device="cpu", demucs_shifts=0, demucs_threads=1,
-                             redis_timeout_s=2, s3_timeout_s=3, lease_s=2, orphan_grace_s=0.5,
-                             claim_wait_s=1, max_attempts=6)
+    settings = load_settings(
+        **{k.lower(): v for k, v in soak_services.env().items()},
+        demucs_model="tiny",
+        demucs_repo=str(model_repo),
+        demucs_device="cpu",
+        demucs_shifts=0,
+        demucs_threads=1,
+        redis_timeout_s=2,
+        s3_timeout_s=3,
+        lease_s=2,
+        orphan_grace_s=0.5,
+        claim_wait_s=1,
+        max_attempts=6,
+    )
     client = redis.Redis.from_url(settings.redis_connection_url)
     s3 = s3_client(settings)
     s3.make_bucket(settings.input_bucket)
@@ -63,8 +73,13 @@ def test_soak_50_jobs_two_runners_random_faults(soak_services, model_repo):
     s3_restarted = False
 
     def terminal() -> tuple[set[str], set[str]]:
-        done = {i for i in ids if client.hget(f"status:{i}", "state") == b"done"
-                and client.lpos("toWorker", i) is None and client.lpos("toWorker:processing", i) is None}
+        done = {
+            i
+            for i in ids
+            if client.hget(f"status:{i}", "state") == b"done"
+            and client.lpos("toWorker", i) is None
+            and client.lpos("toWorker:processing", i) is None
+        }
         dead = {json.loads(e)["job_id"] for e in client.lrange("toWorker:dead", 0, -1)}
         return done, dead
 
@@ -74,8 +89,15 @@ def test_soak_50_jobs_two_runners_random_faults(soak_services, model_repo):
         while time.monotonic() < deadline:
             runners = [r for r in runners if r.poll() is None]
             while len(runners) < 2:
-                runners.append(subprocess.Popen([sys.executable, "-m", "function.runner"], env=env, cwd=REPO_ROOT,
-                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                runners.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "function.runner"],
+                        env=env,
+                        cwd=REPO_ROOT,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
             done, dead = terminal()
             if len(done | dead) == JOBS and client.llen("toWorker:processing") == 0:
                 break
@@ -99,11 +121,16 @@ def test_soak_50_jobs_two_runners_random_faults(soak_services, model_repo):
 
     done, dead = terminal()
     lost = set(ids) - done - dead
-    finished = Counter(line.decode().split("job ", 1)[1].split(":", 1)[0]
-                       for line in client.lrange("logging", 0, -1) if b": done in " in line)
+    finished = Counter(
+        line.decode().split("job ", 1)[1].split(":", 1)[0]
+        for line in client.lrange("logging", 0, -1)
+        if b": done in " in line
+    )
     duplicates = sum(count - 1 for count in finished.values() if count > 1)
-    print(f"\nsoak: jobs={JOBS} done={len(done)} dead={len(dead)} lost={len(lost)} duplicates={duplicates} "
-          f"faults={dict(faults)}")
+    print(
+        f"\nsoak: jobs={JOBS} done={len(done)} dead={len(dead)} lost={len(lost)} duplicates={duplicates} "
+        f"faults={dict(faults)}"
+    )
     assert not lost, f"lost jobs: {sorted(lost)}"
     assert client.llen("toWorker:processing") == 0 and client.llen("toWorker") == 0
     assert sum(faults.values()) >= 3

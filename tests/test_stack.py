@@ -22,9 +22,14 @@ def exports(lines: list[str]) -> dict[str, str]:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_the_stack_serves_until_it_is_stopped(tmp_path, signum):
     env_file = tmp_path / "stack.env"
-    process = subprocess.Popen([sys.executable, "-m", "workbench.stack", "--env-file", str(env_file)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, cwd=tmp_path)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "workbench.stack", "--env-file", str(env_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        cwd=tmp_path,
+    )
     try:
         lines = [process.stdout.readline().strip() for _ in range(4)]
         env = exports(lines)
@@ -33,8 +38,9 @@ def test_the_stack_serves_until_it_is_stopped(tmp_path, signum):
         assert env["REDIS_URL"].startswith("redis://127.0.0.1:") and env["MINIO_ENDPOINT"].startswith("127.0.0.1:")
         client = redis.Redis.from_url(env["REDIS_URL"], socket_timeout=5)
         assert client.ping()
-        s3 = Minio(env["MINIO_ENDPOINT"], access_key=env["MINIO_ACCESS_KEY"], secret_key=env["MINIO_SECRET_KEY"],
-                   secure=False)
+        s3 = Minio(
+            env["MINIO_ENDPOINT"], access_key=env["MINIO_ACCESS_KEY"], secret_key=env["MINIO_SECRET_KEY"], secure=False
+        )
         s3.make_bucket("stack-check")
         assert "stack-check" in {bucket.name for bucket in s3.list_buckets()}
         process.send_signal(signum)

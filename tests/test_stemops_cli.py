@@ -41,8 +41,19 @@ def test_every_command_takes_json():
                 yield f"{prefix}{name}", command
 
     found = dict(commands(cli))
-    assert set(found) == {"stats", "jobs", "workers", "watch", "dead list", "dead show", "dead requeue", "dead purge",
-                          "flood", "exporter", "doctor"}
+    assert set(found) == {
+        "stats",
+        "jobs",
+        "workers",
+        "watch",
+        "dead list",
+        "dead show",
+        "dead requeue",
+        "dead purge",
+        "flood",
+        "exporter",
+        "doctor",
+    }
     for name, command in found.items():
         # `exporter` serves /metrics: it has no output for scripts to parse, so no --json.
         assert ("--json" in {opt for param in command.params for opt in param.opts}) == (name != "exporter"), name
@@ -186,7 +197,8 @@ def test_dead_purge_asks_first_and_honours_older_than(env, settings, redis_clien
 
 def test_outputs_of_reads_only_an_object_of_stems():
     assert outputs_of({"outputs": '{"vocals": {"bucket": "out", "key": "a-vocals.mp3"}}'}) == {
-        "vocals": {"bucket": "out", "key": "a-vocals.mp3"}}
+        "vocals": {"bucket": "out", "key": "a-vocals.mp3"}
+    }
     # a field another writer filled with something else is no outputs, not a crash in `stemworker show`
     assert outputs_of({"outputs": '["a-vocals.mp3"]'}) == {}
     assert outputs_of({"outputs": "not json"}) == {}
@@ -195,7 +207,14 @@ def test_outputs_of_reads_only_an_object_of_stems():
 
 def test_parse_duration():
     assert [parse_duration_s(x) for x in ("90", "90s", "30m", "12h", "7d", "2w", "1.5h")] == [
-        90, 90, 1800, 43200, 604800, 1209600, 5400]
+        90,
+        90,
+        1800,
+        43200,
+        604800,
+        1209600,
+        5400,
+    ]
     with pytest.raises(ValueError, match="'7 days'"):
         parse_duration_s("7 days")
 
@@ -221,8 +240,22 @@ def test_flood_pushes_copies_and_follows(env, settings, redis_client, s3, capsys
     worker = threading.Thread(target=consume)
     worker.start()
     try:
-        code, out, err = run(capsys, "flood", "--count", "2", "--id", "bad", "--model", "nosuch", "--seconds", "1",
-                             "--wait", "--timeout-s", "120", "--json")
+        code, out, err = run(
+            capsys,
+            "flood",
+            "--count",
+            "2",
+            "--id",
+            "bad",
+            "--model",
+            "nosuch",
+            "--seconds",
+            "1",
+            "--wait",
+            "--timeout-s",
+            "120",
+            "--json",
+        )
     finally:
         stop.set()
         worker.join(30)
@@ -235,8 +268,19 @@ def test_flood_pushes_copies_and_follows(env, settings, redis_client, s3, capsys
     assert redis_client.llen(settings.queue_key) == 0
 
 
-@pytest.mark.parametrize("command", [["stats"], ["jobs"], ["watch", "x"], ["dead", "list"], ["dead", "show", "0"],
-                                     ["dead", "requeue", "--all"], ["dead", "purge", "--yes"], ["stats", "--json"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["stats"],
+        ["jobs"],
+        ["watch", "x"],
+        ["dead", "list"],
+        ["dead", "show", "0"],
+        ["dead", "requeue", "--all"],
+        ["dead", "purge", "--yes"],
+        ["stats", "--json"],
+    ],
+)
 def test_unreachable_redis_is_one_line_and_exit_1(command, capsys, monkeypatch):
     monkeypatch.setenv("REDIS_URL", "redis://:hunter2@127.0.0.1:9/0")
     monkeypatch.setenv("REDIS_TIMEOUT_S", "0.5")

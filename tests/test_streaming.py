@@ -29,7 +29,8 @@ def test_installed_demucs_is_the_release_streaming_mirrors() -> None:
     assert demucs.__version__ == streaming.DEMUCS_VERSION, (
         f"function/streaming.py mirrors demucs {streaming.DEMUCS_VERSION}'s apply_model, but demucs "
         f"{demucs.__version__} is installed: re-check stream_apply_model against the new apply_model, then "
-        "update DEMUCS_VERSION and the pin in pyproject.toml")
+        "update DEMUCS_VERSION and the pin in pyproject.toml"
+    )
 
 
 def read_back(stem: audio.StemFile) -> torch.Tensor:
@@ -58,18 +59,21 @@ def test_streamed_stems_are_bit_identical_to_demucs(model_repo: Path, tmp_path: 
         assert stem.frames == wav.shape[-1]
         assert torch.equal(read_back(stem), expected[name]), (
             f"stem {name} streamed differs from demucs {demucs.__version__}'s separate_tensor; "
-            f"function/streaming.py mirrors demucs {streaming.DEMUCS_VERSION}")
+            f"function/streaming.py mirrors demucs {streaming.DEMUCS_VERSION}"
+        )
     assert streamed == in_memory and len(streamed) > 1
 
 
-@pytest.mark.parametrize("job", [Job(id="a", model="tiny", two_stems="vocals"),
-                                 Job(id="b", model="tiny", stems=("bass", "drums"))])
+@pytest.mark.parametrize(
+    "job", [Job(id="a", model="tiny", two_stems="vocals"), Job(id="b", model="tiny", stems=("bass", "drums"))]
+)
 def test_stem_choices_stream_the_same_samples(model_repo: Path, tmp_path: Path, job: Job) -> None:
     separator = tiny(model_repo, 0)
     wav = torch.from_numpy(sample_song.generate(9.0, seed=6))
     expected = pick_stems(separation.separate(separator, wav, 0, lambda p: None), job)
-    files = separation.separate_to_files(separator, wav, 0, lambda p: None, tmp_path,
-                                         pick=lambda stems: pick_stems(stems, job))
+    files = separation.separate_to_files(
+        separator, wav, 0, lambda p: None, tmp_path, pick=lambda stems: pick_stems(stems, job)
+    )
     assert list(files) == list(expected)
     assert all(torch.equal(read_back(files[name]), expected[name]) for name in expected)
 
@@ -93,8 +97,9 @@ def mix_file(wav: torch.Tensor, path: Path) -> audio.MixFile:
 
 @pytest.mark.parametrize("shifts", [0, 1])
 @pytest.mark.parametrize("seconds", [0.3, 13.0, 20.1])  # under one chunk, 3 chunks, 4 chunks and a bit
-def test_stems_from_the_work_dir_file_are_bit_identical_to_demucs(model_repo: Path, tmp_path: Path, shifts: int,
-                                                                  seconds: float) -> None:
+def test_stems_from_the_work_dir_file_are_bit_identical_to_demucs(
+    model_repo: Path, tmp_path: Path, shifts: int, seconds: float
+) -> None:
     """The input side streamed too: the song read from its raw file a chunk at a time, the normalisation computed
     span by span, the normalised and padded mix cut chunk by chunk, and still demucs' stems bit for bit."""
     separator = tiny(model_repo, shifts)
@@ -105,8 +110,9 @@ def test_stems_from_the_work_dir_file_are_bit_identical_to_demucs(model_repo: Pa
     state_after = random.getstate()
     random.seed(5)
     streamed: list[int] = []
-    files = separation.separate_to_files(separator, mix_file(wav, tmp_path / "mix.f32"), shifts, streamed.append,
-                                         tmp_path)
+    files = separation.separate_to_files(
+        separator, mix_file(wav, tmp_path / "mix.f32"), shifts, streamed.append, tmp_path
+    )
     assert list(files) == list(expected)
     for name, stem in files.items():
         assert stem.frames == wav.shape[-1]
@@ -116,30 +122,34 @@ def test_stems_from_the_work_dir_file_are_bit_identical_to_demucs(model_repo: Pa
 
 
 @pytest.mark.parametrize(("name", "shifts", "segment"), [("htdemucs_ft", 1, None), ("mdx_q", 2, 2)])
-def test_bags_from_the_work_dir_file_are_bit_identical_to_demucs(standin_repo: Path, tmp_path: Path, name: str,
-                                                                 shifts: int, segment: int | None) -> None:
-    separator = Separator(model=name, repo=standin_repo, device="cpu", shifts=shifts, segment=segment,
-                          progress=False)
+def test_bags_from_the_work_dir_file_are_bit_identical_to_demucs(
+    standin_repo: Path, tmp_path: Path, name: str, shifts: int, segment: int | None
+) -> None:
+    separator = Separator(model=name, repo=standin_repo, device="cpu", shifts=shifts, segment=segment, progress=False)
     wav = torch.from_numpy(sample_song.generate(4.5, seed=10))
     random.seed(22)
     with torch.inference_mode():
         _, expected = separator.separate_tensor(wav)
     random.seed(22)
-    files = separation.separate_to_files(separator, mix_file(wav, tmp_path / "mix.f32"), shifts, lambda p: None,
-                                         tmp_path)
+    files = separation.separate_to_files(
+        separator, mix_file(wav, tmp_path / "mix.f32"), shifts, lambda p: None, tmp_path
+    )
     assert all(torch.equal(read_back(files[stem]), expected[stem]) for stem in expected)
 
 
-@pytest.mark.parametrize(("name", "shifts", "segment"), [
-    ("htdemucs_ft", 1, None),  # 4 HTDemucs with one-hot weights; HTDemucs draws from `random` in every forward
-    ("mdx", 0, 2),  # Demucs + HDemucs members, a weights matrix, a 2 s chunk grid
-    ("mdx_q", 2, 2),  # the same bag DiffQ-quantized, two shifted passes per member
-    ("hdemucs_mmi", 3, 2),  # one model, three shifted passes
-])
-def test_bags_and_shifts_stream_bit_identical_to_demucs(standin_repo: Path, tmp_path: Path, name: str, shifts: int,
-                                                        segment: int | None) -> None:
-    separator = Separator(model=name, repo=standin_repo, device="cpu", shifts=shifts, segment=segment,
-                          progress=False)
+@pytest.mark.parametrize(
+    ("name", "shifts", "segment"),
+    [
+        ("htdemucs_ft", 1, None),  # 4 HTDemucs with one-hot weights; HTDemucs draws from `random` in every forward
+        ("mdx", 0, 2),  # Demucs + HDemucs members, a weights matrix, a 2 s chunk grid
+        ("mdx_q", 2, 2),  # the same bag DiffQ-quantized, two shifted passes per member
+        ("hdemucs_mmi", 3, 2),  # one model, three shifted passes
+    ],
+)
+def test_bags_and_shifts_stream_bit_identical_to_demucs(
+    standin_repo: Path, tmp_path: Path, name: str, shifts: int, segment: int | None
+) -> None:
+    separator = Separator(model=name, repo=standin_repo, device="cpu", shifts=shifts, segment=segment, progress=False)
     assert streaming.streamable(separator)
     wav = torch.from_numpy(sample_song.generate(4.5, seed=9))  # two or more chunks for every model here
     random.seed(21)
@@ -153,7 +163,8 @@ def test_bags_and_shifts_stream_bit_identical_to_demucs(standin_repo: Path, tmp_
     for stem, file in files.items():
         assert torch.equal(read_back(file), expected[stem]), (
             f"{name} shifts={shifts}: stem {stem} streamed differs from demucs {demucs.__version__}'s "
-            f"separate_tensor; function/streaming.py mirrors demucs {streaming.DEMUCS_VERSION}")
+            f"separate_tensor; function/streaming.py mirrors demucs {streaming.DEMUCS_VERSION}"
+        )
     assert random.getstate() == state_after, "the global random state must end where apply_model leaves it"
     assert progress == sorted(progress) and progress[-1] == 99
 
@@ -177,7 +188,7 @@ def spans(wav: torch.Tensor, sizes: Iterator[int]) -> Iterator[torch.Tensor]:
     start = 0
     while start < wav.shape[-1]:
         size = next(sizes)
-        yield wav[:, start:start + size]
+        yield wav[:, start : start + size]
         start += size
 
 
@@ -244,8 +255,7 @@ def test_from_the_work_dir_file_no_tensor_holds_the_song(model_repo: Path, tmp_p
     segment_length = int(separator.model.samplerate * separator.model.max_allowed_segment)
     wav = torch.from_numpy(sample_song.generate(24.0, seed=8))
     with _LargestPerSample(2 * segment_length) as from_file:
-        separation.separate_to_files(separator, mix_file(wav, tmp_path / "mix.f32"), shifts, lambda p: None,
-                                     tmp_path)
+        separation.separate_to_files(separator, mix_file(wav, tmp_path / "mix.f32"), shifts, lambda p: None, tmp_path)
     assert from_file.rows and max(rows for rows, _ in from_file.rows) == 1, from_file.rows
     with _LargestPerSample(2 * segment_length) as from_memory, torch.inference_mode():
         separator.separate_tensor(wav)

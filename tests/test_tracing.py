@@ -41,10 +41,18 @@ def otlp() -> Iterator[tuple[str, list[dict]]]:
                 service = {a.key: a.value.string_value for a in resource.resource.attributes}["service.name"]
                 for scope in resource.scope_spans:
                     for span in scope.spans:
-                        spans.append({"name": span.name, "trace_id": span.trace_id.hex(), "id": span.span_id.hex(),
-                                      "parent": span.parent_span_id.hex(), "service": service,
-                                      "start": span.start_time_unix_nano, "end": span.end_time_unix_nano,
-                                      "attributes": {a.key: a.value for a in span.attributes}})
+                        spans.append(
+                            {
+                                "name": span.name,
+                                "trace_id": span.trace_id.hex(),
+                                "id": span.span_id.hex(),
+                                "parent": span.parent_span_id.hex(),
+                                "service": service,
+                                "start": span.start_time_unix_nano,
+                                "end": span.end_time_unix_nano,
+                                "attributes": {a.key: a.value for a in span.attributes},
+                            }
+                        )
             answer = ExportTraceServiceResponse().SerializeToString()
             self.send_response(200)
             self.send_header("Content-Type", "application/x-protobuf")
@@ -65,22 +73,38 @@ def otlp() -> Iterator[tuple[str, list[dict]]]:
 
 
 def run_runner(settings, endpoint: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "function.runner"], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=300,
-                          env=runner_env(settings, DEMUCS_MODEL="tiny", DEMUCS_DEVICE="cpu", DEMUCS_SHIFTS="0",
-                                         DEMUCS_THREADS="1", CLAIM_WAIT_S="1",
-                                         OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_SERVICE_NAME="stemworker-test",
-                                         CALLBACK_ALLOW_HOSTS="127.0.0.1/32"))
+    done = subprocess.run(
+        [sys.executable, "-m", "function.runner"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=runner_env(
+            settings,
+            DEMUCS_MODEL="tiny",
+            DEMUCS_DEVICE="cpu",
+            DEMUCS_SHIFTS="0",
+            DEMUCS_THREADS="1",
+            CLAIM_WAIT_S="1",
+            OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+            OTEL_SERVICE_NAME="stemworker-test",
+            CALLBACK_ALLOW_HOSTS="127.0.0.1/32",
+        ),
+    )
     assert done.returncode == 0, done.stderr
 
 
-def test_a_job_continues_the_events_trace_with_a_span_per_stage(settings, redis_client, upload, song, receiver,
-                                                                 otlp):
+def test_a_job_continues_the_events_trace_with_a_span_per_stage(settings, redis_client, upload, song, receiver, otlp):
     endpoint, spans = otlp
     upload("traced", song)
-    event = {"specversion": "1.0", "id": "ev-traced", "source": "tier", "type": "song",
-             "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01",
-             "data": {"songhash": "traced", "stems": ["vocals", "drums"], "callback": receiver.url}}
+    event = {
+        "specversion": "1.0",
+        "id": "ev-traced",
+        "source": "tier",
+        "type": "song",
+        "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01",
+        "data": {"songhash": "traced", "stems": ["vocals", "drums"], "callback": receiver.url},
+    }
     redis_client.rpush(settings.queue_key, json.dumps(event))
     run_runner(settings, endpoint)
     assert redis_client.hget("status:traced", "state") == b"done"

@@ -31,8 +31,10 @@ if TYPE_CHECKING:
 # demucs 4.1 downloads pretrained weights from here (after trying the HuggingFace hub).
 WEIGHTS_URL = "https://dl.fbaipublicfiles.com/demucs/"
 PROBE_TIMEOUT_S = 3.0
-DEAD_LETTER_WORDS = ("failed for good: the message was moved to the dead-letter list {dead} with its error "
-                     "(`python -m function.replay --from-dead-letter` runs it again)")
+DEAD_LETTER_WORDS = (
+    "failed for good: the message was moved to the dead-letter list {dead} with its error "
+    "(`python -m function.replay --from-dead-letter` runs it again)"
+)
 
 
 def follow(runner: Runner, job_id: str, done: threading.Event) -> None:
@@ -66,8 +68,10 @@ def pretrained_available(model: str) -> bool:
     """Load the pretrained model if its weights are cached or can be downloaded; one line when they cannot."""
     if not weights_reachable():
         # Skip demucs' hub retries: offline they cost ~25 s before failing.
-        print(f"pretrained {model} weights cannot be downloaded here ({urlsplit(WEIGHTS_URL).hostname} is "
-              "unreachable)", flush=True)
+        print(
+            f"pretrained {model} weights cannot be downloaded here ({urlsplit(WEIGHTS_URL).hostname} is unreachable)",
+            flush=True,
+        )
         os.environ["HF_HUB_OFFLINE"] = "1"
         return cached_pretrained(model)
     from demucs.pretrained import get_model
@@ -118,12 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("song", nargs="?", type=Path, help="an audio file (default: a generated clip)")
     parser.add_argument("--out", type=Path, default=Path("stems"), help="where to put the stems (default stems/)")
     parser.add_argument("--model", default=os.environ.get("DEMUCS_MODEL", "htdemucs"))
-    parser.add_argument("--seconds", type=float, default=30.0,
-                        help="length of the generated clip (default 30: several chunks, so progress moves)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=30.0,
+        help="length of the generated clip (default 30: several chunks, so progress moves)",
+    )
     parser.add_argument("--format", default="mp3", choices=["mp3", "wav", "flac"])
-    parser.add_argument("--no-fallback", action="store_true",
-                        help="stop with an error instead of falling back to random weights when the pretrained "
-                             "model cannot be had")
+    parser.add_argument(
+        "--no-fallback",
+        action="store_true",
+        help="stop with an error instead of falling back to random weights when the pretrained model cannot be had",
+    )
     args = parser.parse_args(argv)
     problem = check_song(args.song)
     if problem is not None:
@@ -145,15 +155,22 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         repo = str(Path(".models").resolve())
         write_model(Path(repo), args.model)
-        print(f"falling back to {args.model} with RANDOM weights from {repo}: the stems will be noise-like. "
-              "Set DEMUCS_REPO to a folder with real weights for real stems.", flush=True)
+        print(
+            f"falling back to {args.model} with RANDOM weights from {repo}: the stems will be noise-like. "
+            "Set DEMUCS_REPO to a folder with real weights for real stems.",
+            flush=True,
+        )
 
     song = args.song.read_bytes() if args.song else sample_song.song_mp3(seconds=args.seconds)
     job_id = f"demo-{int(time.time())}"
     print("starting Redis and S3 (SeaweedFS) on loopback ...", flush=True)
     with LocalServices() as services:
-        settings = load_settings(**{k.lower(): v for k, v in services.env().items()},
-                                 demucs_model=args.model, demucs_repo=repo, claim_wait_s=5)
+        settings = load_settings(
+            **{k.lower(): v for k, v in services.env().items()},
+            demucs_model=args.model,
+            demucs_repo=repo,
+            claim_wait_s=5,
+        )
         client = s3_client(settings)
         if not client.bucket_exists(settings.input_bucket):
             client.make_bucket(settings.input_bucket)

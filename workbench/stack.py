@@ -44,8 +44,9 @@ def start(redis_port: int, s3_port: int, persistent: bool) -> LocalServices:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stemworker-stack", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="stemworker-stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--env-file", type=Path, help="also write the export lines here (removed on stop)")
     parser.add_argument("--redis-port", type=int, default=0, help="Redis port (default: a free one)")
     parser.add_argument("--s3-port", type=int, default=0, help="S3 port (default: a free one)")
@@ -66,8 +67,11 @@ def main(argv: list[str] | None = None) -> int:
             args.env_file.write_text("\n".join(lines) + "\n")
         print("\n".join(lines), flush=True)
         where = f"`source {args.env_file}`" if args.env_file is not None else "paste the lines above"
-        print(f"Redis and S3 are up: in another shell (with .venv active) {where}; Ctrl-C stops both.",
-              file=sys.stderr, flush=True)
+        print(
+            f"Redis and S3 are up: in another shell (with .venv active) {where}; Ctrl-C stops both.",
+            file=sys.stderr,
+            flush=True,
+        )
         while not stop.wait(1.0):
             pass
     finally:

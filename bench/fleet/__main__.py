@@ -10,8 +10,9 @@ from bench.fleet import __doc__ as DOC
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.fleet", description=DOC,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.fleet", description=DOC, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=None, help="folder for the JSON summary and runner logs")
     sub = parser.add_subparsers(dest="scenario", required=True)
 
@@ -25,8 +26,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     scale.add_argument("--runners", type=int, default=16)
     scale.add_argument("--unrelated-keys", type=int, default=100_000)
     scale.add_argument("--clip-seconds", type=float, default=1.0)
-    scale.add_argument("--faults", action="store_true",
-                       help="kill -9 and SIGTERM runners, restart Redis once, take S3 away for 10 s")
+    scale.add_argument(
+        "--faults", action="store_true", help="kill -9 and SIGTERM runners, restart Redis once, take S3 away for 10 s"
+    )
     scale.add_argument("--seed", type=int, default=7)
     scale.add_argument("--max-minutes", type=float, default=40.0)
 
@@ -53,8 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenario == "scale":
         from bench.fleet import scale
 
-        return scale.run(args.messages, args.runners, args.unrelated_keys, args.clip_seconds, args.faults, args.seed,
-                         args.max_minutes, args.out)
+        return scale.run(
+            args.messages,
+            args.runners,
+            args.unrelated_keys,
+            args.clip_seconds,
+            args.faults,
+            args.seed,
+            args.max_minutes,
+            args.out,
+        )
     if args.scenario == "partition":
         from bench.fleet import partition
 

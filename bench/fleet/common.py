@@ -57,9 +57,18 @@ class Report:
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             path = out / f"{self.scenario}.json"
-            path.write_text(json.dumps({"scenario": self.scenario, "ok": self.ok, "figures": self.figures,
-                                        "checks": [{"name": n, "ok": ok, "seen": s} for n, ok, s in self.checks]},
-                                       indent=2, default=str))
+            path.write_text(
+                json.dumps(
+                    {
+                        "scenario": self.scenario,
+                        "ok": self.ok,
+                        "figures": self.figures,
+                        "checks": [{"name": n, "ok": ok, "seen": s} for n, ok, s in self.checks],
+                    },
+                    indent=2,
+                    default=str,
+                )
+            )
             print(f"summary written to {path}", flush=True)
 
 
@@ -96,8 +105,9 @@ def prioritise(process: subprocess.Popen | None) -> None:
 
 def s3_of(services: LocalServices) -> Minio:
     env = services.env()
-    return Minio(env["MINIO_ENDPOINT"], access_key=env["MINIO_ACCESS_KEY"], secret_key=env["MINIO_SECRET_KEY"],
-                 secure=False)
+    return Minio(
+        env["MINIO_ENDPOINT"], access_key=env["MINIO_ACCESS_KEY"], secret_key=env["MINIO_SECRET_KEY"], secure=False
+    )
 
 
 def seed_inputs(services: LocalServices, ids: list[str], seconds: float) -> None:
@@ -109,17 +119,26 @@ def seed_inputs(services: LocalServices, ids: list[str], seconds: float) -> None
     song = sample_song.song_mp3(seconds=seconds)
     s3.put_object(INPUT_BUCKET, "seed.mp3", io.BytesIO(song), len(song))
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda i: s3.copy_object(INPUT_BUCKET, f"{i}.mp3", CopySource(INPUT_BUCKET, "seed.mp3")),
-                      ids))
+        list(pool.map(lambda i: s3.copy_object(INPUT_BUCKET, f"{i}.mp3", CopySource(INPUT_BUCKET, "seed.mp3")), ids))
 
 
 def runner_env(services: LocalServices, repo: Path, model: str = "micro", **extra: str) -> dict[str, str]:
     """The environment of one `python -m function.runner` against `services` with a generated model."""
     return {
-        **os.environ, **services.env(), "PYTHONPATH": str(ROOT), "INPUT_BUCKET": INPUT_BUCKET,
-        "OUTPUT_BUCKET": OUTPUT_BUCKET, "DEMUCS_MODEL": model, "DEMUCS_REPO": str(repo), "DEMUCS_DEVICE": "cpu",
-        "DEMUCS_THREADS": "1", "DEMUCS_SHIFTS": "0", "OMP_NUM_THREADS": "1", "MP3_PRESET": "7",
-        "RESULT_CACHE": "off", **extra,
+        **os.environ,
+        **services.env(),
+        "PYTHONPATH": str(ROOT),
+        "INPUT_BUCKET": INPUT_BUCKET,
+        "OUTPUT_BUCKET": OUTPUT_BUCKET,
+        "DEMUCS_MODEL": model,
+        "DEMUCS_REPO": str(repo),
+        "DEMUCS_DEVICE": "cpu",
+        "DEMUCS_THREADS": "1",
+        "DEMUCS_SHIFTS": "0",
+        "OMP_NUM_THREADS": "1",
+        "MP3_PRESET": "7",
+        "RESULT_CACHE": "off",
+        **extra,
     }
 
 
@@ -147,8 +166,9 @@ class RunnerPool:
         name = f"runner-{len(self.runners):03d}"
         log = self.logs / f"{name}.log"
         with log.open("wb") as out:
-            process = subprocess.Popen([*(prefix or []), *self.command], env=self.env, cwd=ROOT, stdout=out,
-                                       stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                [*(prefix or []), *self.command], env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+            )
         runner = Runner(name, process, log)
         self.runners.append(runner)
         return runner
@@ -214,8 +234,9 @@ def output_objects(services: LocalServices) -> list[str]:
     return [o.object_name for o in s3_of(services).list_objects(OUTPUT_BUCKET, recursive=True)]
 
 
-def check_end_state(report: Report, client: redis.Redis, services: LocalServices, ids: list[str],
-                    allow_dead: bool) -> dict[str, Any]:
+def check_end_state(
+    report: Report, client: redis.Redis, services: LocalServices, ids: list[str], allow_dead: bool
+) -> dict[str, Any]:
     """The properties every fleet run must end with: nothing lost, stuck or duplicated, failures explained."""
     queued, processing = client.llen(QUEUE), client.llen(processing_key(QUEUE))
     leases = client.zcard(leases_key(QUEUE))
@@ -232,14 +253,30 @@ def check_end_state(report: Report, client: redis.Redis, services: LocalServices
     counts = done_counts(client)
     reruns = {job_id: n for job_id, n in counts.items() if n > 1}
     report.check("0 lost (every message done or dead-lettered)", not lost, f"{len(lost)} lost {lost[:5]}")
-    report.check("0 stuck (queue, processing list and leases empty)", queued == processing == leases == 0,
-                 f"queue {queued}, processing {processing}, leases {leases}")
+    report.check(
+        "0 stuck (queue, processing list and leases empty)",
+        queued == processing == leases == 0,
+        f"queue {queued}, processing {processing}, leases {leases}",
+    )
     report.check("every done job has its 4 stems", complete == done, f"{len(complete)}/{len(done)}")
-    report.check("0 duplicated outputs (no object beyond the 4 stems of each job)", not extra,
-                 f"{len(objects)} objects, {len(extra)} extra {extra[:3]}")
+    report.check(
+        "0 duplicated outputs (no object beyond the 4 stems of each job)",
+        not extra,
+        f"{len(objects)} objects, {len(extra)} extra {extra[:3]}",
+    )
     explained = all(entry.get("error") and entry.get("error_type") for entry in dead)
-    report.check("every failure dead-lettered with its reason", explained and (allow_dead or not dead),
-                 f"{len(dead)} dead-lettered: {Counter(entry.get('error_type') for entry in dead)}; "
-                 f"{[entry.get('error', '')[:90] for entry in dead[:3]]}")
-    return {"done": len(done), "dead": len(dead), "lost": len(lost), "objects": len(objects),
-            "extra_objects": len(extra), "reruns": reruns, "done_once": sum(1 for n in counts.values() if n == 1)}
+    report.check(
+        "every failure dead-lettered with its reason",
+        explained and (allow_dead or not dead),
+        f"{len(dead)} dead-lettered: {Counter(entry.get('error_type') for entry in dead)}; "
+        f"{[entry.get('error', '')[:90] for entry in dead[:3]]}",
+    )
+    return {
+        "done": len(done),
+        "dead": len(dead),
+        "lost": len(lost),
+        "objects": len(objects),
+        "extra_objects": len(extra),
+        "reruns": reruns,
+        "done_once": sum(1 for n in counts.values() if n == 1),
+    }

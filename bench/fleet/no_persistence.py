@@ -47,8 +47,7 @@ def run(messages: int, runners: int, out: Path | None) -> int:
         ids = [f"lossy{n:04d}" for n in range(messages)]
         seed_inputs(services, ids, 1.0)
         client.rpush(QUEUE, *(json.dumps({"id": job_id}) for job_id in ids))
-        env = runner_env(services, repo, MAX_MESSAGES="100000", CLAIM_WAIT_S="3", LEASE_S="20",
-                         REDIS_TIMEOUT_S="5")
+        env = runner_env(services, repo, MAX_MESSAGES="100000", CLAIM_WAIT_S="3", LEASE_S="20", REDIS_TIMEOUT_S="5")
         pool = RunnerPool(env, workdir / "logs")
         for _ in range(runners):
             pool.start()
@@ -77,27 +76,45 @@ def run(messages: int, runners: int, out: Path | None) -> int:
         keys_left = sorted(key.decode() for key in client.scan_iter(count=1000))
         outcomes = pool.outcomes()
         lost = messages - len(complete)
-        say(f"after the restart: keys left {keys_left}; runner outcomes {dict(outcomes)}; "
-            f"exit codes {dict(pool.exit_codes)}")
+        say(
+            f"after the restart: keys left {keys_left}; runner outcomes {dict(outcomes)}; "
+            f"exit codes {dict(pool.exit_codes)}"
+        )
         report.check("Redis was restarted mid-run", bool(before), before)
-        report.check("the list itself is lost: queue and processing list are empty after the restart",
-                     client.llen(QUEUE) == 0 and client.llen(processing_key(QUEUE)) == 0, "both empty")
+        report.check(
+            "the list itself is lost: queue and processing list are empty after the restart",
+            client.llen(QUEUE) == 0 and client.llen(processing_key(QUEUE)) == 0,
+            "both empty",
+        )
         # At most the jobs already finished plus those in flight at the restart ever finish: nothing that was
         # still waiting in the queue runs after the restart.
         ran_at_most = before.get("jobs_with_outputs", 0) + before.get("processing", 0)
-        report.check("every message still queued at the restart is lost",
-                     bool(before) and len(complete) <= ran_at_most and lost >= before["queued"],
-                     f"{messages} queued, {len(complete)} finished (outputs in S3, at most {ran_at_most} could), "
-                     f"{lost} lost ({before.get('queued')} were waiting in the queue)")
+        report.check(
+            "every message still queued at the restart is lost",
+            bool(before) and len(complete) <= ran_at_most and lost >= before["queued"],
+            f"{messages} queued, {len(complete)} finished (outputs in S3, at most {ran_at_most} could), "
+            f"{lost} lost ({before.get('queued')} were waiting in the queue)",
+        )
         # What a fenced runner still writes is unfenced by design: log lines, metrics counters, the recent-jobs index.
         unfenced = {"logging", recent_jobs_key(QUEUE), *(metrics_key(QUEUE, name) for name in METRIC_HASHES)}
-        report.check("no runner wrote a status, lease or attempt count into the empty Redis",
-                     set(keys_left) <= unfenced, keys_left)
-        report.check("runners in the middle of a job were fenced, none crashed",
-                     set(pool.exit_codes) <= {0} and outcomes.get("lease-lost", 0) >= 1,
-                     f"outcomes {dict(outcomes)}, exit codes {dict(pool.exit_codes)}")
-        report.figures.update(before=before, finished=len(complete), lost=lost, outcomes=dict(outcomes),
-                              keys_left=keys_left, exit_codes=dict(pool.exit_codes))
+        report.check(
+            "no runner wrote a status, lease or attempt count into the empty Redis",
+            set(keys_left) <= unfenced,
+            keys_left,
+        )
+        report.check(
+            "runners in the middle of a job were fenced, none crashed",
+            set(pool.exit_codes) <= {0} and outcomes.get("lease-lost", 0) >= 1,
+            f"outcomes {dict(outcomes)}, exit codes {dict(pool.exit_codes)}",
+        )
+        report.figures.update(
+            before=before,
+            finished=len(complete),
+            lost=lost,
+            outcomes=dict(outcomes),
+            keys_left=keys_left,
+            exit_codes=dict(pool.exit_codes),
+        )
         report.write(workdir)
         return 0 if report.ok else 1
     finally:

@@ -49,8 +49,9 @@ HOST_END, NS_END = "swf0", "swf1"
 HOST_IP, NS_IP = "10.231.77.1", "10.231.77.2"
 JOB = "zjob"
 SONG_SECONDS = 40.0
-ZOMBIE_LINES = re.compile(r"claimed job|lease|outcome|fenced|not writing|not acknowledging|failed|error|done in",
-                          re.IGNORECASE)
+ZOMBIE_LINES = re.compile(
+    r"claimed job|lease|outcome|fenced|not writing|not acknowledging|failed|error|done in", re.IGNORECASE
+)
 
 
 def ip(*args: str) -> None:
@@ -87,8 +88,13 @@ class Receiver:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                received.append({"webhook-id": self.headers.get("webhook-id"), "body": body.decode(errors="replace"),
-                                 "at": time.time()})
+                received.append(
+                    {
+                        "webhook-id": self.headers.get("webhook-id"),
+                        "body": body.decode(errors="replace"),
+                        "at": time.time(),
+                    }
+                )
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -161,29 +167,48 @@ def _nothing() -> Iterator[None]:
     yield
 
 
-def scenario(report: Report, method: str, lease_s: int, services: LocalServices, receiver: Receiver,
-             workdir: Path, pools: list[RunnerPool]) -> int:
+def scenario(
+    report: Report,
+    method: str,
+    lease_s: int,
+    services: LocalServices,
+    receiver: Receiver,
+    workdir: Path,
+    pools: list[RunnerPool],
+) -> int:
     client = redis.Redis.from_url(services.env()["REDIS_URL"], socket_timeout=5)
     repo = model_repo()
     seed_inputs(services, [JOB], SONG_SECONDS)
     client.rpush(QUEUE, json.dumps({"id": JOB, "callback": receiver.url}))
     # The receiver is on this host (loopback for sigstop), which the SSRF guard refuses unless allowed by name.
-    common = {"LEASE_S": str(lease_s), "ORPHAN_GRACE_S": "1", "MAX_MESSAGES": "1",
-              "CLAIM_WAIT_S": "5", "MAX_ATTEMPTS": "3", "CALLBACK_ALLOW_HOSTS": receiver.host}
+    common = {
+        "LEASE_S": str(lease_s),
+        "ORPHAN_GRACE_S": "1",
+        "MAX_MESSAGES": "1",
+        "CLAIM_WAIT_S": "5",
+        "MAX_ATTEMPTS": "3",
+        "CALLBACK_ALLOW_HOSTS": receiver.host,
+    }
     # The zombie's calls must wait out the cut (as a partitioned pod's do) rather than give up within it.
-    zombies = RunnerPool(runner_env(services, repo, REDIS_TIMEOUT_S="120", S3_TIMEOUT_S="120", **common),
-                         workdir / "zombie")
+    zombies = RunnerPool(
+        runner_env(services, repo, REDIS_TIMEOUT_S="120", S3_TIMEOUT_S="120", **common), workdir / "zombie"
+    )
     rescuers = RunnerPool(runner_env(services, repo, REDIS_TIMEOUT_S="5", **common), workdir / "rescuer")
     pools += [zombies, rescuers]
     zombie = zombies.start(prefix=["ip", "netns", "exec", NAMESPACE] if method == "netns" else None)
     say(f"zombie runner started ({method}); waiting for it to be mid-separation")
-    wait(lambda: record(client).get("state") == "separating" and int(record(client).get("progress", 0)) >= 5, 300,
-         "the zombie to be separating")
-    (token, deadline), = client.zrange(leases_key(QUEUE), 0, -1, withscores=True)
+    wait(
+        lambda: record(client).get("state") == "separating" and int(record(client).get("progress", 0)) >= 5,
+        300,
+        "the zombie to be separating",
+    )
+    ((token, deadline),) = client.zrange(leases_key(QUEUE), 0, -1, withscores=True)
     cut_at = time.monotonic()
     cut_off(zombie, method, True)
-    say(f"cut at progress {record(client).get('progress')}%; lease {token.decode()[:8]} expires at Redis time "
-        f"{deadline:.1f}")
+    say(
+        f"cut at progress {record(client).get('progress')}%; lease {token.decode()[:8]} expires at Redis time "
+        f"{deadline:.1f}"
+    )
     wait(lambda: redis_now(client) > client.zscore(leases_key(QUEUE), token), lease_s + 30, "the lease to expire")
     rescuer = rescuers.start()
     say("lease expired; rescuer started (it reaps, claims and runs the message)")
@@ -192,8 +217,10 @@ def scenario(report: Report, method: str, lease_s: int, services: LocalServices,
     say(f"rescuer exited {code}; status {done_record.get('state')}; callbacks so far {len(receiver.requests)}")
     restored_at = time.monotonic()
     cut_off(zombie, method, False)
-    say(f"{'link restored' if method == 'netns' else 'SIGCONT sent'} after {restored_at - cut_at:.1f} s; "
-        "waiting for the zombie")
+    say(
+        f"{'link restored' if method == 'netns' else 'SIGCONT sent'} after {restored_at - cut_at:.1f} s; "
+        "waiting for the zombie"
+    )
     try:
         zombie_code = zombie.process.wait(timeout=600)
     except subprocess.TimeoutExpired:
@@ -206,24 +233,43 @@ def scenario(report: Report, method: str, lease_s: int, services: LocalServices,
     for line in did[-14:]:
         print(f"    {line[:200]}")
 
-    report.check("the cut lasted longer than LEASE_S", restored_at - cut_at > lease_s,
-                 f"{restored_at - cut_at:.1f} s > {lease_s} s")
-    report.check("the rescuer finished the message", code == 0 and done_record.get("state") == "done",
-                 f"exit {code}, state {done_record.get('state')}")
-    report.check("the zombie noticed it lost its lease and let the message go",
-                 zombie_code == 0 and "outcome lease-lost job=zjob" in zombie_log,
-                 f"exit {zombie_code}, outcome line {'present' if 'outcome lease-lost' in zombie_log else 'missing'}")
-    report.check("the zombie did not move the status back from done",
-                 final.get("state") == "done" and final.get("done_at") == done_record.get("done_at")
-                 and final == done_record, f"state {final.get('state')}, done_at unchanged "
-                                           f"{final.get('done_at') == done_record.get('done_at')}")
+    report.check(
+        "the cut lasted longer than LEASE_S",
+        restored_at - cut_at > lease_s,
+        f"{restored_at - cut_at:.1f} s > {lease_s} s",
+    )
+    report.check(
+        "the rescuer finished the message",
+        code == 0 and done_record.get("state") == "done",
+        f"exit {code}, state {done_record.get('state')}",
+    )
+    report.check(
+        "the zombie noticed it lost its lease and let the message go",
+        zombie_code == 0 and "outcome lease-lost job=zjob" in zombie_log,
+        f"exit {zombie_code}, outcome line {'present' if 'outcome lease-lost' in zombie_log else 'missing'}",
+    )
+    report.check(
+        "the zombie did not move the status back from done",
+        final.get("state") == "done" and final.get("done_at") == done_record.get("done_at") and final == done_record,
+        f"state {final.get('state')}, done_at unchanged {final.get('done_at') == done_record.get('done_at')}",
+    )
     report.check("the status reached done exactly once", done_counts(client)[JOB] == 1, done_counts(client)[JOB])
     ids = {request["webhook-id"] for request in receiver.requests}
-    report.check("the callback arrived at least once, with one webhook-id", receiver.requests and len(ids) == 1,
-                 f"{len(receiver.requests)} request(s), webhook-id {sorted(ids)}")
+    report.check(
+        "the callback arrived at least once, with one webhook-id",
+        receiver.requests and len(ids) == 1,
+        f"{len(receiver.requests)} request(s), webhook-id {sorted(ids)}",
+    )
     figures = check_end_state(report, client, services, [JOB], allow_dead=False)
-    report.figures.update(figures, method=method, lease_s=lease_s, cut_s=round(restored_at - cut_at, 1),
-                          zombie_exit=zombie_code, zombie_did=did[-14:], callbacks=len(receiver.requests),
-                          attempts=final.get("attempts"))
+    report.figures.update(
+        figures,
+        method=method,
+        lease_s=lease_s,
+        cut_s=round(restored_at - cut_at, 1),
+        zombie_exit=zombie_code,
+        zombie_did=did[-14:],
+        callbacks=len(receiver.requests),
+        attempts=final.get("attempts"),
+    )
     report.write(workdir)
     return 0 if report.ok else 1

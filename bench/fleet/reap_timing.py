@@ -54,8 +54,10 @@ def legacy_reap(client: redis.Redis, script) -> int:
     entries = client.lrange(f"{QUEUE}:processing", 0, -1)
     for message in dict.fromkeys(bytes(e) for e in entries):
         digest = hashlib.sha256(message).hexdigest()[:32]
-        moved += script(keys=[f"{QUEUE}:processing", QUEUE, f"{QUEUE}:orphans"],
-                        args=[message, digest, f"{QUEUE}:lease:{digest}:*", 3600, "left"])
+        moved += script(
+            keys=[f"{QUEUE}:processing", QUEUE, f"{QUEUE}:orphans"],
+            args=[message, digest, f"{QUEUE}:lease:{digest}:*", 3600, "left"],
+        )
     return moved
 
 
@@ -124,25 +126,38 @@ def run(unrelated_counts: list[int], repeat: int, legacy_repeat: int, out: Path 
     finally:
         client.close()
         server.stop()
-    print("\n| unrelated keys | in flight | reaper | median ms | p99 ms | server us/reap | KEYS/SCAN calls "
-          "| slowlog > 10 ms |")
+    print(
+        "\n| unrelated keys | in flight | reaper | median ms | p99 ms | server us/reap | KEYS/SCAN calls "
+        "| slowlog > 10 ms |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['unrelated_keys']:,} | {IN_FLIGHT} leased{' + 1 unleased' if row['shape'] != 'leased' else ''}"
-              f" | {row['reaper']} | {row['median_ms']} | {row['p99_ms']} | {row['server_us_per_reap']} | "
-              f"{row['keys_calls']}/{row['scan_calls']} | {row['slowlog_over_10ms']} |")
+        print(
+            f"| {row['unrelated_keys']:,} | {IN_FLIGHT} leased{' + 1 unleased' if row['shape'] != 'leased' else ''}"
+            f" | {row['reaper']} | {row['median_ms']} | {row['p99_ms']} | {row['server_us_per_reap']} | "
+            f"{row['keys_calls']}/{row['scan_calls']} | {row['slowlog_over_10ms']} |"
+        )
     print()
     report.figures["rows"] = rows
     new_rows = [row for row in rows if row["reaper"].startswith("leases")]
-    report.check("the reaper calls neither KEYS nor SCAN", all(r["keys_calls"] == r["scan_calls"] == 0
-                                                              for r in new_rows), "commandstats")
+    report.check(
+        "the reaper calls neither KEYS nor SCAN",
+        all(r["keys_calls"] == r["scan_calls"] == 0 for r in new_rows),
+        "commandstats",
+    )
     for shape in ("leased", "one-unleased"):
         by_keys = {r["unrelated_keys"]: r["server_us_per_reap"] for r in new_rows if r["shape"] == shape}
         low, high = by_keys[min(by_keys)], by_keys[max(by_keys)]
         # Same work at every keyspace size: allow timer noise, never a growth with the keyspace.
-        report.check(f"time per reap does not grow with unrelated keys ({shape})", high <= max(2 * low, low + 50),
-                     f"server us per reap {by_keys}")
-    report.check("no reap over 10 ms in SLOWLOG", all(r["slowlog_over_10ms"] == 0 for r in new_rows),
-                 [r["slowlog_over_10ms"] for r in new_rows])
+        report.check(
+            f"time per reap does not grow with unrelated keys ({shape})",
+            high <= max(2 * low, low + 50),
+            f"server us per reap {by_keys}",
+        )
+    report.check(
+        "no reap over 10 ms in SLOWLOG",
+        all(r["slowlog_over_10ms"] == 0 for r in new_rows),
+        [r["slowlog_over_10ms"] for r in new_rows],
+    )
     report.write(out)
     return 0 if report.ok else 1

@@ -27,10 +27,12 @@ PROBE = b"written before the restart"
 
 
 def client(server: S3Server, read_timeout_s: float) -> Minio:
-    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=1, read=read_timeout_s),
-                               retries=urllib3.Retry(total=0, raise_on_status=False))
-    return Minio(server.endpoint, access_key=server.access_key, secret_key=server.secret_key, secure=False,
-                 http_client=http)
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=1, read=read_timeout_s), retries=urllib3.Retry(total=0, raise_on_status=False)
+    )
+    return Minio(
+        server.endpoint, access_key=server.access_key, secret_key=server.secret_key, secure=False, http_client=http
+    )
 
 
 def first_success(action, started: float, limit_s: float = 90) -> float | None:
@@ -58,14 +60,21 @@ def run(restarts: int, out: Path | None) -> int:
             # The three probes run at once, so a held write is not hidden behind the reads.
             with ThreadPoolExecutor(3) as pool:
                 api_f = pool.submit(first_success, quick.list_buckets, started)
-                read_f = pool.submit(first_success, lambda: quick.get_object("restart-probe", "old").read() == PROBE
-                                     or 1 / 0, started)
-                write_f = pool.submit(first_success, lambda n=n: patient.put_object(
-                    "restart-probe", f"new{n}", io.BytesIO(PROBE), len(PROBE)), started)
+                read_f = pool.submit(
+                    first_success, lambda: quick.get_object("restart-probe", "old").read() == PROBE or 1 / 0, started
+                )
+                write_f = pool.submit(
+                    first_success,
+                    lambda n=n: patient.put_object("restart-probe", f"new{n}", io.BytesIO(PROBE), len(PROBE)),
+                    started,
+                )
                 api, read, write = api_f.result(), read_f.result(), write_f.result()
             rows.append({"api_s": api, "read_s": read, "write_s": write})
-            say(f"restart {n + 1}: API {api:.1f} s, old object readable {read:.1f} s, first write done {write:.1f} s"
-                if None not in (api, read, write) else f"restart {n + 1}: {rows[-1]}")
+            say(
+                f"restart {n + 1}: API {api:.1f} s, old object readable {read:.1f} s, first write done {write:.1f} s"
+                if None not in (api, read, write)
+                else f"restart {n + 1}: {rows[-1]}"
+            )
     finally:
         server.stop()
     complete = [row for row in rows if None not in row.values()]
@@ -74,10 +83,13 @@ def run(restarts: int, out: Path | None) -> int:
     report.figures.update(rows=rows, read_after_api_s=read_lag, write_after_api_s=write_lag)
     report.check("every restart came back", len(complete) == restarts, f"{len(complete)}/{restarts}")
     if complete:
-        say(f"reads lag the API by max {read_lag[-1]:.1f} s (median {statistics.median(read_lag):.1f}); the first "
-            f"write completes max {write_lag[-1]:.1f} s after the API (median {statistics.median(write_lag):.1f})")
+        say(
+            f"reads lag the API by max {read_lag[-1]:.1f} s (median {statistics.median(read_lag):.1f}); the first "
+            f"write completes max {write_lag[-1]:.1f} s after the API (median {statistics.median(write_lag):.1f})"
+        )
         # function/clients.py sleeps 15 s in all between 7 tries of a request answered 500.
-        report.check("the worker's 500 budget (15 s of sleeps) covers the read lag", read_lag[-1] < 15,
-                     f"{read_lag[-1]:.1f} s")
+        report.check(
+            "the worker's 500 budget (15 s of sleeps) covers the read lag", read_lag[-1] < 15, f"{read_lag[-1]:.1f} s"
+        )
     report.write(out)
     return 0 if report.ok else 1

@@ -48,9 +48,16 @@ def watch_slowlog(client: redis.Redis) -> None:
 
 
 def slow_entries(client: redis.Redis) -> list[dict]:
-    return [{"ms": round(e["duration"] / 1000, 1), "command": e["command"][:120].decode(errors="replace")
-             if isinstance(e["command"], bytes) else str(e["command"])[:120]}
-            for e in client.slowlog_get(1024) if e["duration"] > SLOW_US]
+    return [
+        {
+            "ms": round(e["duration"] / 1000, 1),
+            "command": e["command"][:120].decode(errors="replace")
+            if isinstance(e["command"], bytes)
+            else str(e["command"])[:120],
+        }
+        for e in client.slowlog_get(1024)
+        if e["duration"] > SLOW_US
+    ]
 
 
 class Faults:
@@ -68,8 +75,16 @@ class Faults:
         self.log: list[str] = []
 
 
-def run(messages: int, runners: int, unrelated: int, clip_s: float, faults: bool, seed: int, max_minutes: float,
-        out: Path | None) -> int:
+def run(
+    messages: int,
+    runners: int,
+    unrelated: int,
+    clip_s: float,
+    faults: bool,
+    seed: int,
+    max_minutes: float,
+    out: Path | None,
+) -> int:
     report = Report("scale-faults" if faults else "scale")
     workdir = out or Path(tempfile.mkdtemp(prefix="fleet-scale-"))
     rng = random.Random(seed)
@@ -87,8 +102,17 @@ def run(messages: int, runners: int, unrelated: int, clip_s: float, faults: bool
         client.rpush(QUEUE, *(json.dumps({"id": job_id}) for job_id in ids))
         watch_slowlog(client)
         client.config_resetstat()
-        env = runner_env(services, repo, MAX_MESSAGES="100000", CLAIM_WAIT_S="3", LEASE_S="20",
-                         ORPHAN_GRACE_S="5", MAX_ATTEMPTS="5", REDIS_TIMEOUT_S="5", S3_TIMEOUT_S="10")
+        env = runner_env(
+            services,
+            repo,
+            MAX_MESSAGES="100000",
+            CLAIM_WAIT_S="3",
+            LEASE_S="20",
+            ORPHAN_GRACE_S="5",
+            MAX_ATTEMPTS="5",
+            REDIS_TIMEOUT_S="5",
+            S3_TIMEOUT_S="10",
+        )
         pool = RunnerPool(env, workdir / "logs")
         reaper = WorkQueue(client, QUEUE, lease_s=20, orphan_grace_s=5)
         plan = Faults(runners, rng) if faults else None
@@ -126,8 +150,10 @@ def run(messages: int, runners: int, unrelated: int, clip_s: float, faults: bool
                 strike(plan, pool, services, client, progress, slow)
             if now - last_line >= 15:
                 last_line = now
-                say(f"queue {queued}, processing {processing}, runners live {len(live)}, started "
-                    f"{len(pool.runners)}, progress {progress:.0%}")
+                say(
+                    f"queue {queued}, processing {processing}, runners live {len(live)}, started "
+                    f"{len(pool.runners)}, progress {progress:.0%}"
+                )
             time.sleep(0.5)
         elapsed = time.monotonic() - started
         if plan is not None and plan.s3_thread is not None:
@@ -139,25 +165,43 @@ def run(messages: int, runners: int, unrelated: int, clip_s: float, faults: bool
         figures = check_end_state(report, client, services, ids, allow_dead=faults)
         report.check("the run finished within its time limit", elapsed < max_minutes * 60, f"{elapsed:.0f} s")
         if not faults:
-            report.check("every message done exactly once", figures["done_once"] == messages and not figures["reruns"],
-                         f"{figures['done_once']} done once, {len(figures['reruns'])} more than once")
+            report.check(
+                "every message done exactly once",
+                figures["done_once"] == messages and not figures["reruns"],
+                f"{figures['done_once']} done once, {len(figures['reruns'])} more than once",
+            )
         report.check("SLOWLOG: no command over 10 ms", not slow, slow[:5])
-        report.check("no KEYS or SCAN was called", "cmdstat_keys" not in stats and "cmdstat_scan" not in stats,
-                     {k: v["calls"] for k, v in stats.items() if k in ("cmdstat_keys", "cmdstat_scan")})
+        report.check(
+            "no KEYS or SCAN was called",
+            "cmdstat_keys" not in stats and "cmdstat_scan" not in stats,
+            {k: v["calls"] for k, v in stats.items() if k in ("cmdstat_keys", "cmdstat_scan")},
+        )
         reap_ms.sort()
-        report.figures.update(figures, elapsed_s=round(elapsed, 1), messages=messages, runners=runners,
-                              unrelated_keys=unrelated, runners_started=len(pool.runners),
-                              runner_exit_codes=dict(pool.exit_codes), signals=dict(pool.signals),
-                              outcomes=dict(pool.outcomes()), slowlog_over_10ms=slow,
-                              script_us_per_call=stats.get("cmdstat_evalsha", {}).get("usec_per_call"),
-                              reaps=len(reap_ms), reap_max_ms=round(reap_ms[-1], 3) if reap_ms else None,
-                              reap_median_ms=round(statistics.median(reap_ms), 3) if reap_ms else None,
-                              faults=plan.log if plan else [])
+        report.figures.update(
+            figures,
+            elapsed_s=round(elapsed, 1),
+            messages=messages,
+            runners=runners,
+            unrelated_keys=unrelated,
+            runners_started=len(pool.runners),
+            runner_exit_codes=dict(pool.exit_codes),
+            signals=dict(pool.signals),
+            outcomes=dict(pool.outcomes()),
+            slowlog_over_10ms=slow,
+            script_us_per_call=stats.get("cmdstat_evalsha", {}).get("usec_per_call"),
+            reaps=len(reap_ms),
+            reap_max_ms=round(reap_ms[-1], 3) if reap_ms else None,
+            reap_median_ms=round(statistics.median(reap_ms), 3) if reap_ms else None,
+            faults=plan.log if plan else [],
+        )
         if plan is not None:
             struck = sum(pool.signals.values())
             share = struck / len(pool.runners)
-            report.check("at least 10% of the runners were SIGKILLed or SIGTERMed", share >= 0.10,
-                         f"{dict(pool.signals)} of {len(pool.runners)} started ({share:.0%})")
+            report.check(
+                "at least 10% of the runners were SIGKILLed or SIGTERMed",
+                share >= 0.10,
+                f"{dict(pool.signals)} of {len(pool.runners)} started ({share:.0%})",
+            )
             report.check("Redis restarted once and S3 was away for 10 s", plan.redis_done and plan.s3_done, plan.log)
         print(json.dumps({k: v for k, v in report.figures.items() if k not in ("slowlog_over_10ms",)}, default=str))
         report.write(workdir)
@@ -168,8 +212,9 @@ def run(messages: int, runners: int, unrelated: int, clip_s: float, faults: bool
         services.stop()
 
 
-def strike(plan: Faults, pool: RunnerPool, services: LocalServices, client: redis.Redis, progress: float,
-           slow: list[dict]) -> None:
+def strike(
+    plan: Faults, pool: RunnerPool, services: LocalServices, client: redis.Redis, progress: float, slow: list[dict]
+) -> None:
     while plan.strikes and progress >= plan.strikes[0][0]:
         _, signum = plan.strikes.pop(0)
         live = pool.live()

@@ -78,8 +78,9 @@ def summarize(result: SimResult, profile: CostProfile, node: NodeKind | None, wa
     window_s = result.window[1] - result.window[0]
     window_songs = int(after.sum()) if after.any() else songs
     window_start = warmup_s if after.any() else float("-inf")
-    window_cost = (_overlap(result.node_spans, window_start) / 3600 * node.price_per_hour
-                   if billed and node is not None else None)
+    window_cost = (
+        _overlap(result.node_spans, window_start) / 3600 * node.price_per_hour if billed and node is not None else None
+    )
     first = float(result.arrivals[0]) if songs else 0.0
     return Summary(
         songs=songs,

@@ -24,8 +24,9 @@ StartPod = Callable[[int, int, float], None]  # (pod, node, now)
 class NodePool:
     """Nodes of one kind; the simulation calls `place`, `release`, `node_ready` and `idle_check`."""
 
-    def __init__(self, kind: NodeKind, start_pod: StartPod, schedule_ready: ScheduleReady,
-                 schedule_idle: ScheduleIdle) -> None:
+    def __init__(
+        self, kind: NodeKind, start_pod: StartPod, schedule_ready: ScheduleReady, schedule_idle: ScheduleIdle
+    ) -> None:
         self.kind = kind
         self.capacity = kind.pods_per_node
         self._start_pod = start_pod

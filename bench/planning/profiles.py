@@ -63,32 +63,63 @@ class NodeKind:
             raise ValueError(f"node kind {self.name}: every figure must be >= 0")
 
 
-CPU2_SOURCE = ("README 'Results: 2-core CPU': `python -m bench.run --seconds 30 --repeat 3`, htdemucs fp32 on "
-               "2 shared AMD EPYC cores: warm job 15.37 s, cold job 19.65 s for 30 s of audio, cold peak RSS "
-               "1318 MiB")
-GPU_SOURCE = ("README 'Results: one H100': `python -m bench.run --device cuda --seconds 30 --repeat 2`: warm job "
-              "1.34 s, cold job 9.70 s for 30 s of audio, cold peak RSS 1499 MiB (host memory)")
+CPU2_SOURCE = (
+    "README 'Results: 2-core CPU': `python -m bench.run --seconds 30 --repeat 3`, htdemucs fp32 on "
+    "2 shared AMD EPYC cores: warm job 15.37 s, cold job 19.65 s for 30 s of audio, cold peak RSS "
+    "1318 MiB"
+)
+GPU_SOURCE = (
+    "README 'Results: one H100': `python -m bench.run --device cuda --seconds 30 --repeat 2`: warm job "
+    "1.34 s, cold job 9.70 s for 30 s of audio, cold peak RSS 1499 MiB (host memory)"
+)
 CPU4_SPEEDUP = 1.7  # assumed, not measured: 2 -> 4 torch threads rarely scales linearly
 
 EXAMPLE_PROFILES: dict[str, CostProfile] = {
-    "cpu2": CostProfile("cpu2", cold_start_s=19.65 - 15.37, seconds_per_audio_s=15.37 / 30, memory_mib=1318,
-                        threads=2, source=CPU2_SOURCE),
-    "cpu4": CostProfile("cpu4", cold_start_s=19.65 - 15.37, seconds_per_audio_s=15.37 / 30 / CPU4_SPEEDUP,
-                        memory_mib=1318, threads=4,
-                        source=f"NOT MEASURED: the cpu2 figures with an assumed {CPU4_SPEEDUP}x speed-up of the "
-                               "warm job from 2 to 4 threads; replace with a 4-CPU `bench/run.py` result"),
-    "gpu": CostProfile("gpu", cold_start_s=9.70 - 1.34, seconds_per_audio_s=1.34 / 30, memory_mib=1499,
-                       threads=0, source=GPU_SOURCE),
+    "cpu2": CostProfile(
+        "cpu2",
+        cold_start_s=19.65 - 15.37,
+        seconds_per_audio_s=15.37 / 30,
+        memory_mib=1318,
+        threads=2,
+        source=CPU2_SOURCE,
+    ),
+    "cpu4": CostProfile(
+        "cpu4",
+        cold_start_s=19.65 - 15.37,
+        seconds_per_audio_s=15.37 / 30 / CPU4_SPEEDUP,
+        memory_mib=1318,
+        threads=4,
+        source=f"NOT MEASURED: the cpu2 figures with an assumed {CPU4_SPEEDUP}x speed-up of the "
+        "warm job from 2 to 4 threads; replace with a 4-CPU `bench/run.py` result",
+    ),
+    "gpu": CostProfile(
+        "gpu", cold_start_s=9.70 - 1.34, seconds_per_audio_s=1.34 / 30, memory_mib=1499, threads=0, source=GPU_SOURCE
+    ),
 }
 
 # Example prices, not quotes: see docs/capacity.md for where they come from; pass your own with --price.
 EXAMPLE_NODES: dict[str, NodeKind] = {
-    "cpu2": NodeKind("cpu-16", pods_per_node=7, start_s=120.0, price_per_hour=0.68,
-                     description="16 vCPU / 32 GiB (c5.4xlarge-like), 7 pods of 2 CPU / 4 GiB requests"),
-    "cpu4": NodeKind("cpu-16", pods_per_node=3, start_s=120.0, price_per_hour=0.68,
-                     description="16 vCPU / 32 GiB (c5.4xlarge-like), 3 pods of 4 CPU requests"),
-    "gpu": NodeKind("gpu-h100", pods_per_node=1, start_s=300.0, price_per_hour=2.49,
-                    description="1 x H100 node, one pod holds the GPU"),
+    "cpu2": NodeKind(
+        "cpu-16",
+        pods_per_node=7,
+        start_s=120.0,
+        price_per_hour=0.68,
+        description="16 vCPU / 32 GiB (c5.4xlarge-like), 7 pods of 2 CPU / 4 GiB requests",
+    ),
+    "cpu4": NodeKind(
+        "cpu-16",
+        pods_per_node=3,
+        start_s=120.0,
+        price_per_hour=0.68,
+        description="16 vCPU / 32 GiB (c5.4xlarge-like), 3 pods of 4 CPU requests",
+    ),
+    "gpu": NodeKind(
+        "gpu-h100",
+        pods_per_node=1,
+        start_s=300.0,
+        price_per_hour=2.49,
+        description="1 x H100 node, one pod holds the GPU",
+    ),
 }
 
 
@@ -116,7 +147,7 @@ def profile_from_bench(name: str, path: Path, variant: str = "") -> CostProfile:
         memory_mib=cold["peak_rss_median_bytes"] / MIB,
         threads=int(meta.get("threads", 0)),
         source=f"{path}: {meta.get('command', 'bench/run.py')} on {meta.get('machine', '?')} "
-               f"({meta.get('device', '?')}, {audio_s:g} s of audio{', variant ' + variant if variant else ''})",
+        f"({meta.get('device', '?')}, {audio_s:g} s of audio{', variant ' + variant if variant else ''})",
     )
 
 

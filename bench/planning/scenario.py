@@ -52,8 +52,12 @@ class Scenario:
             "duration_s": self.rate.duration_s,
             "peak_ratio": self.rate.peak_ratio,
             "arrivals": self.process,
-            "songs": {"kind": self.songs.kind, "mean_s": self.songs.mean_s, "sd_s": self.songs.sd_s,
-                      "values": list(self.songs.values)},
+            "songs": {
+                "kind": self.songs.kind,
+                "mean_s": self.songs.mean_s,
+                "sd_s": self.songs.sd_s,
+                "values": list(self.songs.values),
+            },
             "hit_rate": self.hit_rate,
             "hit_s": self.hit_s,
             "seed": self.seed,
@@ -64,12 +68,15 @@ class Scenario:
 def run(scenario: Scenario) -> tuple[SimResult, Summary]:
     # Separate random streams for arrivals, song lengths and hits: changing the hit rate or the song
     # lengths leaves the push times as they were, so scenarios differ only where they should.
-    arrivals_rng, songs_rng, hits_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(scenario.seed)
-                                         .spawn(3))
+    arrivals_rng, songs_rng, hits_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(scenario.seed).spawn(3)
+    )
     arrivals = arrival_times(scenario.rate, scenario.process, arrivals_rng)
     audio = scenario.songs.sample(len(arrivals), songs_rng)
-    workload = build_workload(arrivals, audio, scenario.profile.seconds_per_audio_s, scenario.hit_rate,
-                              scenario.hit_s, hits_rng)
-    result = Simulation(workload, scenario.fleet, scenario.profile, scenario.node,
-                        window_start_s=scenario.warmup_s).run()
+    workload = build_workload(
+        arrivals, audio, scenario.profile.seconds_per_audio_s, scenario.hit_rate, scenario.hit_s, hits_rng
+    )
+    result = Simulation(
+        workload, scenario.fleet, scenario.profile, scenario.node, window_start_s=scenario.warmup_s
+    ).run()
     return result, summarize(result, scenario.profile, scenario.node, scenario.warmup_s)

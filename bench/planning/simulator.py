@@ -73,8 +73,15 @@ class SimResult:
 class Simulation:
     """One run; `run()` returns the SimResult. `nodes=None` or pods_per_node 0: pods start at once, no cost."""
 
-    def __init__(self, workload: Workload, fleet: FleetSpec, profile: CostProfile, nodes: NodeKind | None,
-                 poll_offset_s: float = 0.0, window_start_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        workload: Workload,
+        fleet: FleetSpec,
+        profile: CostProfile,
+        nodes: NodeKind | None,
+        poll_offset_s: float = 0.0,
+        window_start_s: float = 0.0,
+    ) -> None:
         self.fleet = fleet
         self.arrivals: list[float] = workload.arrivals.tolist()
         self.work: list[float] = workload.work_s.tolist()
@@ -212,8 +219,9 @@ class Simulation:
     def _poll(self, now: float) -> None:
         queue = max(0, bisect_right(self.arrivals, now) - self.head)
         fleet = self.fleet
-        decision = decide(fleet.strategy, queue, fleet.list_length, self.running, self.pending,
-                          fleet.activation_list_length)
+        decision = decide(
+            fleet.strategy, queue, fleet.list_length, self.running, self.pending, fleet.activation_list_length
+        )
         for _ in range(decision.create):
             self._create_pod(now)
         row = self.timeline

@@ -68,8 +68,7 @@ def comparison_scenarios(base: Scenario, drain_messages: int, custom: tuple[int,
     for name in STRATEGIES:
         extra = {"queue_length_deduction": deduction, "running_job_percentage": percentage} if name == "custom" else {}
         out.append(base.but(label=name, fleet=base.fleet.with_overrides(name=name, max_messages=1, **extra)))
-    out.append(base.but(label=f"{strategy.name} + drain",
-                        fleet=base.fleet.with_overrides(max_messages=drain_messages)))
+    out.append(base.but(label=f"{strategy.name} + drain", fleet=base.fleet.with_overrides(max_messages=drain_messages)))
     return out
 
 
@@ -83,8 +82,10 @@ def comparison_markdown(scenarios: Sequence[Scenario], summaries: Sequence[Summa
         fleet = scenario.fleet
         name = scenario.label
         if fleet.strategy.name == "custom":
-            name += (f" (deduction {fleet.strategy.queue_length_deduction}, "
-                     f"percentage {fleet.strategy.running_job_percentage})")
+            name += (
+                f" (deduction {fleet.strategy.queue_length_deduction}, "
+                f"percentage {fleet.strategy.running_job_percentage})"
+            )
         lines.append(
             f"| {name} | {fleet.max_messages} | {s.pods_started:,} | {s.peak_pods:,} | {s.peak_nodes:,} | "
             f"{s.p50_s:,.0f} s | {s.p95_s:,.0f} s | {s.p99_s:,.0f} s | {s.cold_start_pod_hours:,.0f} | "

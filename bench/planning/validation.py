@@ -53,8 +53,9 @@ class Comparison:
 
     @property
     def passed(self) -> bool:
-        return (self._within(self.predicted_drain_s, self.measured_drain_s, self.tolerance)
-                and self._within(self.predicted_p95_s, self.measured_p95_s, self.tolerance))
+        return self._within(self.predicted_drain_s, self.measured_drain_s, self.tolerance) and self._within(
+            self.predicted_p95_s, self.measured_p95_s, self.tolerance
+        )
 
     def report(self) -> str:
         def row(name: str, measured: float, predicted: float) -> str:
@@ -62,13 +63,15 @@ class Comparison:
             return f"{name:<22} measured {measured:9.1f}  predicted {predicted:9.1f}  ({error:+.1%})"
 
         verdict = "PASS" if self.passed else "FAIL"
-        return "\n".join([
-            row("drain time (s)", self.measured_drain_s, self.predicted_drain_s),
-            row("p95 push->done (s)", self.measured_p95_s, self.predicted_p95_s),
-            f"{'pods started':<22} measured {self.measured_pods:9d}  predicted {self.predicted_pods:9d}",
-            f"start-to-claim used: {self.cold_start_s:.2f} s",
-            f"{verdict}: drain time and p95 latency within {self.tolerance:.0%} of the measurement",
-        ])
+        return "\n".join(
+            [
+                row("drain time (s)", self.measured_drain_s, self.predicted_drain_s),
+                row("p95 push->done (s)", self.measured_p95_s, self.predicted_p95_s),
+                f"{'pods started':<22} measured {self.measured_pods:9d}  predicted {self.predicted_pods:9d}",
+                f"start-to-claim used: {self.cold_start_s:.2f} s",
+                f"{verdict}: drain time and p95 latency within {self.tolerance:.0%} of the measurement",
+            ]
+        )
 
 
 def fleet_of(raw: dict[str, Any]) -> FleetSpec:
@@ -104,8 +107,11 @@ def load(path: Path) -> dict[str, Any]:
 def measured_start_to_claim(data: dict[str, Any]) -> float:
     """Median seconds from a pod's creation to its first claim: what a pod is pending for in the emulator."""
     starts = {job["id"]: job["start_s"] for job in data["jobs"]}
-    gaps = [starts[pod["jobs"][0]] - pod["start_s"] for pod in data.get("pods", [])
-            if pod.get("start_s") is not None and pod.get("jobs") and pod["jobs"][0] in starts]
+    gaps = [
+        starts[pod["jobs"][0]] - pod["start_s"]
+        for pod in data.get("pods", [])
+        if pod.get("start_s") is not None and pod.get("jobs") and pod["jobs"][0] in starts
+    ]
     return max(0.0, statistics.median(gaps)) if gaps else 0.0
 
 
@@ -117,12 +123,19 @@ def compare(data: dict[str, Any], tolerance: float = TOLERANCE, start_to_claim_s
     service = np.array([job["end_s"] - job["start_s"] for job in jobs])
     claim_delay = measured_start_to_claim(data) if start_to_claim_s is None else start_to_claim_s
     # The measured service already holds each pod's model load, so the profile adds none after the claim.
-    profile = CostProfile("measured", cold_start_s=claim_delay, seconds_per_audio_s=1.0, memory_mib=0, threads=0,
-                          source="measured flood", start_to_claim_s=claim_delay)
-    workload = Workload(arrivals=pushes, work_s=service, needs_model=np.zeros(len(jobs), dtype=bool),
-                        audio_s=service)
-    result = Simulation(workload, fleet_of(data["fleet"]), profile, None,
-                        poll_offset_s=float(data.get("poll_offset_s", 0.0))).run()
+    profile = CostProfile(
+        "measured",
+        cold_start_s=claim_delay,
+        seconds_per_audio_s=1.0,
+        memory_mib=0,
+        threads=0,
+        source="measured flood",
+        start_to_claim_s=claim_delay,
+    )
+    workload = Workload(arrivals=pushes, work_s=service, needs_model=np.zeros(len(jobs), dtype=bool), audio_s=service)
+    result = Simulation(
+        workload, fleet_of(data["fleet"]), profile, None, poll_offset_s=float(data.get("poll_offset_s", 0.0))
+    ).run()
     summary = summarize(result, profile, None)
     first = float(pushes.min())
     measured_latency = np.array([job["end_s"] - job["push_s"] for job in jobs])

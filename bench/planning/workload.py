@@ -96,8 +96,14 @@ class Workload:
         return len(self.arrivals)
 
 
-def build_workload(arrivals: np.ndarray, audio_s: np.ndarray, seconds_per_audio_s: float, hit_rate: float,
-                   hit_s: float, rng: np.random.Generator) -> Workload:
+def build_workload(
+    arrivals: np.ndarray,
+    audio_s: np.ndarray,
+    seconds_per_audio_s: float,
+    hit_rate: float,
+    hit_s: float,
+    rng: np.random.Generator,
+) -> Workload:
     """Turn songs into work: a miss costs `seconds_per_audio_s` per second of audio, a hit costs `hit_s`."""
     if not 0.0 <= hit_rate <= 1.0:
         raise ValueError(f"the cache hit rate must be within [0, 1], got {hit_rate}")

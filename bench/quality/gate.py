@@ -80,33 +80,52 @@ def int8_separator(base: Separator) -> tuple[Separator, int, list[str]]:
     quantized = copy.copy(base)  # Separator's settings; its model is replaced below, not shared
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = torch.ao.quantization.quantize_dynamic(copy.deepcopy(base._model), {torch.nn.Linear},
-                                                       dtype=torch.qint8)
+        model = torch.ao.quantization.quantize_dynamic(copy.deepcopy(base._model), {torch.nn.Linear}, dtype=torch.qint8)
     quantized._model = model  # Separator has no public setter; the worker reads these fields too
     swapped = sum(1 for module in model.modules() if isinstance(module, torch.ao.nn.quantized.dynamic.Linear))
     messages = sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0]}" for w in caught})
     return quantized, swapped, messages
 
 
-def measure(result: Result, run: Separate, mixes: list[torch.Tensor], stems: list[np.ndarray],
-            reference: list[np.ndarray] | None) -> list[np.ndarray]:
+def measure(
+    result: Result,
+    run: Separate,
+    mixes: list[torch.Tensor],
+    stems: list[np.ndarray],
+    reference: list[np.ndarray] | None,
+) -> list[np.ndarray]:
     """Fill `result` with SDR per (song, stem), the time taken and, against `reference` estimates, the SNR of
     the stems to fp32's; returns the estimates."""
     estimates, start = [], time.perf_counter()
     for mix in mixes:
         estimates.append(run(mix))
     result.seconds = time.perf_counter() - start
-    result.sdr = np.array([[metrics.sdr(truth[i], estimate[i]) for i in range(len(synth.SOURCES))]
-                           for truth, estimate in zip(stems, estimates, strict=True)])
+    result.sdr = np.array(
+        [
+            [metrics.sdr(truth[i], estimate[i]) for i in range(len(synth.SOURCES))]
+            for truth, estimate in zip(stems, estimates, strict=True)
+        ]
+    )
     if reference is not None:
-        result.snr_vs_fp32 = float(np.mean([metrics.sdr(ref[i], est[i]) for ref, est in zip(reference, estimates,
-                                                                                              strict=True)
-                                            for i in range(len(synth.SOURCES))]))
+        result.snr_vs_fp32 = float(
+            np.mean(
+                [
+                    metrics.sdr(ref[i], est[i])
+                    for ref, est in zip(reference, estimates, strict=True)
+                    for i in range(len(synth.SOURCES))
+                ]
+            )
+        )
     return estimates
 
 
-def try_measure(result: Result, make_run: Callable[[], Separate], mixes: list[torch.Tensor],
-                stems: list[np.ndarray], reference: list[np.ndarray]) -> None:
+def try_measure(
+    result: Result,
+    make_run: Callable[[], Separate],
+    mixes: list[torch.Tensor],
+    stems: list[np.ndarray],
+    reference: list[np.ndarray],
+) -> None:
     """`measure`, recording instead of raising when this torch cannot run the variant (that is a finding)."""
     try:
         measure(result, make_run(), mixes, stems, reference)
@@ -143,8 +162,10 @@ def table(results: list[Result], fp32: Result) -> str:
         per_stem = " | ".join(f"{value:.2f}" for value in result.sdr.mean(axis=0))
         mean, worst = ("–", "–") if result is fp32 else (f"{v:.4f}" for v in deltas(result, fp32))
         snr = "–" if result.snr_vs_fp32 is None else f"{result.snr_vs_fp32:.1f} dB"
-        lines.append(f"| {result.label} | {per_stem} | {result.sdr.mean():.2f} | {mean} | {worst} | {snr} "
-                     f"| {result.seconds:.0f} s | {verdict(result, fp32)} |")
+        lines.append(
+            f"| {result.label} | {per_stem} | {result.sdr.mean():.2f} | {mean} | {worst} | {snr} "
+            f"| {result.seconds:.0f} s | {verdict(result, fp32)} |"
+        )
     return "\n".join(lines)
 
 
@@ -153,11 +174,17 @@ def summary(result: Result, fp32: Result) -> dict[str, Any]:
     measured = result.sdr is not None
     mean, worst = deltas(result, fp32) if measured and result is not fp32 else (None, None)
     return {
-        "label": result.label, "verdict": verdict(result, fp32), "skipped": result.skipped, "notes": result.notes,
-        "seconds": round(result.seconds, 2), "snr_vs_fp32_db": result.snr_vs_fp32,
-        "mean_abs_delta_db": mean, "worst_abs_delta_db": worst,
+        "label": result.label,
+        "verdict": verdict(result, fp32),
+        "skipped": result.skipped,
+        "notes": result.notes,
+        "seconds": round(result.seconds, 2),
+        "snr_vs_fp32_db": result.snr_vs_fp32,
+        "mean_abs_delta_db": mean,
+        "worst_abs_delta_db": worst,
         "mean_sdr_per_stem": dict(zip(synth.SOURCES, result.sdr.mean(axis=0).tolist(), strict=True))
-        if result.sdr is not None else None,
+        if result.sdr is not None
+        else None,
         "sdr": result.sdr.tolist() if result.sdr is not None else None,  # [song][stem]
     }
 
@@ -165,12 +192,19 @@ def summary(result: Result, fp32: Result) -> dict[str, Any]:
 def report(results: list[Result], fp32: Result, args: argparse.Namespace) -> dict[str, Any]:
     flags = cpu_bf16_flags()
     return {
-        "model": args.name, "repo": str(args.repo), "stems": list(synth.SOURCES),
-        "seeds": list(metrics.GATE_SEEDS[:args.count]), "seconds_per_song": args.seconds,
+        "model": args.name,
+        "repo": str(args.repo),
+        "stems": list(synth.SOURCES),
+        "seeds": list(metrics.GATE_SEEDS[: args.count]),
+        "seconds_per_song": args.seconds,
         "limits_db": {"mean_abs_delta": MEAN_LIMIT_DB, "worst_abs_delta": WORST_LIMIT_DB},
-        "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "native_bf16_flags": flags, "native_bf16": bool(flags), "cuda": torch.cuda.is_available(),
-        "threads": torch.get_num_threads(), "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16_flags": flags,
+        "native_bf16": bool(flags),
+        "cuda": torch.cuda.is_available(),
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
         "precisions": {result.name: summary(result, fp32) for result in results},
     }
 
@@ -233,10 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     results, fp32 = run_gate(args)
     flags = cpu_bf16_flags()
-    header = (f"{args.count} held-out songs x {args.seconds:g} s, model {args.name}; torch {torch.__version__}, "
-              f"{torch.get_num_threads()} thread(s); native bf16 on this CPU: "
-              f"{', '.join(flags) if flags else 'no (neither avx512_bf16 nor amx_bf16: bf16 is emulated)'}; "
-              f"gate: mean |ΔSDR| <= {MEAN_LIMIT_DB} dB and worst |ΔSDR| <= {WORST_LIMIT_DB} dB")
+    header = (
+        f"{args.count} held-out songs x {args.seconds:g} s, model {args.name}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s); native bf16 on this CPU: "
+        f"{', '.join(flags) if flags else 'no (neither avx512_bf16 nor amx_bf16: bf16 is emulated)'}; "
+        f"gate: mean |ΔSDR| <= {MEAN_LIMIT_DB} dB and worst |ΔSDR| <= {WORST_LIMIT_DB} dB"
+    )
     notes = [f"- {r.label}: {note}" for r in results for note in r.notes]
     markdown = "\n".join([header, "", table(results, fp32), "", *notes]) + "\n"
     print(markdown)

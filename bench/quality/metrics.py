@@ -20,7 +20,7 @@ def sdr(reference: npt.ArrayLike, estimate: npt.ArrayLike) -> float:
     """10 log10(||s||^2 / ||s - ŝ||^2) over all channels and samples, in dB (inf for a perfect estimate)."""
     s = np.asarray(reference, dtype=np.float64)
     error = float(np.sum((s - np.asarray(estimate, dtype=np.float64)) ** 2))
-    signal = float(np.sum(s ** 2))
+    signal = float(np.sum(s**2))
     if error == 0.0:
         return math.inf
     return 10.0 * math.log10(signal / error) if signal > 0 else -math.inf

@@ -79,14 +79,17 @@ def oscillate(table: Audio, cycles: Audio) -> Audio:
 
 def harmonics(f0: float, count: int, tilt: float, ceiling: float) -> list[float]:
     """Amplitudes 1/k^tilt of `count` harmonics, those above `ceiling` Hz dropped (no aliasing, bounded band)."""
-    return [k ** -tilt if k * f0 < ceiling else 0.0 for k in range(1, count + 1)]
+    return [k**-tilt if k * f0 < ceiling else 0.0 for k in range(1, count + 1)]
 
 
 def adsr(t: Audio, attack: float, decay: float, sustain: float, release: float, gate: float) -> Audio:
     """Envelope at note-local times `t` (s): attack, decay to `sustain` while held for `gate` s, then release."""
+
     def held(x: Audio) -> Audio:
-        return np.where(x < attack, x / max(attack, 1e-6),
-                        sustain + (1 - sustain) * np.exp(-(x - attack) / max(decay, 1e-6)))
+        return np.where(
+            x < attack, x / max(attack, 1e-6), sustain + (1 - sustain) * np.exp(-(x - attack) / max(decay, 1e-6))
+        )
+
     released = held(np.array([gate])) * np.exp(-(t - gate) / max(release, 1e-6))
     return np.where(t < gate, held(t), released)
 
@@ -116,11 +119,13 @@ def bandpass(low: float, high: float, order: int = 4) -> Callable[[Audio], Audio
 
 def formants(freqs: tuple[float, ...], widths: tuple[float, ...], gains: tuple[float, ...]) -> Callable[[Audio], Audio]:
     """Sum of resonances (Lorentzian magnitude) plus a small floor: a vowel's spectral envelope."""
+
     def response(f: Audio) -> Audio:
         out = np.full_like(f, 0.02)
         for centre, width, gain in zip(freqs, widths, gains, strict=True):
             out += gain / np.sqrt(1.0 + ((f - centre) / (width / 2)) ** 2)
         return out
+
     return response
 
 
@@ -136,10 +141,11 @@ def place(out: Audio, start: float, signal: Audio) -> None:
     src0, dst0 = max(0, -begin), max(0, begin)
     count = min(signal.shape[-1] - src0, out.shape[-1] - dst0)
     if count > 0:
-        out[..., dst0:dst0 + count] += signal[..., src0:src0 + count]
+        out[..., dst0 : dst0 + count] += signal[..., src0 : src0 + count]
 
 
 # --- drums -----------------------------------------------------------------------------------------------
+
 
 def kick(rng: np.random.Generator) -> Audio:
     """A sine swept down from 120-200 Hz to 45-60 Hz with a fast decay."""
@@ -191,6 +197,7 @@ def drums(rng: np.random.Generator, song: Song) -> Audio:
 
 # --- bass ------------------------------------------------------------------------------------------------
 
+
 def bass(rng: np.random.Generator, song: Song) -> Audio:
     """Eighth-note lines on the chord roots (sometimes the fifth or the octave), fundamentals 41-147 Hz."""
     tilt, brightness = rng.uniform(1.2, 2.0), rng.uniform(0.3, 1.0)
@@ -210,11 +217,12 @@ def bass(rng: np.random.Generator, song: Song) -> Audio:
             first, t = visible(song.n, song.time(16 * bar + 2 * eighth), length + 0.1)
             env = adsr(t, attack, decay, sustain, rng.uniform(0.03, 0.08), 0.9 * length)
             wave = oscillate(table, float(midi_hz(note)) * t + rng.random())
-            out[first:first + t.size] += rng.uniform(0.7, 1.0) * env * wave
+            out[first : first + t.size] += rng.uniform(0.7, 1.0) * env * wave
     return pan(out, rng.uniform(-0.1, 0.1))
 
 
 # --- other (chords) --------------------------------------------------------------------------------------
+
 
 def voicing(song: Song, bar: int, rng: np.random.Generator) -> list[int]:
     """The bar's triad (plus sometimes the octave) as MIDI notes between C3 and A4: pads sit mostly below the
@@ -251,7 +259,7 @@ def chords(rng: np.random.Generator, song: Song) -> Audio:
                 for cents in rng.uniform(-detune, detune, size=int(rng.integers(2, 4))):
                     voice += oscillate(tables[note], float(midi_hz(note + cents / 100)) * t + rng.random())
                 position = np.clip(0.5 * (note_index - 1.5) + rng.normal(0, 0.1), -0.9, 0.9)
-                out[:, first:first + t.size] += pan(env * voice, position)
+                out[:, first : first + t.size] += pan(env * voice, position)
     return out
 
 
@@ -289,7 +297,7 @@ def pitch_curve(rng: np.random.Generator, song: Song, notes: list[tuple[float, f
         since_onset[after] = t[after] - start
     glide = max(1, int(rng.uniform(0.03, 0.09) * SAMPLERATE / CONTROL_HOP))
     padded = np.concatenate([np.full(glide, target[0]), target])
-    smooth = np.convolve(padded, np.ones(glide) / glide, mode="full")[glide:glide + frames]
+    smooth = np.convolve(padded, np.ones(glide) / glide, mode="full")[glide : glide + frames]
     rate, depth = rng.uniform(4.5, 6.5), rng.uniform(0.2, 0.6)
     vibrato = depth * np.clip((since_onset - 0.1) / 0.3, 0, 1) * np.sin(2 * np.pi * rate * t + rng.uniform(0, 6.3))
     drift = 0.05 * np.sin(2 * np.pi * rng.uniform(0.1, 0.3) * t)
@@ -313,23 +321,29 @@ def vocals(rng: np.random.Generator, song: Song) -> Audio:
             continue
         vowel = tuple(f * scale for f in VOWELS[int(rng.integers(len(VOWELS)))])
         env = adsr(t, rng.uniform(0.015, 0.04), 0.2, 0.8, rng.uniform(0.02, 0.05), 0.85 * length)
-        segment = source[first:first + t.size] * env
-        out[first:first + t.size] += fft_filter(segment, formants(vowel, widths, gains))
+        segment = source[first : first + t.size] * env
+        out[first : first + t.size] += fft_filter(segment, formants(vowel, widths, gains))
     return pan(out, rng.uniform(-0.15, 0.15))
 
 
 # --- the example ---------------------------------------------------------------------------------------
 
+
 def song_frame(rng: np.random.Generator, seconds: float) -> Song:
     step = 60.0 / rng.uniform(85, 140) / 4
-    return Song(n=round(seconds * SAMPLERATE), step=step, offset=rng.uniform(0, 16 * step),
-                key=int(rng.integers(28, 40)), scale=MAJOR if rng.random() < 0.5 else MINOR,
-                progression=PROGRESSIONS[int(rng.integers(len(PROGRESSIONS)))])
+    return Song(
+        n=round(seconds * SAMPLERATE),
+        step=step,
+        offset=rng.uniform(0, 16 * step),
+        key=int(rng.integers(28, 40)),
+        scale=MAJOR if rng.random() < 0.5 else MINOR,
+        progression=PROGRESSIONS[int(rng.integers(len(PROGRESSIONS)))],
+    )
 
 
 def mix_stems(rng: np.random.Generator, parts: list[Audio]) -> Audio:
     """Each part at unit RMS times a random gain (-6..0 dB), the whole scaled so the mix peaks at 0.5-0.9."""
-    stems = np.stack([p / (np.sqrt(np.mean(p ** 2)) + 1e-9) * 10 ** (rng.uniform(-6, 0) / 20) for p in parts])
+    stems = np.stack([p / (np.sqrt(np.mean(p**2)) + 1e-9) * 10 ** (rng.uniform(-6, 0) / 20) for p in parts])
     peak = np.abs(stems.sum(axis=0)).max() + 1e-9
     return stems * rng.uniform(0.5, 0.9) / peak
 

@@ -114,8 +114,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             history.append({"step": step, "seconds": round(elapsed, 1), "sdr": scores})
             print(f"[eval] step {step} {elapsed / 60:5.1f} min held-out SDR dB: {format_sdr(scores)}", flush=True)
             if min(scores.values()) > best["min_sdr"]:
-                meta = {"step": step, "train_seconds": round(elapsed, 1), "held_out_sdr": scores,
-                        "valid_seeds": [valid.start, valid.stop], "args": vars(args), "history": history}
+                meta = {
+                    "step": step,
+                    "train_seconds": round(elapsed, 1),
+                    "held_out_sdr": scores,
+                    "valid_seeds": [valid.start, valid.stop],
+                    "args": vars(args),
+                    "history": history,
+                }
                 save_model(args.out, args.name, kwargs, model, meta)
                 best = {"min_sdr": min(scores.values()), **meta}
             if min(scores.values()) >= args.target_sdr or elapsed >= budget:
@@ -132,12 +138,18 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         step += 1
         if step % args.log_every == 0:
             rate = step / (time.monotonic() - start)
-            print(f"step {step} {elapsed / 60:5.1f} min loss {np.mean(losses[-args.log_every:]):.4f} "
-                  f"({rate:.2f} steps/s)", flush=True)
+            print(
+                f"step {step} {elapsed / 60:5.1f} min loss {np.mean(losses[-args.log_every :]):.4f} "
+                f"({rate:.2f} steps/s)",
+                flush=True,
+            )
     reached = best["min_sdr"] >= args.target_sdr
-    print(f"{'reached' if reached else 'did NOT reach'} {args.target_sdr} dB on every stem; best checkpoint "
-          f"(step {best['step']}, {best['train_seconds'] / 60:.1f} min): {format_sdr(best['held_out_sdr'])} "
-          f"-> {args.out / (args.name + '.th')}", flush=True)
+    print(
+        f"{'reached' if reached else 'did NOT reach'} {args.target_sdr} dB on every stem; best checkpoint "
+        f"(step {best['step']}, {best['train_seconds'] / 60:.1f} min): {format_sdr(best['held_out_sdr'])} "
+        f"-> {args.out / (args.name + '.th')}",
+        flush=True,
+    )
     return best
 
 
@@ -157,8 +169,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-every", type=float, default=120.0, help="seconds between held-out evaluations")
     parser.add_argument("--valid-seconds", type=float, default=4.0, help="length of each held-out song")
     parser.add_argument("--log-every", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads; on an oversubscribed CPU 2 threads ran a step 3x slower than 1")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads; on an oversubscribed CPU 2 threads ran a step 3x slower than 1",
+    )
     args = parser.parse_args(argv)
     if "-" in args.name:
         parser.error("--name must not contain '-': demucs' LocalRepo reads NAME-XXXX as a checksummed file")
