@@ -208,11 +208,12 @@ def file_size_limit(limit_bytes: int):
     return apply
 
 
-# 50 kB: the download of the ~73 kB song fails; 300 kB: the download fits, the ~1 MB raw stems spooled during
-# separation do not.
+# 50 kB: the download of the ~73 kB song fails; 300 kB: the download fits, the ~1 MB decoded mix written to the
+# work dir does not (RLIMIT_FSIZE bounds each file, and each raw stem is as large as the mix, so the mix is the
+# first file to hit it).
 @pytest.mark.parametrize(
     ("limit_bytes", "reason"),
-    [(50_000, "cannot write the input to the temp dir"), (300_000, "cannot write separated stems to the temp dir")],
+    [(50_000, "cannot write the input to the temp dir"), (300_000, "cannot write the decoded input to the work dir")],
 )
 def test_full_temp_disk_requeues_with_a_clear_reason(fault_settings, song, limit_bytes, reason):
     client = redis.Redis.from_url(fault_settings.redis_connection_url)
