@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import requests
 
 from function import netguard, signing
 from function.config import Settings
+from function.deadline import DeadlineExceeded, run_within
 from function.messages import Callback
 from function.tracing import trace_headers
 
@@ -82,25 +82,13 @@ def post_within(
     A socket timeout bounds one read, not a request, so the request runs on a daemon thread and this one waits for
     it; past the budget the adapter's sockets are shut down (the thread fails at once) and requests.Timeout is
     raised here. The answer's body is never read (stream=True): a receiver cannot hold the job with it."""
-    done = threading.Event()
-    outcome: dict[str, Any] = {}
-
-    def attempt() -> None:
-        try:
-            outcome["response"] = session.post(url, stream=True, timeout=budget_s, **kwargs)
-        except BaseException as err:  # handed to the waiting thread as it is
-            outcome["error"] = err
-        finally:
-            done.set()
-
-    threading.Thread(target=attempt, name="callback-attempt", daemon=True).start()
-    if not done.wait(budget_s):
+    try:
+        return run_within(
+            lambda: session.post(url, stream=True, timeout=budget_s, **kwargs), budget_s, "callback-attempt"
+        )
+    except DeadlineExceeded:
         adapter.cut()
-        raise requests.Timeout(f"no complete answer within {budget_s:.1f} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    response: requests.Response = outcome["response"]
-    return response
+        raise requests.Timeout(f"no complete answer within {budget_s:.1f} s") from None
 
 
 def encode_body(body: Any) -> bytes:

@@ -44,6 +44,7 @@ from prometheus_client.utils import floatToGoString
 from function import keys
 from function.claims import QUEUE_WAIT_BUCKETS_S, queue_wait_key
 from function.config import Settings
+from function.deadline import DeadlineExceeded, run_within
 from function.errors import Interrupted, InvalidJob, StemworkerError
 from function.messages import job_from_event, job_id_or_none
 from function.queue import WorkQueue
@@ -237,25 +238,17 @@ class MetricsCollector(Collector):
             return list(self.families())
         if not self._slots.acquire(blocking=False):
             raise ScrapeTimeout(f"{MAX_SCRAPES_IN_FLIGHT} earlier scrapes are still waiting on Redis")
-        outcome: dict[str, Any] = {}
 
-        def read() -> None:
+        def read() -> list[Metric]:
             try:
-                outcome["families"] = list(self.families())
-            except Exception as err:  # handed to the scrape's own thread below
-                outcome["error"] = err
+                return list(self.families())
             finally:
                 self._slots.release()
 
-        reader = threading.Thread(target=read, name="metrics-scrape", daemon=True)
-        reader.start()
-        reader.join(self.budget_s)
-        if reader.is_alive():
-            raise ScrapeTimeout(f"Redis did not answer within the scrape budget of {self.budget_s:g} s")
-        if "error" in outcome:
-            raise outcome["error"]
-        families: list[Metric] = outcome["families"]
-        return families
+        try:
+            return run_within(read, self.budget_s, "metrics-scrape")
+        except DeadlineExceeded:
+            raise ScrapeTimeout(f"Redis did not answer within the scrape budget of {self.budget_s:g} s") from None
 
     def collect(self) -> Iterator[Metric]:
         try:

@@ -32,6 +32,7 @@ from typing import Any
 
 from cloudevents.conversion import to_dict
 
+from function.buckets import placeholders
 from function.claims import forget_claim, record_claim
 from function.clients import s3_credentials
 from function.clock import now_iso
@@ -366,7 +367,7 @@ def check(settings: Settings) -> list[str]:
     except Exception as err:  # any failure is a problem to report, not to raise
         problems.append(f"redis: {type(err).__name__}")
     try:
-        if "{" in settings.output_bucket:  # a bucket per job (`{id}`): there is no one bucket to make
+        if placeholders(settings.output_bucket):  # a bucket per job (`{id}`): there is no one bucket to make
             worker.store.reachable()
         else:
             worker.store.ensure_bucket(settings.output_bucket)

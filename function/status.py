@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import socket
 from enum import StrEnum
+from typing import TypedDict, Unpack
 
 import redis
 
@@ -89,6 +90,15 @@ return 1
 WRITE_STATUS = write_status_lua()
 
 
+class LineFields(TypedDict, total=False):
+    """What a log line may carry besides its text: the job's stage, id, the step's seconds and an error's type."""
+
+    stage: str | None
+    job_id: str | None
+    duration_s: float | None
+    error_type: str | None
+
+
 class EventLog:
     """The shared `logging` list. Best effort: a Redis failure here is reported on stderr, never raised,
     so a log line can not fail a job (the status hash is what must be written)."""
@@ -98,10 +108,11 @@ class EventLog:
         self._key = key
         self._prefix = f"{host or socket.gethostname()}.worker"
 
-    def _push(self, level: str, message: str, fields: dict[str, object]) -> None:
-        # The fields (stage, job_id, duration_s, error_type) go on LOG_FORMAT=json lines (function/logs.py); the
-        # list line is unchanged.
-        extra = {name: value for name, value in fields.items() if value is not None}
+    def _push(self, level: str, message: str, fields: LineFields) -> None:
+        # The fields go on LOG_FORMAT=json lines (function/logs.py); the list line is unchanged.
+        extra: dict[str, object] = {name: value for name, value in fields.items() if value is not None}
+        if "duration_s" in extra:
+            extra["duration_s"] = rounded(fields["duration_s"])
         (log.error if level == "error" else log.info)(message, extra=extra)
         try:
             with self._client.pipeline(transaction=False) as pipe:
@@ -111,35 +122,11 @@ class EventLog:
         except redis.RedisError as err:
             log.warning("could not write to the Redis log list %s: %s", self._key, err)
 
-    def info(
-        self,
-        message: str,
-        *,
-        stage: str | None = None,
-        job_id: str | None = None,
-        duration_s: float | None = None,
-        error_type: str | None = None,
-    ) -> None:
-        self._push(
-            "info",
-            message,
-            {"stage": stage, "job_id": job_id, "duration_s": rounded(duration_s), "error_type": error_type},
-        )
+    def info(self, message: str, **fields: Unpack[LineFields]) -> None:
+        self._push("info", message, fields)
 
-    def error(
-        self,
-        message: str,
-        *,
-        stage: str | None = None,
-        job_id: str | None = None,
-        duration_s: float | None = None,
-        error_type: str | None = None,
-    ) -> None:
-        self._push(
-            "error",
-            message,
-            {"stage": stage, "job_id": job_id, "duration_s": rounded(duration_s), "error_type": error_type},
-        )
+    def error(self, message: str, **fields: Unpack[LineFields]) -> None:
+        self._push("error", message, fields)
 
 
 def rounded(seconds: float | None) -> float | None:
