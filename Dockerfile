@@ -75,7 +75,8 @@ RUN --mount=type=secret,id=pip.conf \
     && rm -rf /tmp/dist
 
 # Model weights, loaded with demucs' own loader (from model-source, else downloaded) and written as a local
-# model repo; download caches stay in this stage. MODELS is comma-separated; DEMUCS_MODEL is the default.
+# model repo; download caches stay in this stage. MODELS is comma-separated; DEMUCS_MODEL is the default, which is
+# also frozen (function/frozen_models.py): a pod maps it in at start instead of rebuilding it from its weights.
 ARG MODELS=htdemucs
 ARG DEMUCS_MODEL=htdemucs
 COPY scripts/bake_models.py /src/scripts/bake_models.py
@@ -84,6 +85,7 @@ RUN --mount=type=bind,from=model-source,target=/run/model-source \
     python /src/scripts/bake_models.py --dest /opt/stemworker/models --models "$MODELS" \
         --default "$DEMUCS_MODEL" --source /run/model-source \
     && rm -rf /tmp/model-cache \
+    && python -m function.frozen_models --repo /opt/stemworker/models --models "$DEMUCS_MODEL" \
     && package=$(python -I -c 'import importlib.util as u; print(u.find_spec("function").submodule_search_locations[0])') \
     && ln -s "$package/main.py" /opt/stemworker/main.py
 

@@ -6,7 +6,7 @@ life) go beyond the separation a warm worker does too.
 Per repeat, against real Redis and S3 on loopback (the same song and model repo as bench.run):
 - `python -c pass`: the bare interpreter;
 - `python -X importtime -c "import function.runner"`: what the runner's imports cost, by top-level package;
-- the cold job itself, with LOG_LEVEL=DEBUG so the runner logs its `timeline` line (logs.Timeline): process
+- the cold job itself, whose runner logs its `timeline` line at INFO (logs.Timeline): process
   start -> runner imports done -> settings -> clients -> message handled (claim, download, model wait, decode,
   separate, encode+upload, as `handle` times them) -> exit (the last mark to the process's end, seen from here);
 - a probe process (`--probe`): model load on its own, then the same streaming separation twice in one process,
@@ -111,7 +111,7 @@ def cold_job(bench: run.Bench, index: int) -> dict[str, Any]:
     bench.upload(job_id)
     bench.push(job_id)
     log = bench.work / f"cold-{index}.log"
-    env = bench.env({"LOG_LEVEL": "DEBUG"})
+    env = bench.env({"LOG_LEVEL": "INFO"})
     sample = run_tree(
         "stemworker_cold", [sys.executable, "-m", "function.runner", "--max-messages", "1"], env=env, cwd=ROOT, log=log
     )

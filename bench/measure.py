@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psutil
 
-POLL_INTERVAL_S = 0.01
+POLL_INTERVAL_S = 0.1
 
 
 @dataclass

@@ -319,3 +319,71 @@ def rss_by_length(runs: list[tuple[float, dict[str, Summary]]], cold: str = "ste
         + ("n/a" if ratio is None else f"{ratio:.3f}x ({last:.0f} MiB / {first:.0f} MiB)"),
     ]
     return "\n".join(lines)
+
+
+JOB_STAGES = ("download", "model_wait", "decode", "separate", "encode_upload")
+
+
+def cold_phases(log_text: str, wall_s: float) -> dict[str, float] | None:
+    """A cold runner's seconds per phase, from the `timeline {json}` line it logs as it exits (function/logs.py):
+    start and imports, settings and clients, claim and bookkeeping, the job's own stages, and exit (what is left of
+    the wall time measured from outside). None when the log has no such line."""
+    line = next((raw for raw in reversed(log_text.splitlines()) if "timeline {" in raw), None)
+    if line is None:
+        return None
+    timeline = json.loads(line.split("timeline ", 1)[1])
+    marks = dict(timeline["marks"])
+    if not timeline["jobs"] or not {"imports", "clients", "message"} <= set(marks):
+        return None
+    job = timeline["jobs"][0]
+    start = timeline["process_start"]
+    phases = {
+        "start_and_imports": marks["imports"] - start,
+        "settings_and_clients": marks["clients"] - marks["imports"],
+        "claim_and_bookkeeping": marks["message"] - marks["clients"] - job["total"],
+    }
+    phases |= {stage: job.get(stage, 0.0) for stage in JOB_STAGES}
+    phases["job_other"] = job["total"] - sum(job.get(stage, 0.0) for stage in JOB_STAGES)
+    phases["exit"] = wall_s - (marks["message"] - start)
+    return phases
+
+
+def warm_phases(sample: dict[str, Any]) -> dict[str, float] | None:
+    """A warm job's seconds per phase: its stages as `handle` timed them, the rest of the wall time as claim and
+    bookkeeping."""
+    stages = (sample.get("detail") or {}).get("stages")
+    if not stages:
+        return None
+    phases = {stage: stages.get(stage, 0.0) for stage in JOB_STAGES}
+    phases["job_other"] = stages["total"] - sum(phases.values())
+    phases["claim_and_bookkeeping"] = sample["wall_s"] - stages["total"]
+    return phases
+
+
+def cold_gap(samples: list[dict[str, Any]], suffix: str = "") -> str:
+    """Where the cold job's extra seconds over the warm job go: the median of each phase in both, side by side."""
+    cold = [
+        s["detail"]["phases"]
+        for s in samples
+        if s["scenario"] == f"stemworker_cold{suffix}" and s.get("ok") and (s.get("detail") or {}).get("phases")
+    ]
+    warm = [
+        phases
+        for s in samples
+        if s["scenario"] == f"stemworker_warm{suffix}" and s.get("ok") and (phases := warm_phases(s)) is not None
+    ]
+    if not cold or not warm:
+        return ""
+    lines = [
+        f"Cold - warm by phase{' [' + suffix.lstrip('@') + ']' if suffix else ''} (medians of {len(cold)} cold and "
+        f"{len(warm)} warm runs; the cold runner's `timeline` line, the warm job's own stage timings):",
+        "",
+        "| phase | cold s | warm s | cold - warm s |",
+        "|---|---|---|---|",
+    ]
+    names = list(dict.fromkeys([*cold[0], *warm[0]]))
+    for name in names:
+        c = statistics.median(p.get(name, 0.0) for p in cold)
+        w = statistics.median(p.get(name, 0.0) for p in warm)
+        lines.append(f"| {name} | {c:.2f} | {w:.2f} | {c - w:+.2f} |")
+    return "\n".join(lines) + "\n"

@@ -46,6 +46,7 @@ from typing import Any
 
 from bench import report
 from bench.measure import Sample, run_tree
+from function import frozen_models
 from stemops import render
 from workbench import model_repo, sample_song
 from workbench.local_services import LocalServices
@@ -217,6 +218,8 @@ class Bench:
     # ----- setup
     def prepare(self) -> None:
         model_repo.write_model(self.args.repo, self.args.model)
+        if not frozen_models.is_current(self.args.model, self.args.repo):
+            frozen_models.freeze(self.args.model, self.args.repo)  # as the image build does (Dockerfile)
         self.song = self.out / f"song-{self.args.seconds:g}s.mp3"
         if not self.song.exists():
             self.song.write_bytes(sample_song.song_mp3(self.args.seconds))
@@ -247,7 +250,7 @@ class Bench:
             "DEMUCS_DEVICE": self.device,
             "DEMUCS_SHIFTS": str(self.args.shifts),
             "CLAIM_WAIT_S": "5",
-            "LOG_LEVEL": "WARNING",
+            "LOG_LEVEL": "INFO",  # the default: the cold runner's `timeline` line gives its phases
             "RESULT_CACHE": "off",  # every job here uploads the same song: each must be separated, not served
         }
         base.update(parse_pairs(",".join(self.args.env)))
@@ -311,7 +314,9 @@ class Bench:
             self.upload(job_id)
             self.push(job_id)
             argv = [sys.executable, "-m", "function.runner", "--max-messages", "1"]
-            sample = run_tree(label, argv, env=self.env(self.variants[suffix]), cwd=ROOT, log=self.work / "cold.log")
+            log = self.work / f"cold-{safe_id(label)}-{index}.log"
+            sample = run_tree(label, argv, env=self.env(self.variants[suffix]), cwd=ROOT, log=log)
+            sample.detail["phases"] = report.cold_phases(log.read_text(errors="replace"), sample.wall_s)
         elif name == "cli":
             dest = self.work / f"cli-{index}"
             argv = [
@@ -408,6 +413,8 @@ class Bench:
         latencies = [x["latency_s"] for x in self.latencies if x.get("latency_s") is not None]
         suffixes = list(self.variants)
         text = report.markdown(summaries, meta, latencies, suffixes)
+        gaps = [table for suffix in suffixes if (table := report.cold_gap(self.samples, suffix))]
+        text += "".join("\n" + table for table in gaps)
         (self.out / "results.md").write_text(text)
         report.write_json(
             self.args.json or self.out / "results.json", self.samples, summaries, meta, self.latencies, suffixes

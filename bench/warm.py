@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from bench.measure import in_process
-from function import audio, separation
+from function import allocator, audio, separation
 from function.clients import redis_client
 from function.config import load_settings
 from function.runner import Outcome, Runner
@@ -47,6 +47,7 @@ class WarmBench:
 
     def __init__(self) -> None:
         self.settings = load_settings()
+        allocator.apply(self.settings.malloc_reuse)  # as the runner and the HTTP function do
         self.runner = Runner(self.settings)
         self.redis = redis_client(self.settings)
         started = time.perf_counter()
@@ -79,6 +80,7 @@ class WarmBench:
             "outcome": str(result.outcome),
             "error": result.error,
             "status": self.runner.worker.status_for(job_id).read(),
+            "stages": result.seconds,
         }
         return sample.to_dict()
 

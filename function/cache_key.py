@@ -86,24 +86,38 @@ def file_sha256(path: Path) -> str:
     return _file_digests[memo]
 
 
-def _local_fingerprint(model: str, repo: Path) -> str | None:
-    """The weights of `model` in a local repo, resolved as demucs' LocalRepo and BagOnlyRepo do: a `<sig>.th`
-    (or `<sig>-<checksum>.th`) package named `model`, else the bag `<model>.yaml` and the packages it lists."""
-    packages: dict[str, Path] = {}
-    for path in repo.iterdir():
-        if path.suffix == ".th":
-            packages[path.stem.rsplit("-", 1)[0] if "-" in path.stem else path.stem] = path
+def _signature(package: Path) -> str:
+    """A package's signature: its file stem, less a `-<checksum>` suffix."""
+    return package.stem.rsplit("-", 1)[0] if "-" in package.stem else package.stem
+
+
+def local_model_files(model: str, repo: Path) -> tuple[list[Path], Path | None] | None:
+    """The files `model` loads from a local repo, resolved as demucs' LocalRepo and BagOnlyRepo do: a `<sig>.th`
+    (or `<sig>-<checksum>.th`) package named `model` (no bag), else the bag `<model>.yaml` and the packages it
+    lists; None when the repo does not resolve it."""
+    packages = {_signature(path): path for path in repo.iterdir() if path.suffix == ".th"}
     if model in packages:
-        return f"package:{file_sha256(packages[model])}"
+        return [packages[model]], None
     bag = repo / f"{model}.yaml"
     if not bag.is_file():
         return None
-    text = bag.read_text()
-    signatures = (yaml.safe_load(text) or {}).get("models") or []
+    signatures = (yaml.safe_load(bag.read_text()) or {}).get("models") or []
     if any(sig not in packages for sig in signatures):
         return None
-    members = ",".join(f"{sig}:{file_sha256(packages[sig])}" for sig in signatures)
-    return f"bag:{hashlib.sha256(text.encode()).hexdigest()}:{members}"
+    return [packages[sig] for sig in signatures], bag
+
+
+def _local_fingerprint(model: str, repo: Path) -> str | None:
+    """The weights of `model` in a local repo (`local_model_files`): its package's hash, or its bag's and its
+    members'."""
+    resolved = local_model_files(model, repo)
+    if resolved is None:
+        return None
+    packages, bag = resolved
+    if bag is None:
+        return f"package:{file_sha256(packages[0])}"
+    members = ",".join(f"{_signature(path)}:{file_sha256(path)}" for path in packages)
+    return f"bag:{hashlib.sha256(bag.read_text().encode()).hexdigest()}:{members}"
 
 
 def _demucs_remote_dir() -> Path | None:

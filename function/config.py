@@ -124,6 +124,11 @@ class Settings(BaseSettings):
     # Whether the CPU computes bf16 natively, for `auto`: read from /proc/cpuinfo (`auto`), or stated (`yes`, `no`)
     # where the flags do not tell (a VM that hides them) or to run the tests as on the other kind of CPU.
     cpu_native_bf16: Literal["auto", "yes", "no"] = "auto"
+    # glibc's malloc serves every block from its heap and keeps freed memory for the next chunk instead of
+    # unmapping it (function/allocator.py): same stems, no page faults after the first chunk.
+    malloc_reuse: bool = True
+    # Load the model from its frozen file in DEMUCS_REPO/frozen when one matches its weights (function/frozen_models.py)
+    frozen_models: bool = True
     mp3_bitrate: int = Field(320, ge=32, le=320)
     mp3_preset: int = Field(2, ge=2, le=7)  # lameenc quality: 2 best, 7 fastest
 

@@ -125,8 +125,9 @@ def process_started_epoch() -> float | None:
 
 
 class Timeline:
-    """Named points in the life of one process (epoch seconds), from its start; the job runner logs them at DEBUG as
-    one `timeline {json}` line, which bench/cold_start.py reads for the cold-start breakdown."""
+    """Named points in the life of one process (epoch seconds), from its start; the job runner logs them at INFO as
+    one `timeline {json}` line as it exits (where a pod's start-up time went), which bench.run and bench.cold_start
+    read for the cold-start breakdown."""
 
     def __init__(self) -> None:
         self.started = process_started_epoch()

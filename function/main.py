@@ -33,7 +33,7 @@ import flask
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from function import cloudevent_http, messages, metrics
+from function import allocator, cloudevent_http, messages, metrics
 from function.config import get_settings
 from function.core import default_worker
 from function.errors import InvalidJob, StemworkerError
@@ -46,6 +46,7 @@ settings = get_settings()
 # functions-framework configures no logging; without this only warnings would reach the pod's log.
 configure_logging(settings)
 configure_tracing()  # OTEL_EXPORTER_OTLP_ENDPOINT set: spans over OTLP, flushed at exit by the SDK
+allocator.apply(settings.malloc_reuse)  # freed chunk memory is reused by the next chunk (function/allocator.py)
 worker = default_worker()
 _slot = threading.Semaphore(1)
 _metrics = metrics.registry_with(metrics.MetricsCollector(worker.redis, settings))

@@ -32,6 +32,7 @@ from typing import Any
 
 from cloudevents.conversion import to_dict
 
+from function import allocator
 from function.buckets import placeholders
 from function.claims import forget_claim, record_claim
 from function.clients import s3_credentials
@@ -407,6 +408,7 @@ def main(argv: list[str] | None = None, timeline: Timeline | None = None) -> int
         return 2
     configure_logging(settings)
     configure_tracing()  # OTEL_EXPORTER_OTLP_ENDPOINT set: spans over OTLP (function/tracing.py)
+    allocator.apply(settings.malloc_reuse)  # before the model and the first chunk allocate (function/allocator.py)
     timeline.mark("settings")
     max_messages = args.max_messages if args.max_messages is not None else settings.max_messages
     reap_only = args.reap or settings.reap_only
@@ -458,7 +460,7 @@ def cli() -> None:
     timeline = Timeline()
     timeline.mark("imports")
     code = main(timeline=timeline)
-    log.debug(timeline.line())  # LOG_LEVEL=DEBUG: the cold-start breakdown (bench/cold_start.py)
+    log.info(timeline.line())  # where this pod's start-up went (bench.run and bench.cold_start read it)
     shutdown_tracing()  # os._exit skips atexit: export the buffered spans first
     logging.shutdown()
     sys.stdout.flush()

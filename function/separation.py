@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from demucs.api import Separator
 
-from function import audio, streaming
+from function import audio, frozen_models, streaming
 from function.config import Settings
 from function.errors import Transient, UnprocessableInput
 
@@ -87,21 +87,39 @@ def get_separator(model: str, settings: Settings) -> Separator:
             return separator
         configure_threads(settings)
         log.info("loading model %s from %s on %s", model, repo or "the pretrained hub", device)
+        frozen = frozen_models.load(model, Path(repo)) if repo and settings.frozen_models else None
+        if frozen is not None:
+            log.info("model %s mapped from its frozen file (function/frozen_models.py)", model)
+        options: dict[str, Any] = {
+            "model": model,
+            "repo": Path(repo) if repo else None,
+            "device": device,
+            "shifts": settings.demucs_shifts,
+            "overlap": settings.demucs_overlap,
+            "split": True,
+            "segment": settings.demucs_segment,
+            "progress": False,
+        }
         try:
-            separator = Separator(
-                model=model,
-                repo=Path(repo) if repo else None,
-                device=device,
-                shifts=settings.demucs_shifts,
-                overlap=settings.demucs_overlap,
-                split=True,
-                segment=settings.demucs_segment,
-                progress=False,
-            )
+            separator = Separator(**options) if frozen is None else FrozenSeparator(frozen, **options)
         except (Exception, SystemExit) as err:  # demucs calls sys.exit() for some repo errors
             raise Transient(f"cannot load model {model!r}: {type(err).__name__}: {err}") from None
         _models[key] = separator
         return separator
+
+
+class FrozenSeparator(Separator):  # type: ignore[misc]  # demucs has no type hints
+    """A demucs Separator around a model already loaded from its frozen file (function/frozen_models.py) instead
+    of one it loads from the weights; everything else is demucs' own."""
+
+    def __init__(self, frozen: torch.nn.Module, **kwargs: Any) -> None:
+        self._frozen = frozen
+        super().__init__(**kwargs)
+
+    def _load_model(self) -> None:
+        self._model = self._frozen
+        self._audio_channels = self._model.audio_channels
+        self._samplerate = self._model.samplerate
 
 
 @dataclass

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import cold_start, levers, run
+from function import frozen_models
 
 # Each test starts several processes (cold runners, the CLI, emulated pods); on a busy machine that takes minutes.
 pytestmark = pytest.mark.timeout(900)
@@ -54,6 +55,14 @@ def test_harness_runs_every_scenario_with_the_tiny_model(tmp_path: Path, capsys:
     # base: warm, cold, cold - warm, RSS, claim latency; the variant: the first four again
     assert text.count("PASS") + text.count("FAIL") + text.count("SKIP") == 9
     assert all(name in results["targets"] for name in ("base", "@b192"))
+    # the model is frozen as the image does it, and each cold run's phases come from its runner's timeline line
+    assert frozen_models.is_current("tiny", tmp_path / "repo")
+    cold = [sample for sample in results["samples"] if sample["scenario"].startswith("stemworker_cold")]
+    for sample in cold:
+        phases = sample["detail"]["phases"]
+        assert {"start_and_imports", "model_wait", "separate", "encode_upload", "exit"} <= set(phases)
+        assert 0 < sum(phases.values()) <= sample["wall_s"] + 0.05
+    assert text.count("Cold - warm by phase") == 2  # the default and the variant
 
 
 @pytest.mark.slow

@@ -280,10 +280,10 @@ def test_preload_starts_the_default_model_loading_before_the_claim(settings, red
     assert [key[0] for key in separation._models] == [settings.demucs_model]
 
 
-def test_debug_log_has_the_cold_start_timeline(settings, upload, song, redis_client):
+def test_info_log_has_the_cold_start_timeline(settings, upload, song, redis_client):
     upload("timeline1", song)
     redis_client.lpush("toWorker", "timeline1")
-    env = runner_env(settings, LOG_LEVEL="DEBUG")
+    env = runner_env(settings)  # the default LOG_LEVEL, INFO
     done = subprocess.run(
         [sys.executable, "-m", "function.runner", "--max-messages", "1"],
         env=env,
@@ -305,8 +305,8 @@ def test_debug_log_has_the_cold_start_timeline(settings, upload, song, redis_cli
     assert sum(job[k] for k in ("download", "model_wait", "decode", "separate", "encode_upload")) <= job["total"]
 
 
-def test_no_timeline_below_debug(settings, redis_client):
-    env = runner_env(settings, LOG_LEVEL="INFO")
+def test_no_timeline_at_warning(settings, redis_client):
+    env = runner_env(settings, LOG_LEVEL="WARNING")
     done = subprocess.run(
         [sys.executable, "-m", "function.runner"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
     )
