@@ -12,6 +12,7 @@ Same model, repo and generated song as bench.run.
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 import statistics
 import sys
@@ -27,12 +28,12 @@ from demucs.api import Separator
 from demucs.audio import save_audio
 
 from bench.measure import in_process
-from function import audio
+from function import allocator, audio
 from workbench import model_repo, sample_song
 
 ROOT = Path(__file__).resolve().parents[1]
 
-LEVERS = ("precision", "grad", "segment", "encode", "load")
+LEVERS = ("precision", "grad", "segment", "encode", "load", "int8")
 MIB = 1024 * 1024
 
 
@@ -61,6 +62,7 @@ class LeverBench:
         self.separator = Separator(model=args.model, repo=args.repo, device=args.device, progress=False)
         self.wav = audio.decode(song, self.separator.samplerate, self.separator.audio_channels, 1e9)
         self.rows: list[dict[str, Any]] = []
+        self.notes: list[str] = []
 
     def separate(
         self, autocast: torch.dtype | None = None, grad: str = "inference_mode", segment: float | None = None
@@ -171,6 +173,34 @@ class LeverBench:
 
         self.compare("load", {"torch.load": lambda: load(False), "torch.load(mmap=True)": lambda: load(True)})
 
+    def int8(self) -> None:
+        """fp32 against int8 dynamic quantization of every `nn.Linear` (weights int8, activations quantized per
+        batch): in HTDemucs those are the transformers' feed-forward layers; the attention's projections are not
+        `nn.Linear` modules and stay fp32, as do the convolutions."""
+        from torch.ao.quantization import quantize_dynamic
+
+        original = self.separator.model
+        tick = time.perf_counter()
+        quantized = quantize_dynamic(copy.deepcopy(original), {torch.nn.Linear}, dtype=torch.qint8)
+        self.notes.append(
+            f"int8: {sum(isinstance(m, torch.nn.Linear) for m in original.modules())} nn.Linear layers quantized "
+            f"in {time.perf_counter() - tick:.2f} s, holding "
+            f"{linear_share(original):.0%} of the parameters"
+        )
+
+        def run(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+            self.separator._model = model
+            try:
+                return self.separate()
+            finally:
+                self.separator._model = original
+
+        self.compare(
+            "int8",
+            {"fp32": lambda: run(original), "int8 dynamic (nn.Linear)": lambda: run(quantized)},
+            reference="fp32",
+        )
+
     def markdown(self) -> str:
         lines = [
             "| lever | variant | wall median s | CPU median s | peak RSS MiB | SNR vs default, dB | max abs diff |",
@@ -181,7 +211,13 @@ class LeverBench:
                 f"| {r['lever']} | {r['variant']} | {r['wall_median_s']:.2f} | {r['cpu_median_s']:.1f} | "
                 f"{r['peak_rss_mib']:.0f} | {r['snr_db']} | {r['max_abs_diff']} |"
             )
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + "".join(f"\n{note}\n" for note in self.notes)
+
+
+def linear_share(model: torch.nn.Module) -> float:
+    """The share of `model`'s parameters held by its `nn.Linear` layers."""
+    linear = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters())
+    return linear / max(1, sum(p.numel() for p in model.parameters()))
 
 
 def cpu_bf16_note() -> str:
@@ -205,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levers", default=",".join(LEVERS))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     args = parser.parse_args(argv)
+    allocator.apply(True)  # as the worker runs (MALLOC_REUSE=on)
     bench = LeverBench(args)
     bench.separate()  # untimed warm-up
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

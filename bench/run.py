@@ -4,7 +4,8 @@
                         [--variant NAME:KEY=VALUE,...] [--json PATH] [--out bench/out]
 
 Scenarios (each run --repeat times, in an order that rotates every repeat):
-- inference:        `demucs.api.Separator.separate_tensor` on the already decoded song (the floor)
+- inference:        `demucs.api.Separator.separate_tensor` on the already decoded song (the floor), in a process
+                    of its own with stock settings (MALLOC_REUSE=off, FROZEN_MODELS=off): demucs as it comes
 - stemworker_warm:  a whole job through the in-process job runner (`function.runner.Runner.run_once`) in a
                     process that already holds the model: push, claim, download, decode, separate, encode,
                     upload, status, log, against real Redis and S3 on loopback
@@ -210,6 +211,7 @@ class Bench:
         self.services = LocalServices(workdir=self.work / "services")
         self.services.workdir.mkdir()
         self.warm: dict[str, WarmProcess] = {}
+        self.floor: WarmProcess | None = None
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.variants = {"": {}} | {
             f"@{name}": parse_pairs(pairs) for name, _, pairs in (v.partition(":") for v in args.variant)
@@ -275,14 +277,15 @@ class Bench:
         client.close()
 
     def start_warm(self) -> None:
+        if "inference" in self.args.scenarios:
+            # The floor is stock demucs: the model built from its weights and glibc's default allocator, in a
+            # process of its own, so that the worker's own levers (MALLOC_REUSE, frozen models) do not speed it up.
+            self.floor = WarmProcess(self.env({"MALLOC_REUSE": "off", "FROZEN_MODELS": "off"}), self.work / "floor.log")
+            self.floor.ask(op="inference", song=str(self.warmup_song))  # untimed: a process that has run it once
         for suffix, extra in self.variants.items():
             if suffix and "stemworker_warm" not in self.args.scenarios:
                 continue
-            if (
-                not suffix
-                and not {"inference", "stemworker_warm"} & set(self.args.scenarios)
-                and not self.args.latency_runs
-            ):
+            if not suffix and "stemworker_warm" not in self.args.scenarios and not self.args.latency_runs:
                 continue
             warm = WarmProcess(self.env(extra), self.work / f"warm{suffix}.log")
             # One untimed job and one untimed inference first: a worker that has served a job before.
@@ -303,7 +306,8 @@ class Bench:
         label = name + suffix
         job_id = f"{safe_id(label)}-{index}-{uuid.uuid4().hex[:6]}"
         if name == "inference":
-            return self.warm[""].ask(op="inference", song=str(self.song))
+            assert self.floor is not None  # started by start_warm whenever the inference scenario runs
+            return self.floor.ask(op="inference", song=str(self.song))
         if name == "stemworker_warm":
             self.upload(job_id)
             answer = self.warm[suffix].ask(op="job", id=job_id)
@@ -424,7 +428,7 @@ class Bench:
         return text
 
     def close(self, keep_logs: bool = False) -> None:
-        for warm in self.warm.values():
+        for warm in [*self.warm.values(), *([self.floor] if self.floor else [])]:
             warm.close()
         self.services.stop()
         if keep_logs:

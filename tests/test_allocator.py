@@ -103,3 +103,36 @@ def test_runner_applies_the_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.delenv("MALLOC_REUSE")
     assert runner.main(["--check"]) == 1
     assert seen == [False, True]  # off when asked, on by default
+
+
+SEPARATE = """
+import hashlib, sys
+from pathlib import Path
+import torch
+from function import allocator, separation
+from function.config import load_settings
+from workbench import sample_song
+allocator.apply(sys.argv[1] == "on")
+settings = load_settings(demucs_model="tiny", demucs_repo=sys.argv[2], demucs_device="cpu")
+separator = separation.get_separator("tiny", settings)
+wav = torch.from_numpy(sample_song.generate(12.0, separator.samplerate))
+stems = separation.separate(separator, wav, 1, lambda percent: None, seed=3)
+print(hashlib.sha256(b"".join(stems[name].numpy().tobytes() for name in sorted(stems))).hexdigest())
+"""
+
+
+@needs_glibc
+def test_the_stems_do_not_depend_on_the_allocator(model_repo: Path) -> None:
+    def digest(mode: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", SEPARATE, mode, str(model_repo)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        )
+        return done.stdout.strip().splitlines()[-1]
+
+    assert digest("on") == digest("off")

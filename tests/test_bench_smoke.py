@@ -147,7 +147,7 @@ def test_levers_compare_each_variant_with_its_reference(tmp_path: Path, capsys: 
             "--device",
             "cpu",
             "--levers",
-            "grad,encode",
+            "grad,encode,int8",
             "--out",
             str(tmp_path),
         ]
@@ -157,8 +157,10 @@ def test_levers_compare_each_variant_with_its_reference(tmp_path: Path, capsys: 
     rows = {
         row[2].strip(): row
         for row in (line.split("|") for line in text.splitlines())
-        if len(row) > 7 and row[1].strip() in ("grad", "encode")
+        if len(row) > 7 and row[1].strip() in ("grad", "encode", "int8")
     }
-    assert set(rows) >= {"inference_mode", "no_grad only (demucs)"}
+    assert set(rows) >= {"inference_mode", "no_grad only (demucs)", "int8 dynamic (nn.Linear)"}
+    assert all(stem in rows["int8 dynamic (nn.Linear)"][6] for stem in ("drums", "bass", "other", "vocals"))
+    assert "nn.Linear layers quantized" in text
     assert float(rows["no_grad only (demucs)"][7]) == 0.0  # the grad mode leaves the stems unchanged
     assert (tmp_path / "levers.md").read_text().startswith("Levers on a 9 s song")
