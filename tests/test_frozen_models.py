@@ -111,15 +111,19 @@ def test_freezing_a_model_the_repo_does_not_have_fails(repo: Path) -> None:
     assert not (repo / frozen_models.FROZEN_DIR / "nosuch.pt").exists()
 
 
-def test_command_freezes_each_model(repo: Path, tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "function.frozen_models", "--repo", str(repo), "--models", "tiny,tiny2"],
+def freeze_command(repo: Path, models: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "function.frozen_models", "--repo", str(repo), "--models", models],
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_command_freezes_each_model(repo: Path, tmp_path: Path) -> None:
+    done = freeze_command(repo, "tiny,tiny2")
     assert done.returncode == 0, done.stderr
     assert frozen_models.is_current("tiny", repo) and frozen_models.is_current("tiny2", repo)
     # a copy of the repo elsewhere (another image layer, another mount) keeps the files' stamps only if copied
@@ -127,12 +131,5 @@ def test_command_freezes_each_model(repo: Path, tmp_path: Path) -> None:
     moved = tmp_path / "moved"
     shutil.copytree(repo, moved, copy_function=shutil.copy)
     assert not frozen_models.is_current("tiny", moved)
-    failed = subprocess.run(
-        [sys.executable, "-m", "function.frozen_models", "--repo", str(repo), "--models", "nosuch"],
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    failed = freeze_command(repo, "nosuch")
     assert failed.returncode == 1 and "cannot freeze nosuch" in failed.stderr
