@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import cold_start, levers, run
+from bench import cold_start, levers, page_faults, run
 from function import frozen_models
 
 # Each test starts several processes (cold runners, the CLI, emulated pods); on a busy machine that takes minutes.
@@ -164,3 +164,15 @@ def test_levers_compare_each_variant_with_its_reference(tmp_path: Path, capsys: 
     assert "nn.Linear layers quantized" in text
     assert float(rows["no_grad only (demucs)"][7]) == 0.0  # the grad mode leaves the stems unchanged
     assert (tmp_path / "levers.md").read_text().startswith("Levers on a 9 s song")
+
+
+@pytest.mark.slow
+@pytest.mark.heavy
+def test_page_faults_table_has_every_pass_both_ways(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = page_faults.main(
+        ["--model", "tiny", "--repo", str(tmp_path / "repo"), "--seconds", "3", "--passes", "2", "--out", str(tmp_path)]
+    )
+    assert code == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| o")]
+    assert [(row[1].strip(), row[2].strip()) for row in rows] == [("off", "1"), ("off", "2"), ("on", "1"), ("on", "2")]
+    assert all(float(row[3]) > 0 and int(row[6]) >= 0 for row in rows)
