@@ -79,8 +79,8 @@ def is_current(model: str, repo: Path) -> bool:
         return False
     try:
         return bool(json.loads(stamp_path.read_text()) == stamp(model, repo))
-    except (OSError, ValueError) as err:
-        log.warning("frozen model %s: unreadable stamp (%s)", model, err)
+    except Exception as err:  # an unreadable stamp, repo or bag file: not current, and loading the weights will say
+        log.warning("frozen model %s: cannot check its stamp (%s: %s)", model, type(err).__name__, err)
         return False
 
 

@@ -133,3 +133,12 @@ def test_command_freezes_each_model(repo: Path, tmp_path: Path) -> None:
     assert not frozen_models.is_current("tiny", moved)
     failed = freeze_command(repo, "nosuch")
     assert failed.returncode == 1 and "cannot freeze nosuch" in failed.stderr
+
+
+def test_a_broken_bag_file_is_the_weights_loaders_error(repo: Path) -> None:
+    """A frozen model whose bag no longer parses is not used, and the load fails as it would without it."""
+    frozen_models.freeze("tiny", repo)
+    (repo / "tiny.yaml").write_text("models: [unclosed\n")
+    assert not frozen_models.is_current("tiny", repo)
+    with pytest.raises(separation.Transient, match="cannot load model 'tiny'"):
+        separation.get_separator("tiny", settings_for(repo))
