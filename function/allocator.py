@@ -2,8 +2,8 @@
 
 A separation allocates and frees the same few hundred MiB of activations for every chunk of the song. With glibc's
 defaults every block above the mmap threshold (at most 32 MiB) is a fresh `mmap` and goes back to the kernel when
-freed, so each chunk faults its pages in again: about a million page faults and 1.5-2.5 s of kernel time per 30 s
-of audio on a 2-core CPU, more in the first chunk of a new process. With `MALLOC_REUSE=on` (the default) the
+freed, so each chunk faults its pages in again: 0.9-1.9 million page faults and 1.7-3.1 s of kernel time per 30 s
+of audio on a 2-core CPU (`python -m bench.page_faults`). With `MALLOC_REUSE=on` (the default) the
 runner and the HTTP function ask glibc, through `mallopt`, to serve every block from its heap (no mmap), never to
 trim the heap's top, and to use one arena; the pages are faulted in once and reused by every later chunk. The
 numbers the model computes are the same; only where their memory comes from changes. Peak RSS stays within a few
