@@ -8,8 +8,8 @@ runner and the HTTP function ask glibc, through `mallopt`, to serve every block 
 trim the heap's top, and to use one arena; the pages are faulted in once and reused by every later chunk. The
 numbers the model computes are the same; only where their memory comes from changes. A cold job's peak RSS grows
 by about a tenth (1163 MiB against 1056 MiB for a 30 s song, docs/performance.md): blocks that mmap would have
-placed anywhere now share one heap. Memory is not handed back to the kernel between jobs, which a pod that runs one job, or a worker
-that runs the next job soon after, does not miss.
+placed anywhere now share one heap. Memory is not handed back to the kernel between jobs, which a pod that runs one
+job, or a worker that runs the next job soon after, does not miss.
 
 Not glibc (musl, macOS): nothing is changed and `keep_freed_memory` returns False.
 """
