@@ -25,7 +25,9 @@ from demucs.htdemucs import HTDemucs
 from bench.quality import metrics, synth
 
 
-def model_kwargs(channels: int, segment: Fraction, t_layers: int, dconv_mode: int) -> dict[str, Any]:
+def model_kwargs(
+    channels: int, segment: Fraction, t_layers: int, dconv_mode: int, layer_scale: bool = True
+) -> dict[str, Any]:
     """HTDemucs keyword arguments: samplerate, audio channels, sources and nfft as in htdemucs so that the
     worker can load the model like the real one; the rest shrunk for CPU training."""
     return {
@@ -39,6 +41,7 @@ def model_kwargs(channels: int, segment: Fraction, t_layers: int, dconv_mode: in
         "t_layers": t_layers,
         "t_heads": 4,
         "dconv_mode": dconv_mode,
+        "t_layer_scale": layer_scale,
     }
 
 
@@ -92,7 +95,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     segment = Fraction(args.segment).limit_denominator(100)
-    kwargs = model_kwargs(args.channels, segment, args.t_layers, args.dconv_mode)
+    kwargs = model_kwargs(args.channels, segment, args.t_layers, args.dconv_mode, not args.no_layer_scale)
     model = HTDemucs(**kwargs)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     valid = metrics.VALID_SEEDS
@@ -163,6 +166,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channels", type=int, default=12)
     parser.add_argument("--t-layers", type=int, default=2)
     parser.add_argument("--dconv-mode", type=int, default=1, help="HTDemucs dconv_mode (1 = encoder, as htdemucs)")
+    parser.add_argument(
+        "--no-layer-scale",
+        action="store_true",
+        help="no LayerScale in the transformer (htdemucs has it): its branches reach the output unattenuated, so "
+        "the gate sees what a precision does to the transformer",
+    )
     parser.add_argument("--segment", type=float, default=0.5, help="training (and so inference) segment, s")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3)
