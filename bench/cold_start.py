@@ -30,7 +30,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench import run
+from bench import report, run
 from bench.measure import run_tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,38 +111,15 @@ def cold_job(bench: run.Bench, index: int) -> dict[str, Any]:
     bench.upload(job_id)
     bench.push(job_id)
     log = bench.work / f"cold-{index}.log"
-    env = bench.env({"LOG_LEVEL": "INFO"})
+    env = bench.env()  # LOG_LEVEL INFO: the runner logs its timeline line
     sample = run_tree(
         "stemworker_cold", [sys.executable, "-m", "function.runner", "--max-messages", "1"], env=env, cwd=ROOT, log=log
     )
     ended = time.time()
-    text = log.read_text(errors="replace")
-    line = next((raw for raw in text.splitlines() if "timeline {" in raw), None)
-    if not sample.ok or line is None or not bench.stems_uploaded(job_id):
+    phases = report.cold_phases(log.read_text(errors="replace"), sample.wall_s, ended)
+    if not sample.ok or phases is None or not bench.stems_uploaded(job_id):
         raise RuntimeError(f"cold job {job_id} failed (exit {sample.detail.get('returncode')}); see {log}")
-    timeline = json.loads(line.split("timeline ", 1)[1])
-    marks = dict(timeline["marks"])
-    job = timeline["jobs"][0]
-    start = timeline["process_start"] or (ended - sample.wall_s)
-    message = marks["message"] - marks["clients"]
-    return {
-        "wall_s": sample.wall_s,
-        "cpu_s": sample.cpu_s,
-        "peak_rss_bytes": sample.peak_rss_bytes,
-        "interpreter_and_imports": marks["imports"] - start,
-        "settings_and_logging": marks["settings"] - marks["imports"],
-        "clients": marks["clients"] - marks["settings"],
-        "claim_and_bookkeeping": message - job["total"],
-        "download": job["download"],
-        "model_wait": job.get("model_wait", 0.0),
-        "decode": job["decode"],
-        "separate": job["separate"],
-        "encode_upload": job["encode_upload"],
-        "job_other": job["total"]
-        - sum(job[k] for k in ("download", "decode", "separate", "encode_upload"))
-        - job.get("model_wait", 0.0),
-        "exit": ended - marks["message"],
-    }
+    return {"wall_s": sample.wall_s, "cpu_s": sample.cpu_s, "peak_rss_bytes": sample.peak_rss_bytes, **phases}
 
 
 def median_of(rows: list[dict[str, Any]], key: str) -> float:

@@ -324,27 +324,28 @@ def rss_by_length(runs: list[tuple[float, dict[str, Summary]]], cold: str = "ste
 JOB_STAGES = ("download", "model_wait", "decode", "separate", "encode_upload")
 
 
-def cold_phases(log_text: str, wall_s: float) -> dict[str, float] | None:
+def cold_phases(log_text: str, wall_s: float, ended: float) -> dict[str, float] | None:
     """A cold runner's seconds per phase, from the `timeline {json}` line it logs as it exits (function/logs.py):
-    start and imports, settings and clients, claim and bookkeeping, the job's own stages, and exit (what is left of
-    the wall time measured from outside). None when the log has no such line."""
+    interpreter start and imports, settings and logging, clients, claim and bookkeeping, the job's own stages, and
+    exit (its last mark to `ended`, the epoch at which it was seen to end). None when the log has no such line."""
     line = next((raw for raw in reversed(log_text.splitlines()) if "timeline {" in raw), None)
     if line is None:
         return None
     timeline = json.loads(line.split("timeline ", 1)[1])
     marks = dict(timeline["marks"])
-    if not timeline["jobs"] or not {"imports", "clients", "message"} <= set(marks):
+    if not timeline["jobs"] or not {"imports", "settings", "clients", "message"} <= set(marks):
         return None
     job = timeline["jobs"][0]
-    start = timeline["process_start"]
+    start = timeline["process_start"] or (ended - wall_s)
     phases = {
-        "start_and_imports": marks["imports"] - start,
-        "settings_and_clients": marks["clients"] - marks["imports"],
+        "interpreter_and_imports": marks["imports"] - start,
+        "settings_and_logging": marks["settings"] - marks["imports"],
+        "clients": marks["clients"] - marks["settings"],
         "claim_and_bookkeeping": marks["message"] - marks["clients"] - job["total"],
     }
     phases |= {stage: job.get(stage, 0.0) for stage in JOB_STAGES}
     phases["job_other"] = job["total"] - sum(job.get(stage, 0.0) for stage in JOB_STAGES)
-    phases["exit"] = wall_s - (marks["message"] - start)
+    phases["exit"] = ended - marks["message"]
     return phases
 
 

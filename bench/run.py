@@ -320,7 +320,7 @@ class Bench:
             argv = [sys.executable, "-m", "function.runner", "--max-messages", "1"]
             log = self.work / f"cold-{safe_id(label)}-{index}.log"
             sample = run_tree(label, argv, env=self.env(self.variants[suffix]), cwd=ROOT, log=log)
-            sample.detail["phases"] = report.cold_phases(log.read_text(errors="replace"), sample.wall_s)
+            sample.detail["phases"] = report.cold_phases(log.read_text(errors="replace"), sample.wall_s, time.time())
         elif name == "cli":
             dest = self.work / f"cli-{index}"
             argv = [

@@ -60,7 +60,7 @@ def test_harness_runs_every_scenario_with_the_tiny_model(tmp_path: Path, capsys:
     cold = [sample for sample in results["samples"] if sample["scenario"].startswith("stemworker_cold")]
     for sample in cold:
         phases = sample["detail"]["phases"]
-        assert {"start_and_imports", "model_wait", "separate", "encode_upload", "exit"} <= set(phases)
+        assert {"interpreter_and_imports", "model_wait", "separate", "encode_upload", "exit"} <= set(phases)
         assert 0 < sum(phases.values()) <= sample["wall_s"] + 0.05
     assert text.count("Cold - warm by phase") == 2  # the default and the variant
 
