@@ -50,6 +50,15 @@ def runner_env(settings: Settings, **extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO_ROOT), **settings_env(settings), **extra}
 
 
+# The cheapest real separation for a runner in a child process: the tiny model, no shifts, one thread.
+TINY_RUNNER = {"DEMUCS_MODEL": "tiny", "DEMUCS_DEVICE": "cpu", "DEMUCS_SHIFTS": "0", "DEMUCS_THREADS": "1"}
+
+
+def tiny_runner_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """`runner_env` with the tiny model's settings (TINY_RUNNER); `extra` overrides any of them."""
+    return runner_env(settings, **{**TINY_RUNNER, **extra})
+
+
 def wait_for(predicate: Callable[[], T], timeout_s: float, what: str) -> T:
     """Poll `predicate` until it returns something truthy; a Redis error counts as not yet."""
     deadline = time.monotonic() + timeout_s

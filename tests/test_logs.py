@@ -13,7 +13,7 @@ import time
 from datetime import datetime
 
 import pytest
-from support import REPO_ROOT, runner_env
+from support import REPO_ROOT, tiny_runner_env
 
 from function.logs import JsonFormatter, TextFormatter, job_context
 from function.runner import Outcome, Runner
@@ -37,12 +37,8 @@ def run_runner(settings, *args: str, **env: str) -> tuple[list[dict], float, flo
         capture_output=True,
         text=True,
         timeout=300,
-        env=runner_env(
+        env=tiny_runner_env(
             settings,
-            DEMUCS_MODEL="tiny",
-            DEMUCS_DEVICE="cpu",
-            DEMUCS_SHIFTS="0",
-            DEMUCS_THREADS="1",
             CLAIM_WAIT_S="1",
             LOG_FORMAT="json",
             LOG_LEVEL="INFO",

@@ -9,8 +9,7 @@ import sys
 import threading
 
 import pytest
-from support import REPO_ROOT, leases_expired, wait_for
-from support import runner_env as support_env
+from support import REPO_ROOT, leases_expired, tiny_runner_env, wait_for
 
 from function.queue import WorkQueue
 from function.runner import Outcome, Runner, main
@@ -107,15 +106,7 @@ def test_poison_message_is_dead_lettered_after_max_attempts(make_settings, redis
 
 
 def runner_env(settings, **extra: str) -> dict[str, str]:
-    return support_env(
-        settings,
-        DEMUCS_MODEL="tiny",
-        DEMUCS_DEVICE="cpu",
-        DEMUCS_SHIFTS="0",
-        DEMUCS_THREADS="1",
-        CLAIM_WAIT_S="2",
-        **extra,
-    )
+    return tiny_runner_env(settings, CLAIM_WAIT_S="2", **extra)
 
 
 def start_runner(env: dict[str, str]) -> subprocess.Popen:

@@ -17,7 +17,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from support import REPO_ROOT, runner_env
+from support import REPO_ROOT, tiny_runner_env
 
 from function.tracing import configure_tracing, parent_context
 
@@ -79,12 +79,8 @@ def run_runner(settings, endpoint: str) -> None:
         capture_output=True,
         text=True,
         timeout=300,
-        env=runner_env(
+        env=tiny_runner_env(
             settings,
-            DEMUCS_MODEL="tiny",
-            DEMUCS_DEVICE="cpu",
-            DEMUCS_SHIFTS="0",
-            DEMUCS_THREADS="1",
             CLAIM_WAIT_S="1",
             OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
             OTEL_SERVICE_NAME="stemworker-test",
