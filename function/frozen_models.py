@@ -3,8 +3,9 @@ with one `torch.load(mmap=True)` instead of building every layer and copying the
 
     python -m function.frozen_models --repo DIR [--models htdemucs,...]
 
-On a 2-core CPU the htdemucs architecture loads in about 0.10 s frozen against 0.37 s from its weights
-(docs/performance.md); the stems are bit for bit the same. Freezing is a build step: the image freezes its default
+On a 2-core CPU a cold htdemucs job waited 0.01 s for its frozen model after its download, against 0.37 s for one
+built from its weights (docs/performance.md, `bench.run --variant unfrozen:FROZEN_MODELS=off`); the stems are bit for
+bit the same. Freezing is a build step: the image freezes its default
 model where it installs the weights (Dockerfile), and `bench.run` does the same to its model repo. A frozen model
 lives in `<DEMUCS_REPO>/frozen/<model>.pt` with a `<model>.json` stamp: the size and modification time of every
 weight file it was built from and the versions of torch and demucs. It is used only while the stamp still matches,
